@@ -1,0 +1,197 @@
+/**
+ * DMA memory: regions a device reads and writes, with one cached view set per region.
+ *
+ * A region knows three addresses for each byte offset in it:
+ * - the process's own (virtual) address, `addr + offset`;
+ * - the *IO address* (iova) a device is given in descriptors, `iova(offset)`. For in-process and
+ *   vhost-user devices it is a "guest physical" address we choose (`2^32 + region number * 2^36 +
+ *   offset`: every region is disjoint and every address fits two u32 stores). For PCI devices
+ *   without an IOMMU it is the physical address, read from /proc/self/pagemap.
+ * - the file offset, for regions backed by a memfd that is shared with a backend process.
+ *
+ * Regions are allocated once (cold path); hot paths use the cached `u8`/`u16`/`u32` views and
+ * precomputed iovas, never this module's functions.
+ */
+import {
+  close,
+  ftruncate,
+  MAP_ANONYMOUS,
+  MAP_HUGETLB,
+  MAP_POPULATE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  memfdCreate,
+  MFD_CLOEXEC,
+  MFD_HUGETLB,
+  mlock,
+  mmap,
+  munmap,
+  O_RDONLY,
+  open,
+  pread,
+  PROT_READ,
+  PROT_WRITE,
+} from "./libc.ts";
+
+/**
+ * - `anon`: private anonymous memory (in-process devices only).
+ * - `memfd`: shared memory with a file descriptor (can be passed to a vhost-user backend).
+ * - `hugepage-memfd`: like memfd but on 2 MiB hugepages.
+ * - `physical`: 2 MiB hugepages, locked, with physical addresses as iovas (PCI without IOMMU).
+ */
+export type DmaKind = "anon" | "memfd" | "hugepage-memfd" | "physical";
+
+export interface DmaRegionOptions {
+  size: number;
+  kind: DmaKind;
+  /** A name for errors and for /proc/PID/maps (memfd name). */
+  name?: string;
+}
+
+const HUGEPAGE = 2 * 1024 * 1024;
+const SMALL_PAGE = 4096;
+/** Base of the iova space handed out to non-physical regions; every region gets 2^36 bytes. */
+const VIRTUAL_IOVA_BASE = 2 ** 32;
+const VIRTUAL_IOVA_STRIDE = 2 ** 36;
+let regionCounter = 0;
+
+export class DmaRegion {
+  readonly ptr: Deno.PointerObject;
+  /** Virtual address of byte 0, as a number (user addresses fit in 2^47). */
+  readonly addr: number;
+  readonly size: number;
+  readonly kind: DmaKind;
+  readonly name: string;
+  /** memfd backing the region, -1 for anonymous or physical regions. */
+  readonly fd: number;
+  /** The page size backing the region; a buffer or ring never crosses one (see `alloc`). */
+  readonly pageSize: number;
+  readonly buffer: ArrayBuffer;
+  readonly u8: Uint8Array<ArrayBuffer>;
+  readonly u16: Uint16Array<ArrayBuffer>;
+  readonly u32: Uint32Array<ArrayBuffer>;
+  /** iova of byte 0 for non-physical regions. */
+  readonly iovaBase: number;
+  /** Physical address of each page for `physical` regions, else null. */
+  readonly pagePhys: number[] | null;
+  #next = 0;
+  #closed = false;
+
+  private constructor(opts: Required<DmaRegionOptions>) {
+    this.kind = opts.kind;
+    this.name = opts.name;
+    const huge = opts.kind === "hugepage-memfd" || opts.kind === "physical";
+    this.pageSize = huge ? HUGEPAGE : SMALL_PAGE;
+    this.size = Math.ceil(opts.size / this.pageSize) * this.pageSize;
+    const rw = PROT_READ | PROT_WRITE;
+    let fd = -1;
+    let ptr: Deno.PointerObject;
+    try {
+      if (opts.kind === "anon") {
+        ptr = mmap(this.size, rw, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE);
+      } else if (opts.kind === "physical") {
+        ptr = mmap(this.size, rw, MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE);
+      } else {
+        fd = memfdCreate(opts.name, MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+        ftruncate(fd, this.size);
+        ptr = mmap(this.size, rw, MAP_SHARED | MAP_POPULATE, fd, 0);
+      }
+    } catch (e) {
+      if (fd >= 0) close(fd);
+      if (huge) {
+        throw new Error(
+          `cannot allocate ${this.size} bytes of hugepage memory for ${opts.name}: ${
+            (e as Error).message
+          }. Reserve hugepages first (as root: echo 512 > /proc/sys/vm/nr_hugepages), ` +
+            `see scripts/setup-hugepages.sh`,
+        );
+      }
+      throw e;
+    }
+    this.fd = fd;
+    this.ptr = ptr;
+    this.addr = Number(Deno.UnsafePointer.value(ptr));
+    this.buffer = Deno.UnsafePointerView.getArrayBuffer(ptr, this.size);
+    this.u8 = new Uint8Array(this.buffer);
+    this.u16 = new Uint16Array(this.buffer);
+    this.u32 = new Uint32Array(this.buffer);
+    this.iovaBase = VIRTUAL_IOVA_BASE + (regionCounter++ % 65536) * VIRTUAL_IOVA_STRIDE;
+    this.pagePhys = opts.kind === "physical" ? this.#readPagemap() : null;
+  }
+
+  static create(opts: DmaRegionOptions): DmaRegion {
+    return new DmaRegion({ name: `vpmd-${opts.kind}`, ...opts });
+  }
+
+  /** The address a device must be given for byte `offset` of this region. */
+  iova(offset: number): number {
+    if (offset < 0 || offset >= this.size) {
+      throw new RangeError(`offset ${offset} outside DMA region ${this.name} (${this.size} bytes)`);
+    }
+    if (this.pagePhys === null) return this.iovaBase + offset;
+    const page = Math.floor(offset / this.pageSize);
+    return this.pagePhys[page] + (offset - page * this.pageSize);
+  }
+
+  /**
+   * Reserves `size` bytes aligned to `align` and returns their offset. A reservation no larger
+   * than a page never crosses a page boundary, so it is contiguous in iova space even when the
+   * pages are not (physical regions).
+   */
+  alloc(size: number, align = 64): number {
+    let off = Math.ceil(this.#next / align) * align;
+    if (size <= this.pageSize) {
+      const endPage = Math.floor((off + size - 1) / this.pageSize);
+      if (endPage !== Math.floor(off / this.pageSize)) off = endPage * this.pageSize;
+    }
+    if (off + size > this.size) {
+      throw new RangeError(
+        `DMA region ${this.name} is full: ${size} bytes wanted, ${this.size - this.#next} left`,
+      );
+    }
+    this.#next = off + size;
+    return off;
+  }
+
+  /** Bytes still free for `alloc`. */
+  get remaining(): number {
+    return this.size - this.#next;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    munmap(this.ptr, this.size);
+    if (this.fd >= 0) close(this.fd);
+  }
+
+  #readPagemap(): number[] {
+    mlock(this.ptr, this.size);
+    const fd = open("/proc/self/pagemap", O_RDONLY);
+    try {
+      const entry = new Uint8Array(8);
+      const view = new DataView(entry.buffer);
+      const out: number[] = [];
+      for (let off = 0; off < this.size; off += this.pageSize) {
+        // Touch the page so it is present, then read its pagemap entry (64 bits per 4 KiB page).
+        this.u8[off] |= 0;
+        pread(fd, entry, ((this.addr + off) / SMALL_PAGE) * 8);
+        const hi = view.getUint32(4, true);
+        const lo = view.getUint32(0, true);
+        const present = (hi & 0x80000000) !== 0;
+        const pfn = (hi & 0x7fffff) * 2 ** 32 + lo; // bits 0..54
+        if (!present || pfn === 0) {
+          throw new Error(
+            `/proc/self/pagemap gave no frame number for DMA region ${this.name}: run as root ` +
+              `(CAP_SYS_ADMIN) on a machine without an IOMMU; physical addresses are needed ` +
+              `for PCI devices bound to uio_pci_generic`,
+          );
+        }
+        out.push(pfn * SMALL_PAGE);
+      }
+      return out;
+    } finally {
+      close(fd);
+    }
+  }
+}

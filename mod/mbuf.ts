@@ -1,0 +1,194 @@
+/**
+ * Packet buffers ("mbufs"): a pool of fixed-size buffers in one DMA region, with their metadata
+ * kept as parallel typed arrays indexed by buffer number. A packet is the number of its first
+ * segment; segments are linked through `next`. Nothing here allocates per packet.
+ *
+ * Buffer layout: `[headroom | data room]`. Received data starts at `headroom`; the virtio-net
+ * header sits in the `hdrSize` bytes just before the data (the port checks at configure time
+ * that `headroom >= hdrSize`).
+ */
+import { type DmaKind, DmaRegion } from "../ffi/dma.ts";
+
+export interface PoolOptions {
+  /** Number of buffers. */
+  count: number;
+  /** Bytes per buffer for data (default 2048). */
+  dataRoom?: number;
+  /** Bytes before the data (default 128); must hold the virtio-net header (10 or 12 bytes). */
+  headroom?: number;
+  /** Memory kind; must be one the ports' transports can reach (default `memfd`). */
+  kind?: DmaKind;
+  name?: string;
+}
+
+/** Mbuf flags (bits of `flags[m]`). */
+export const MbufFlag = {
+  /** `vlanTci[m]` holds a VLAN tag stripped on receive. */
+  VLAN_STRIPPED: 1,
+  /** Insert `vlanTci[m]` as an 802.1Q tag on transmit. */
+  VLAN_INSERT: 2,
+} as const;
+
+/** Sentinel for "no next segment" / "no buffer". */
+export const NONE = -1;
+
+export class MbufPool {
+  readonly region: DmaRegion;
+  readonly count: number;
+  readonly dataRoom: number;
+  readonly headroom: number;
+  /** Bytes from one buffer's start to the next. */
+  readonly stride: number;
+  /** Whole region as bytes: a segment's data is `bytes[dataStart(m) .. + dataLen[m])`. */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+
+  /** Offset of each buffer's first byte in `region` (fixed). */
+  readonly bufOff: Uint32Array;
+  /** iova of each buffer's first byte, as low and high 32-bit halves (fixed). */
+  readonly iovaLo: Uint32Array;
+  readonly iovaHi: Uint32Array;
+
+  /** Offset of the data inside the buffer (usually `headroom`). */
+  readonly dataOff: Uint32Array;
+  /** Bytes of data in this segment. */
+  readonly dataLen: Uint32Array;
+  /** Bytes of the whole packet (valid on the first segment). */
+  readonly pktLen: Uint32Array;
+  /** Next segment, or NONE. */
+  readonly next: Int32Array;
+  /** Segments in the packet (valid on the first segment). */
+  readonly nbSegs: Uint16Array;
+  /** Port the packet was received on. */
+  readonly port: Uint16Array;
+  readonly vlanTci: Uint16Array;
+  readonly flags: Uint32Array;
+
+  readonly #free: Uint32Array;
+  #freeCount: number;
+  /** 1 while a buffer is in the pool: catches double frees. */
+  readonly #inPool: Uint8Array;
+
+  constructor(opts: PoolOptions) {
+    this.count = opts.count;
+    this.dataRoom = opts.dataRoom ?? 2048;
+    this.headroom = opts.headroom ?? 128;
+    if (!(this.count > 0)) {
+      throw new RangeError(`mbuf pool: count must be positive (${opts.count})`);
+    }
+    this.stride = Math.ceil((this.headroom + this.dataRoom) / 64) * 64;
+    const kind = opts.kind ?? "memfd";
+    const pageSize = kind === "hugepage-memfd" || kind === "physical" ? 2 * 1024 * 1024 : 4096;
+    const perPage = Math.max(1, Math.floor(pageSize / this.stride));
+    const bytes = this.stride <= pageSize
+      ? Math.ceil(this.count / perPage) * pageSize
+      : this.count * Math.ceil(this.stride / pageSize) * pageSize;
+    this.region = DmaRegion.create({ size: bytes, kind, name: opts.name ?? "vpmd-mbufs" });
+    this.bytes = this.region.u8;
+    const n = this.count;
+    this.bufOff = new Uint32Array(n);
+    this.iovaLo = new Uint32Array(n);
+    this.iovaHi = new Uint32Array(n);
+    this.dataOff = new Uint32Array(n);
+    this.dataLen = new Uint32Array(n);
+    this.pktLen = new Uint32Array(n);
+    this.next = new Int32Array(n);
+    this.nbSegs = new Uint16Array(n);
+    this.port = new Uint16Array(n);
+    this.vlanTci = new Uint16Array(n);
+    this.flags = new Uint32Array(n);
+    this.#free = new Uint32Array(n);
+    this.#inPool = new Uint8Array(n);
+    for (let m = 0; m < n; m++) {
+      const off = this.region.alloc(this.stride, 64);
+      const iova = this.region.iova(off);
+      this.bufOff[m] = off;
+      this.iovaLo[m] = iova % 2 ** 32;
+      this.iovaHi[m] = Math.floor(iova / 2 ** 32);
+      this.#free[m] = n - 1 - m;
+      this.#inPool[m] = 1;
+    }
+    this.#freeCount = n;
+  }
+
+  /** Buffers currently in the pool. */
+  get available(): number {
+    return this.#freeCount;
+  }
+
+  /** Take one buffer, reset to an empty single segment; NONE when the pool is empty. */
+  alloc(): number {
+    if (this.#freeCount === 0) return NONE;
+    const m = this.#free[--this.#freeCount];
+    this.#inPool[m] = 0;
+    this.dataOff[m] = this.headroom;
+    this.dataLen[m] = 0;
+    this.pktLen[m] = 0;
+    this.next[m] = NONE;
+    this.nbSegs[m] = 1;
+    this.flags[m] = 0;
+    this.vlanTci[m] = 0;
+    return m;
+  }
+
+  /** Take `n` buffers into `out[0..n)` or none at all; returns false when fewer than `n` are free. */
+  allocBulk(out: Uint32Array | Int32Array, n: number): boolean {
+    if (this.#freeCount < n) return false;
+    for (let i = 0; i < n; i++) out[i] = this.alloc();
+    return true;
+  }
+
+  /** Return a whole packet (every segment) to the pool. A buffer already in the pool is ignored. */
+  free(m: number): void {
+    while (m !== NONE) {
+      const nx = this.next[m];
+      if (this.#inPool[m] === 0) {
+        this.#inPool[m] = 1;
+        this.#free[this.#freeCount++] = m;
+      }
+      m = nx;
+    }
+  }
+
+  /** Absolute offset in `bytes` of segment `m`'s data. */
+  dataStart(m: number): number {
+    return this.bufOff[m] + this.dataOff[m];
+  }
+
+  /** Copy a packet's bytes (all segments) into `out`; returns the bytes copied (cold/test helper). */
+  read(m: number, out: Uint8Array): number {
+    let n = 0;
+    for (let s = m; s !== NONE && n < out.length; s = this.next[s]) {
+      const len = Math.min(this.dataLen[s], out.length - n);
+      const start = this.dataStart(s);
+      out.set(this.bytes.subarray(start, start + len), n);
+      n += len;
+    }
+    return n;
+  }
+
+  /**
+   * Build a packet from `data`, split into segments of at most `segSize` bytes (default: the whole
+   * data room). Returns NONE (and takes nothing) when the pool has too few buffers.
+   */
+  fromBytes(data: Uint8Array, segSize = this.dataRoom): number {
+    const segs = Math.max(1, Math.ceil(data.length / segSize));
+    if (this.#freeCount < segs || segSize > this.dataRoom) return NONE;
+    const head = this.alloc();
+    let prev = NONE;
+    for (let i = 0; i < segs; i++) {
+      const m = i === 0 ? head : this.alloc();
+      const part = data.subarray(i * segSize, Math.min(data.length, (i + 1) * segSize));
+      this.bytes.set(part, this.dataStart(m));
+      this.dataLen[m] = part.length;
+      if (prev !== NONE) this.next[prev] = m;
+      prev = m;
+    }
+    this.pktLen[head] = data.length;
+    this.nbSegs[head] = segs;
+    return head;
+  }
+
+  close(): void {
+    this.region.close();
+  }
+}

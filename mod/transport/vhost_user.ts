@@ -1,0 +1,723 @@
+/**
+ * vhost-user front-end ("virtio-user"): a virtio-net device whose data path is a vhost-user
+ * backend in another process (DPDK's vhost PMD, OVS-DPDK, VPP), reached over a unix socket
+ * (QEMU's "Vhost-user Protocol" document). Layouts live in ./vhost_user_protocol.ts.
+ *
+ * How the VirtioTransport calls map onto the protocol:
+ * - Opening connects (client mode, retrying until `timeout`) or listens and accepts (`server`),
+ *   then SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES (MQ, REPLY_ACK, STATUS when offered).
+ * - Features, status, memory and queues are recorded; the backend is programmed when the driver
+ *   sets DRIVER_OK: SET_FEATURES, SET_MEM_TABLE (one memfd per region, gpa = region iova, user
+ *   address = region address, mmap offset 0), then per data vring SET_VRING_CALL, NUM, BASE, ADDR,
+ *   KICK, and SET_VRING_ENABLE for all of them (DPDK becomes ready only once both vrings of a pair
+ *   are complete and enabled), then SET_STATUS. `reset()` stops the vrings with GET_VRING_BASE.
+ * - Device configuration (5.1.4) does not exist on vhost-user: it is synthesized (MAC from
+ *   `mac=` or a random locally administered one, LINK_UP while the backend is connected and
+ *   running, max_virtqueue_pairs).
+ * - The control queue (5.1.6.5) is answered here, not by the backend: receive-mode and MAC-table
+ *   commands have no meaning on a vhost-user link and are accepted, a MAC address set is
+ *   recorded, VQ_PAIRS_SET is checked against the pairs that exist. CTRL_VQ, CTRL_RX,
+ *   CTRL_MAC_ADDR, MAC and STATUS are offered to the driver and never to the backend.
+ * - A backend that goes away is noticed in `poll()` (one poll(2) every CHECK_EVERY polls);
+ *   the link goes down. Client mode reconnects, server mode accepts again; the rings then resume
+ *   where the backend left them (vring base = the used index it last published), so the port
+ *   keeps running and frames that never completed are sent again or counted where they drop.
+ * - `notify(q)` writes the queue's kick eventfd (8 bytes); the port calls it only when the
+ *   backend did not set VRING_USED_F_NO_NOTIFY.
+ */
+import type { DmaKind, DmaRegion } from "../../ffi/dma.ts";
+import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, raw } from "../../ffi/libc.ts";
+import { UnixListener, UnixSocket } from "../../ffi/socket.ts";
+import {
+  Avail,
+  bit,
+  Ctrl,
+  Desc,
+  Feature,
+  has,
+  NetConfig,
+  NetFeature,
+  Status,
+  Used,
+} from "../virtio/constants.ts";
+import {
+  type QueueMemory,
+  type RingLayout,
+  TransportEvent,
+  type VirtioTransport,
+} from "./transport.ts";
+import {
+  Header,
+  MemTable,
+  Message,
+  ProtocolFeature,
+  Request,
+  requestName,
+  U64_PAYLOAD,
+  VringAddr,
+  VringFile,
+  VringState,
+  WANTED_PROTOCOL_FEATURES,
+} from "./vhost_user_protocol.ts";
+
+export interface VhostUserOptions {
+  /** Socket path. */
+  path: string;
+  /** Listen on `path` and let the backend connect (vhost PMD `client=1`); default: connect. */
+  server?: boolean;
+  /** Queue pairs (default 1); more than 1 needs the backend's MQ protocol feature. */
+  queues?: number;
+  /** Offer VIRTIO_NET_F_MRG_RXBUF to the driver when the backend has it (default true). */
+  mrg?: boolean;
+  /** Largest ring size offered (default 1024). */
+  qsize?: number;
+  /** Device MAC reported in the synthesized config (default: random, locally administered). */
+  mac?: Uint8Array;
+  /** How long opening waits for the backend (default 10 s client, 60 s server). */
+  timeoutMs?: number;
+  log?: (msg: string) => void;
+}
+
+/** Virtio features passed through from the backend to the driver (when the backend offers them). */
+const PASSED_THROUGH = bit(Feature.VERSION_1) | bit(NetFeature.MRG_RXBUF) |
+  bit(Feature.EVENT_IDX) | bit(Feature.INDIRECT_DESC) | bit(Feature.ANY_LAYOUT);
+
+/** Features this transport implements itself (synthesized config, local control queue). */
+const LOCAL_FEATURES = bit(NetFeature.MAC) | bit(NetFeature.STATUS) | bit(NetFeature.CTRL_VQ) |
+  bit(NetFeature.CTRL_RX) | bit(NetFeature.CTRL_MAC_ADDR);
+
+/** Polls between two liveness checks of the socket (one poll(2) each). */
+const CHECK_EVERY = 4096;
+/** Least time between two reconnect attempts while the backend is away. */
+const RECONNECT_INTERVAL_MS = 100;
+/** Longest wait for a reply from the backend. */
+const REPLY_TIMEOUT_MS = 5000;
+const CTRL_QUEUE_SIZE = 64;
+/** Largest control command accepted (a MAC table of ~680 entries). */
+const CTRL_MAX_BYTES = 4096;
+const DEFAULT_QSIZE = 1024;
+
+const TRUE_WORDS = new Set(["", "1", "on", "yes", "true"]);
+const FALSE_WORDS = new Set(["0", "off", "no", "false"]);
+const SPEC_OPTIONS = ["server", "queues", "mrg", "qsize", "mac", "timeout"];
+
+function flag(name: string, v: string): boolean {
+  if (TRUE_WORDS.has(v)) return true;
+  if (FALSE_WORDS.has(v)) return false;
+  throw new Error(`vhost-user option ${name}=${v}: expected 0 or 1`);
+}
+
+function positiveInt(name: string, v: string, max: number): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 1 || n > max) {
+    throw new Error(`vhost-user option ${name}=${v}: expected an integer from 1 to ${max}`);
+  }
+  return n;
+}
+
+/** Parse `XX:XX:XX:XX:XX:XX`. */
+export function parseMac(s: string): Uint8Array {
+  const parts = s.split(":");
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
+    throw new Error(`bad MAC address '${s}': expected six hex bytes like 02:00:00:00:00:01`);
+  }
+  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
+}
+
+function randomLocalMac(): Uint8Array {
+  const mac = crypto.getRandomValues(new Uint8Array(6));
+  mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+  return mac;
+}
+
+/** Per data vring: what the driver gave us and the eventfds we created for it. */
+interface Vring {
+  q: QueueMemory;
+  kickFd: number;
+  callFd: number;
+}
+
+export class VhostUserTransport implements VirtioTransport {
+  readonly name: string;
+  readonly ringLayout: RingLayout = { placement: "separate", usedAlign: 4 };
+  readonly dmaKinds: readonly DmaKind[] = ["hugepage-memfd", "memfd"];
+  readonly queueSizeFixed = false;
+  readonly path: string;
+  readonly server: boolean;
+  readonly pairs: number;
+  readonly mac: Uint8Array;
+
+  readonly #mrg: boolean;
+  readonly #qsize: number;
+  readonly #log: (msg: string) => void;
+  readonly #msg = new Message();
+  readonly #kickValue = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+  #sock: UnixSocket | null = null;
+  #listener: UnixListener | null = null;
+  #backendFeatures = 0n;
+  #protocolFeatures = 0n;
+  #driverFeatures = 0n;
+  #status = 0;
+  #regions: DmaRegion[] = [];
+  #vrings: (Vring | null)[] = [];
+  /** True while the backend has our vrings (between a successful start and reset/loss). */
+  #running = false;
+  /** False after reset: vrings start at 0. True after a loss: resume from the used index. */
+  #resume = false;
+  #pending = 0;
+  #polls = 0;
+  #lastAttempt = 0;
+  #closed = false;
+
+  // Control queue, answered locally.
+  #ctrl: QueueMemory | null = null;
+  #ctrlIndex = 2;
+  #ctrlLastAvail = 0;
+  #ctrlAvailIdx = 0; // u16 index of avail.idx in the region
+  readonly #ctrlData = new Uint8Array(CTRL_MAX_BYTES);
+  /** Control commands answered, and malformed ones, for tests and logs. */
+  readonly ctrlStats = { ok: 0, rejected: 0, malformed: 0 };
+  /** Times the backend went away and came back. */
+  readonly linkStats = { lost: 0, returned: 0 };
+
+  constructor(opts: VhostUserOptions) {
+    this.path = opts.path;
+    this.server = opts.server ?? false;
+    this.pairs = opts.queues ?? 1;
+    this.#mrg = opts.mrg ?? true;
+    this.#qsize = opts.qsize ?? DEFAULT_QSIZE;
+    this.mac = opts.mac ?? randomLocalMac();
+    this.#log = opts.log ?? (() => {});
+    this.name = `vhost-user:${this.path}${this.server ? ",server" : ""}`;
+    if (this.#qsize & (this.#qsize - 1) || this.#qsize > 32768) {
+      throw new Error(`${this.name}: qsize ${this.#qsize} is not a power of two up to 32768`);
+    }
+    const timeout = opts.timeoutMs ?? (this.server ? 60_000 : 10_000);
+    if (this.server) {
+      this.#listener = new UnixListener(this.path);
+      const s = this.#listener.accept(timeout);
+      if (s === null) {
+        this.#listener.close();
+        throw new Error(
+          `${this.name}: no vhost-user backend connected within ${timeout} ms ` +
+            `(start it with iface=${this.path},client=1)`,
+        );
+      }
+      this.#sock = s;
+    } else {
+      try {
+        this.#sock = UnixSocket.connect(this.path, timeout);
+      } catch (e) {
+        throw new Error(
+          `${this.name}: ${(e as Error).message}; is the vhost-user backend running?`,
+        );
+      }
+    }
+    try {
+      this.#handshake();
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  /** `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,qsize=N][,mac=XX:..][,timeout=S]`. */
+  static fromSpec(path: string, options: Record<string, string>): VhostUserTransport {
+    if (path === "") throw new Error("vhost-user: a socket path is required (vhost-user:PATH)");
+    for (const k of Object.keys(options)) {
+      if (!SPEC_OPTIONS.includes(k)) {
+        throw new Error(
+          `vhost-user:${path}: unknown option '${k}' (known: ${SPEC_OPTIONS.join(", ")})`,
+        );
+      }
+    }
+    const o = options;
+    return new VhostUserTransport({
+      path,
+      server: o.server !== undefined ? flag("server", o.server) : false,
+      queues: o.queues !== undefined ? positiveInt("queues", o.queues, 128) : 1,
+      mrg: o.mrg !== undefined ? flag("mrg", o.mrg) : true,
+      qsize: o.qsize !== undefined ? positiveInt("qsize", o.qsize, 32768) : undefined,
+      mac: o.mac !== undefined ? parseMac(o.mac) : undefined,
+      timeoutMs: o.timeout !== undefined
+        ? positiveInt("timeout", o.timeout, 86400) * 1000
+        : undefined,
+    });
+  }
+
+  /** True while the backend is connected and (after DRIVER_OK) has taken our vrings. */
+  get linkUp(): boolean {
+    return this.#sock !== null && (this.#running || (this.#status & Status.DRIVER_OK) === 0);
+  }
+
+  /** Features the backend offered on the current (or last) connection. */
+  get backendFeatures(): bigint {
+    return this.#backendFeatures;
+  }
+
+  /** Protocol features negotiated with the backend. */
+  get protocolFeatures(): bigint {
+    return this.#protocolFeatures;
+  }
+
+  // ---- VirtioTransport -------------------------------------------------------------------
+
+  reset(): void {
+    if (this.#running) this.#stopBackend();
+    this.#running = false;
+    this.#resume = false;
+    this.#status = 0;
+    this.#driverFeatures = 0n;
+    this.#regions = [];
+    for (const v of this.#vrings) if (v) this.#closeVring(v);
+    this.#vrings = [];
+    this.#ctrl = null;
+  }
+
+  getStatus(): number {
+    return this.#status;
+  }
+
+  setStatus(status: number): void {
+    if (status === 0) {
+      this.reset();
+      return;
+    }
+    const was = this.#status;
+    this.#status = status;
+    if ((status & Status.DRIVER_OK) !== 0 && (was & Status.DRIVER_OK) === 0) {
+      if (this.#sock !== null) this.#startBackend();
+      this.#pending |= TransportEvent.CONFIG_CHANGED;
+    }
+  }
+
+  getDeviceFeatures(): bigint {
+    let f = (this.#backendFeatures & PASSED_THROUGH) | LOCAL_FEATURES;
+    if (!this.#mrg) f &= ~bit(NetFeature.MRG_RXBUF);
+    if (this.pairs > 1) f |= bit(NetFeature.MQ);
+    return f;
+  }
+
+  setDriverFeatures(features: bigint): void {
+    const extra = features & ~this.getDeviceFeatures();
+    if (extra !== 0n) {
+      throw new Error(
+        `${this.name}: the driver asked for features not offered (0x${extra.toString(16)})`,
+      );
+    }
+    this.#driverFeatures = features;
+    this.#ctrlIndex = 2 * (has(features, NetFeature.MQ) ? this.pairs : 1);
+  }
+
+  readConfig(offset: number, length: number): Uint8Array {
+    // 5.1.4: mac[6], le16 status, le16 max_virtqueue_pairs (mtu and later fields are not offered).
+    const cfg = new Uint8Array(NetConfig.MTU);
+    cfg.set(this.mac, NetConfig.MAC);
+    const dv = new DataView(cfg.buffer);
+    dv.setUint16(NetConfig.STATUS, this.linkUp ? NetConfig.S_LINK_UP : 0, true);
+    dv.setUint16(NetConfig.MAX_VIRTQUEUE_PAIRS, this.pairs, true);
+    const out = new Uint8Array(length);
+    if (offset < cfg.length) out.set(cfg.subarray(offset, Math.min(cfg.length, offset + length)));
+    return out;
+  }
+
+  queueMaxSize(index: number): number {
+    if (index === this.#ctrlIndex && has(this.#driverFeatures, NetFeature.CTRL_VQ)) {
+      return CTRL_QUEUE_SIZE;
+    }
+    if (index < 2 * this.pairs) return this.#qsize;
+    return index === 2 * this.pairs ? CTRL_QUEUE_SIZE : 0;
+  }
+
+  setupQueue(q: QueueMemory): void {
+    if (q.index === this.#ctrlIndex && has(this.#driverFeatures, NetFeature.CTRL_VQ)) {
+      this.#ctrl = q;
+      this.#ctrlLastAvail = 0;
+      this.#ctrlAvailIdx = (q.availOffset + Avail.IDX) >> 1;
+      this.addMemory(q.region);
+      return;
+    }
+    if (q.index >= 2 * this.pairs) {
+      throw new Error(`${this.name}: queue ${q.index} does not exist (${this.pairs} pairs)`);
+    }
+    const old = this.#vrings[q.index];
+    if (old) this.#closeVring(old);
+    this.#vrings[q.index] = {
+      q,
+      kickFd: eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+      callFd: eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+    };
+    this.addMemory(q.region);
+  }
+
+  addMemory(region: DmaRegion): void {
+    if (this.#regions.includes(region)) return;
+    if (region.fd < 0) {
+      throw new Error(
+        `${this.name}: DMA region ${region.name} (${region.kind}) has no file descriptor; ` +
+          `vhost-user needs memfd or hugepage-memfd memory`,
+      );
+    }
+    if (this.#regions.length >= MemTable.MAX_REGIONS) {
+      throw new Error(
+        `${this.name}: more than ${MemTable.MAX_REGIONS} memory regions (vhost-user's limit)`,
+      );
+    }
+    this.#regions.push(region);
+  }
+
+  notify(index: number): void {
+    const v = this.#vrings[index];
+    if (v !== undefined && v !== null) {
+      raw.write(v.kickFd, this.#kickValue, 8n);
+    } else if (this.#ctrl !== null && index === this.#ctrlIndex) {
+      this.#serveCtrl();
+    }
+  }
+
+  poll(): number {
+    let ev = this.#pending;
+    this.#pending = 0;
+    if (this.#ctrl !== null && this.#ctrl.region.u16[this.#ctrlAvailIdx] !== this.#ctrlLastAvail) {
+      this.#serveCtrl();
+    }
+    if (++this.#polls < CHECK_EVERY) return ev;
+    this.#polls = 0;
+    if (this.#sock !== null) {
+      if (this.#sock.peerGone(true)) ev |= this.#lost("the backend closed the connection");
+    } else if (!this.#closed) {
+      ev |= this.#tryReturn();
+    }
+    return ev;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      if (this.#running) this.#stopBackend();
+    } finally {
+      this.#running = false;
+      for (const v of this.#vrings) if (v) this.#closeVring(v);
+      this.#vrings = [];
+      this.#sock?.close();
+      this.#sock = null;
+      this.#listener?.close();
+      this.#listener = null;
+    }
+  }
+
+  // ---- connection ------------------------------------------------------------------------
+
+  /** First messages on a new connection: ownership, features, protocol features. */
+  #handshake(): void {
+    this.#request(Request.SET_OWNER, 0, false);
+    this.#request(Request.GET_FEATURES, 0, true);
+    const features = this.#msg.u64(0);
+    if (this.#status !== 0 && (this.#driverFeatures & ~LOCAL_FEATURES & ~features) !== 0n) {
+      throw new Error(
+        `${this.name}: the backend that connected no longer offers the negotiated features ` +
+          `(offers 0x${features.toString(16)}, negotiated 0x${this.#driverFeatures.toString(16)})`,
+      );
+    }
+    this.#backendFeatures = features;
+    this.#protocolFeatures = 0n;
+    if (has(features, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
+      this.#request(Request.GET_PROTOCOL_FEATURES, 0, true);
+      const offered = this.#msg.u64(0);
+      const use = offered & WANTED_PROTOCOL_FEATURES;
+      this.#msg.begin(Request.SET_PROTOCOL_FEATURES, U64_PAYLOAD, false);
+      this.#msg.setU64(0, use);
+      this.#send([]);
+      this.#protocolFeatures = use;
+    }
+    if (this.pairs > 1) {
+      if (!has(this.#protocolFeatures, ProtocolFeature.MQ)) {
+        throw new Error(`${this.name}: queues=${this.pairs} but the backend has no MQ support`);
+      }
+      this.#request(Request.GET_QUEUE_NUM, 0, true);
+      const max = Number(this.#msg.u64(0));
+      if (max < this.pairs) {
+        throw new Error(`${this.name}: queues=${this.pairs} but the backend allows ${max}`);
+      }
+    }
+    this.#log(
+      `${this.name}: connected; backend features 0x${features.toString(16)}, ` +
+        `protocol features 0x${this.#protocolFeatures.toString(16)}`,
+    );
+  }
+
+  /** Program the backend with everything recorded since reset (see the module comment). */
+  #startBackend(): void {
+    const backendFeatures = (this.#driverFeatures & ~LOCAL_FEATURES) |
+      (this.#backendFeatures & bit(Feature.VHOST_USER_PROTOCOL_FEATURES));
+    this.#msg.begin(Request.SET_FEATURES, U64_PAYLOAD, this.#ack);
+    this.#msg.setU64(0, backendFeatures);
+    this.#sendChecked([]);
+
+    this.#msg.begin(
+      Request.SET_MEM_TABLE,
+      MemTable.REGIONS + this.#regions.length * MemTable.REGION_SIZE,
+      this.#ack,
+    );
+    this.#msg.setU32(MemTable.NREGIONS, this.#regions.length);
+    this.#regions.forEach((r, i) => {
+      const at = MemTable.REGIONS + i * MemTable.REGION_SIZE;
+      this.#msg.setU64(at + MemTable.GPA, r.iova(0));
+      this.#msg.setU64(at + MemTable.SIZE, r.size);
+      this.#msg.setU64(at + MemTable.UADDR, r.addr);
+      this.#msg.setU64(at + MemTable.MMAP_OFFSET, 0);
+    });
+    this.#sendChecked(this.#regions.map((r) => r.fd));
+
+    const used = (v: Vring) => v.q.region.u16[(v.q.usedOffset + Used.IDX) >> 1];
+    for (let i = 0; i < this.#vrings.length; i++) {
+      const v = this.#vrings[i];
+      if (!v) continue;
+      this.#vringFile(Request.SET_VRING_CALL, i, v.callFd);
+      this.#vringState(Request.SET_VRING_NUM, i, v.q.size);
+      this.#vringState(Request.SET_VRING_BASE, i, this.#resume ? used(v) : 0);
+      this.#msg.begin(Request.SET_VRING_ADDR, VringAddr.SIZE, this.#ack);
+      this.#msg.setU32(VringAddr.INDEX, i);
+      this.#msg.setU64(VringAddr.DESC, v.q.region.addr + v.q.descOffset);
+      this.#msg.setU64(VringAddr.USED, v.q.region.addr + v.q.usedOffset);
+      this.#msg.setU64(VringAddr.AVAIL, v.q.region.addr + v.q.availOffset);
+      this.#sendChecked([]);
+      this.#vringFile(Request.SET_VRING_KICK, i, v.kickFd);
+    }
+    if (has(backendFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
+      for (let i = 0; i < this.#vrings.length; i++) {
+        if (this.#vrings[i]) this.#vringState(Request.SET_VRING_ENABLE, i, 1);
+      }
+    }
+    if (has(this.#protocolFeatures, ProtocolFeature.STATUS)) {
+      this.#msg.begin(Request.SET_STATUS, U64_PAYLOAD, this.#ack);
+      this.#msg.setU64(0, this.#status & 0xff);
+      this.#sendChecked([]);
+    }
+    this.#running = true;
+    this.#resume = true;
+    this.#log(`${this.name}: backend running (${this.#vrings.filter((v) => v).length} vrings)`);
+  }
+
+  /** GET_VRING_BASE for every vring (the backend stops them) and SET_STATUS 0. */
+  #stopBackend(): void {
+    this.#running = false;
+    if (this.#sock === null) return;
+    try {
+      for (let i = 0; i < this.#vrings.length; i++) {
+        if (!this.#vrings[i]) continue;
+        this.#msg.begin(Request.GET_VRING_BASE, VringState.SIZE, false);
+        this.#msg.setU32(VringState.INDEX, i);
+        this.#send([]);
+        this.#reply(Request.GET_VRING_BASE);
+      }
+      if (has(this.#protocolFeatures, ProtocolFeature.STATUS)) {
+        this.#msg.begin(Request.SET_STATUS, U64_PAYLOAD, this.#ack);
+        this.#msg.setU64(0, 0);
+        this.#sendChecked([]);
+      }
+    } catch (e) {
+      this.#lost(`stopping the vrings failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** The backend is gone: drop the connection, link down. Returns the events to report. */
+  #lost(why: string): number {
+    this.#sock?.close();
+    this.#sock = null;
+    const wasRunning = this.#running;
+    this.#running = false;
+    this.linkStats.lost++;
+    this.#lastAttempt = performance.now();
+    this.#log(`${this.name}: backend lost (${why}); link down`);
+    // A later start resumes the rings where the backend left them.
+    this.#resume = this.#resume || wasRunning;
+    return TransportEvent.DEVICE_LOST | TransportEvent.CONFIG_CHANGED;
+  }
+
+  /** While the backend is away: reconnect or accept (rate limited). */
+  #tryReturn(): number {
+    const now = performance.now();
+    if (now - this.#lastAttempt < RECONNECT_INTERVAL_MS) return 0;
+    this.#lastAttempt = now;
+    const s = this.server ? this.#listener!.accept(0) : UnixSocket.tryConnect(this.path);
+    if (s === null) return 0;
+    this.#sock = s;
+    try {
+      this.#handshake();
+      if ((this.#status & Status.DRIVER_OK) !== 0) this.#startBackend();
+    } catch (e) {
+      return this.#lost(`reconnect failed: ${(e as Error).message}`) & ~TransportEvent.DEVICE_LOST;
+    }
+    this.linkStats.returned++;
+    this.#log(`${this.name}: backend returned; link up`);
+    return TransportEvent.DEVICE_RETURNED | TransportEvent.CONFIG_CHANGED;
+  }
+
+  // ---- messages --------------------------------------------------------------------------
+
+  get #ack(): boolean {
+    return has(this.#protocolFeatures, ProtocolFeature.REPLY_ACK);
+  }
+
+  #send(fds: number[]): void {
+    if (this.#sock === null) throw new Error(`${this.name}: the backend is not connected`);
+    this.#sock.send(this.#msg.bytes.subarray(0, this.#msg.length), fds, REPLY_TIMEOUT_MS);
+  }
+
+  /** Send the message built in #msg; when it asked for an ack, wait for it and check it. */
+  #sendChecked(fds: number[]): void {
+    const request = this.#msg.request;
+    const needReply = (this.#msg.flags & Header.F_NEED_REPLY) !== 0;
+    this.#send(fds);
+    if (!needReply) return;
+    this.#reply(request);
+    const status = this.#msg.u64(0);
+    if (status !== 0n) {
+      throw new Error(`${this.name}: the backend refused ${requestName(request)} (${status})`);
+    }
+  }
+
+  /** Send a request without payload (or with none needed) and, if `reply`, read its reply. */
+  #request(request: number, size: number, reply: boolean): void {
+    this.#msg.begin(request, size, false);
+    this.#send([]);
+    if (reply) this.#reply(request);
+  }
+
+  #vringState(request: number, index: number, num: number): void {
+    this.#msg.begin(request, VringState.SIZE, this.#ack);
+    this.#msg.setU32(VringState.INDEX, index);
+    this.#msg.setU32(VringState.NUM, num);
+    this.#sendChecked([]);
+  }
+
+  #vringFile(request: number, index: number, fd: number): void {
+    this.#msg.begin(request, U64_PAYLOAD, this.#ack);
+    this.#msg.setU64(0, index & VringFile.INDEX_MASK);
+    this.#sendChecked([fd]);
+  }
+
+  /** Read one reply into #msg and check that it answers `request`. */
+  #reply(request: number): void {
+    if (this.#sock === null) throw new Error(`${this.name}: the backend is not connected`);
+    const fds: number[] = [];
+    const m = this.#msg;
+    try {
+      this.#sock.recvExact(m.bytes, Header.LENGTH, fds, REPLY_TIMEOUT_MS);
+      const size = m.size;
+      if (size > m.bytes.length - Header.LENGTH) {
+        throw new Error(`reply to ${requestName(request)} too large (${size} bytes)`);
+      }
+      if (size > 0) {
+        this.#sock.recvExact(m.bytes.subarray(Header.LENGTH), size, fds, REPLY_TIMEOUT_MS);
+      }
+    } finally {
+      for (const fd of fds) closeFd(fd); // no reply we ask for carries descriptors
+    }
+    if (m.request !== request || (m.flags & Header.F_REPLY) === 0) {
+      throw new Error(
+        `${this.name}: expected a reply to ${requestName(request)}, got ${
+          requestName(m.request)
+        } (flags 0x${m.flags.toString(16)})`,
+      );
+    }
+  }
+
+  #closeVring(v: Vring): void {
+    closeFd(v.kickFd);
+    closeFd(v.callFd);
+  }
+
+  // ---- control queue (5.1.6.5), answered locally ----------------------------------------
+
+  /** Translate a descriptor address (iova) to [region, offset], or null when it is nowhere. */
+  #locate(iova: number, len: number): [DmaRegion, number] | null {
+    for (const r of this.#regions) {
+      const off = iova - r.iovaBase;
+      if (off >= 0 && off + len <= r.size) return [r, off];
+    }
+    return null;
+  }
+
+  #serveCtrl(): void {
+    const q = this.#ctrl!;
+    const u16 = q.region.u16;
+    const u32 = q.region.u32;
+    const availIdx = u16[this.#ctrlAvailIdx];
+    while (this.#ctrlLastAvail !== availIdx) {
+      const slot = this.#ctrlLastAvail % q.size;
+      const head = u16[(q.availOffset + Avail.RING + 2 * slot) >> 1];
+      let got = 0;
+      let ackAt: [DmaRegion, number] | null = null;
+      let ok = head < q.size;
+      for (let d = head, hops = 0; ok; hops++) {
+        const at = q.descOffset + d * Desc.SIZE;
+        const iova = u32[(at + Desc.ADDR) >> 2] + u32[(at + Desc.ADDR + 4) >> 2] * 2 ** 32;
+        const len = u32[(at + Desc.LEN) >> 2];
+        const flags = u16[(at + Desc.FLAGS) >> 1];
+        const place = this.#locate(iova, len);
+        if (place === null || hops >= q.size) {
+          ok = false;
+          break;
+        }
+        if ((flags & Desc.F_WRITE) !== 0) {
+          if (len >= 1) ackAt = place;
+        } else if (got + len <= CTRL_MAX_BYTES) {
+          this.#ctrlData.set(place[0].u8.subarray(place[1], place[1] + len), got);
+          got += len;
+        } else {
+          ok = false;
+        }
+        if ((flags & Desc.F_NEXT) === 0) break;
+        d = u16[(at + Desc.NEXT) >> 1];
+        if (d >= q.size) ok = false;
+      }
+      let written = 0;
+      if (ok && ackAt !== null && got >= 2) {
+        const ack = this.#ctrlCommand(this.#ctrlData[0], this.#ctrlData[1], got - 2);
+        ackAt[0].u8[ackAt[1]] = ack;
+        written = 1;
+        if (ack === Ctrl.OK) this.ctrlStats.ok++;
+        else this.ctrlStats.rejected++;
+      } else {
+        this.ctrlStats.malformed++;
+        this.#log(`${this.name}: malformed control command (descriptor ${head}) ignored`);
+      }
+      const usedIdx = u16[(q.usedOffset + Used.IDX) >> 1];
+      const e = q.usedOffset + Used.RING + (usedIdx % q.size) * Used.ELEM_SIZE;
+      u32[(e + Used.ELEM_ID) >> 2] = head;
+      u32[(e + Used.ELEM_LEN) >> 2] = written;
+      Atomics.store(u16, (q.usedOffset + Used.IDX) >> 1, (usedIdx + 1) & 0xffff);
+      this.#ctrlLastAvail = (this.#ctrlLastAvail + 1) & 0xffff;
+    }
+  }
+
+  /** Answer one command; `n` bytes of data follow class and command in #ctrlData. */
+  #ctrlCommand(cls: number, cmd: number, n: number): number {
+    const data = this.#ctrlData;
+    switch (cls) {
+      case Ctrl.RX:
+        // Receive modes filter nothing on a vhost-user link: every frame reaches us anyway.
+        return cmd <= Ctrl.RX_NOBCAST && n >= 1 ? Ctrl.OK : Ctrl.ERR;
+      case Ctrl.MAC:
+        if (cmd === Ctrl.MAC_TABLE_SET) return Ctrl.OK; // no filtering on vhost-user
+        if (cmd === Ctrl.MAC_ADDR_SET && n >= 6) {
+          this.mac.set(data.subarray(2, 8));
+          return Ctrl.OK;
+        }
+        return Ctrl.ERR;
+      case Ctrl.MQ: {
+        if (cmd !== Ctrl.MQ_VQ_PAIRS_SET || n < 2) return Ctrl.ERR;
+        const pairs = data[2] | (data[3] << 8);
+        return pairs >= 1 && pairs <= this.pairs ? Ctrl.OK : Ctrl.ERR;
+      }
+      case Ctrl.ANNOUNCE:
+        return cmd === Ctrl.ANNOUNCE_ACK ? Ctrl.OK : Ctrl.ERR;
+      default:
+        return Ctrl.ERR; // VLAN filtering and offloads are not offered
+    }
+  }
+}

@@ -4,6 +4,7 @@
  */
 import assert from "assert";
 import { DmaRegion } from "../ffi/dma.ts";
+import { TransportEvent } from "../mod/transport/transport.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import {
   Avail,
@@ -116,8 +117,10 @@ class BareRings {
     return n;
   }
 
-  close(): void {
-    this.t.close();
+  /** Stop the device (GET_VRING_BASE) and free the rings; `closeTransport` also disconnects. */
+  close(closeTransport = true): void {
+    if (closeTransport) this.t.close();
+    else this.t.reset();
     this.region.close();
   }
 }
@@ -180,3 +183,106 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
     await pmd.stop();
   }
 });
+
+/** Poll the transport until `events` shows up in its event mask (or fail after `ms`). */
+function pollFor(t: VhostUserTransport, events: number, ms: number, step = () => {}): number {
+  const end = performance.now() + ms;
+  let seen = 0;
+  for (let i = 0; (seen & events) !== events; i++) {
+    seen |= t.poll();
+    step();
+    if ((i & 1023) === 0 && performance.now() > end) {
+      throw new Error(`transport events 0x${events.toString(16)} not seen within ${ms} ms`);
+    }
+  }
+  return seen;
+}
+
+function linkUp(t: VhostUserTransport): boolean {
+  return (t.readConfig(NetConfig.STATUS, 1)[0] & NetConfig.S_LINK_UP) !== 0;
+}
+
+for (const server of [false, true]) {
+  const mode = server ? "server" : "client";
+  peerTest(
+    testpmdPeer,
+    `vhost-user (${mode} mode): backend killed and restarted, link down/up, traffic resumes`,
+    async () => {
+      const sock = socketPath(`re-${mode}`);
+      const vdev = `net_vhost0,iface=${sock},queues=1${server ? ",client=1" : ""}`;
+      let pmd = server ? null : await Testpmd.start({ vdev, fwd: "txonly" });
+      let rings: BareRings | null = null;
+      try {
+        let t: VhostUserTransport;
+        if (server) {
+          // vpmd listens; the backend (vhost client=1) connects once it is up.
+          const started = Testpmd.start({ vdev, fwd: "txonly" }); // spawns at once
+          t = new VhostUserTransport({ path: sock, server: true, timeoutMs: 20_000 });
+          pmd = await started;
+        } else {
+          t = new VhostUserTransport({ path: sock });
+        }
+        rings = new BareRings(t);
+        await pmd!.cmd("start");
+        let frames = 0;
+        const take = () => {
+          frames += rings!.receive()[0];
+        };
+        spin(300, take);
+        assert.ok(frames > 1000, `only ${frames} frames before the kill`);
+        assert.ok(linkUp(t));
+
+        await pmd!.kill();
+        await pmd!.stop();
+        const lost = pollFor(t, TransportEvent.DEVICE_LOST, 5000, take);
+        assert.ok(lost & TransportEvent.CONFIG_CHANGED);
+        assert.equal(linkUp(t), false);
+        if (!server) Deno.removeSync(sock); // the killed server left its socket file behind
+
+        pmd = await Testpmd.start({ vdev, fwd: "txonly", autoStart: true });
+        const back = pollFor(t, TransportEvent.DEVICE_RETURNED, 10_000, take);
+        assert.ok(back & TransportEvent.CONFIG_CHANGED);
+        assert.ok(linkUp(t));
+        const before = frames;
+        spin(500, take);
+        assert.ok(frames - before > 1000, `only ${frames - before} frames after the return`);
+        assert.equal(t.linkStats.lost, 1);
+        assert.equal(t.linkStats.returned, 1);
+      } finally {
+        rings?.close();
+        await pmd?.stop();
+      }
+    },
+  );
+}
+
+peerTest(
+  testpmdPeer,
+  "vhost-user: stopped and started again on the same connection and socket",
+  async () => {
+    const sock = socketPath("restart");
+    const pmd = await Testpmd.start({
+      vdev: `net_vhost0,iface=${sock},queues=1`,
+      fwd: "txonly",
+      autoStart: true,
+    });
+    try {
+      for (let conn = 0; conn < 2; conn++) {
+        const t = new VhostUserTransport({ path: sock });
+        for (let run = 0; run < 2; run++) {
+          // A fresh set of rings each time: reset() stopped the old ones with GET_VRING_BASE.
+          const rings = new BareRings(t);
+          let frames = 0;
+          spin(300, () => {
+            frames += rings.receive()[0];
+          });
+          rings.close(run === 1);
+          assert.ok(frames > 1000, `connection ${conn} run ${run}: only ${frames} frames`);
+        }
+      }
+      assert.equal(pmd.exited, false);
+    } finally {
+      await pmd.stop();
+    }
+  },
+);

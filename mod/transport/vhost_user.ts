@@ -158,6 +158,7 @@ export class VhostUserTransport implements VirtioTransport {
   #backendFeatures = 0n;
   #protocolFeatures = 0n;
   #driverFeatures = 0n;
+  #backendNegotiated = 0n;
   #status = 0;
   #regions: DmaRegion[] = [];
   #vrings: (Vring | null)[] = [];
@@ -254,6 +255,11 @@ export class VhostUserTransport implements VirtioTransport {
   /** Features the backend offered on the current (or last) connection. */
   get backendFeatures(): bigint {
     return this.#backendFeatures;
+  }
+
+  /** Virtio features last sent to the backend with SET_FEATURES. */
+  get backendNegotiated(): bigint {
+    return this.#backendNegotiated;
   }
 
   /** Protocol features negotiated with the backend. */
@@ -455,6 +461,7 @@ export class VhostUserTransport implements VirtioTransport {
     this.#msg.begin(Request.SET_FEATURES, U64_PAYLOAD, this.#ack);
     this.#msg.setU64(0, backendFeatures);
     this.#sendChecked([]);
+    this.#backendNegotiated = backendFeatures;
 
     this.#msg.begin(
       Request.SET_MEM_TABLE,

@@ -293,7 +293,15 @@ export class VhostUserTransport implements VirtioTransport {
     const was = this.#status;
     this.#status = status;
     if ((status & Status.DRIVER_OK) !== 0 && (was & Status.DRIVER_OK) === 0) {
-      if (this.#sock !== null) this.#startBackend();
+      if (this.#sock !== null) {
+        try {
+          this.#startBackend();
+        } catch (e) {
+          // A backend that vanished mid-setup is a link down (it may come back), not an error.
+          if (!this.#sock.peerGone(false)) throw e;
+          this.#pending |= this.#lost((e as Error).message);
+        }
+      }
       this.#pending |= TransportEvent.CONFIG_CHANGED;
     }
   }

@@ -1,0 +1,683 @@
+/**
+ * A virtio-net port ("ethdev"): feature negotiation and the device initialization sequence
+ * (virtio 1.2, 3.1.1 "Driver Requirements: Device Initialization"), its RX/TX queue pairs and
+ * control queue, link status (5.1.4 `status`), receive filters through the control queue
+ * (5.1.6.5), and software VLAN strip/insert.
+ *
+ * The port talks only to the `VirtioTransport` interface; what differs between transports is
+ * data (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
+ */
+import { DmaRegion } from "../ffi/dma.ts";
+import type { MbufPool } from "./mbuf.ts";
+import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
+import {
+  bit,
+  Ctrl,
+  Eth,
+  Feature,
+  has,
+  NetConfig,
+  NetFeature,
+  netHdrSize,
+  NetQueue,
+  Status,
+} from "./virtio/constants.ts";
+import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
+import { RxQueue } from "./virtio/rx_queue.ts";
+import { isValidQueueSize, ringParts, ringStartAlign, SplitRing } from "./virtio/split_ring.ts";
+import { TxQueue } from "./virtio/tx_queue.ts";
+
+export interface PortConfig {
+  /** RX buffers; transport.dmaKinds must include pool.region.kind. */
+  pool: MbufPool;
+  /** Queue pairs, default 1 (>1 needs VIRTIO_NET_F_MQ and the control queue). */
+  queues?: number;
+  /** RX ring size, default 256 (0 = device maximum). */
+  rxd?: number;
+  /** TX ring size, default 256 (0 = device maximum). */
+  txd?: number;
+  /** Negotiate MRG_RXBUF when offered (default true). */
+  mrgRxbuf?: boolean;
+  /** Negotiate EVENT_IDX when offered (default false). */
+  eventIdx?: boolean;
+  /** Use the control queue when offered (default true). */
+  ctrlVq?: boolean;
+  /** Default 1500 (frames up to mtu + 18); larger needs the device's MTU and big enough buffers. */
+  mtu?: number;
+  /** Software VLAN strip on RX (TCI -> pool.vlanTci, MbufFlag.VLAN_STRIPPED). */
+  vlanStrip?: boolean;
+  /** Software insert of this TCI on every TX frame (an mbuf's VLAN_INSERT flag uses its own). */
+  vlanInsert?: number;
+}
+
+/**
+ * Counters, plain numbers updated once per burst. rxDropped counts every frame the driver
+ * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device returned a bad
+ * used entry). txDropped counts frames not sent: refused by txBurst (added by the caller) or
+ * malformed (also in txErrors), and frames lost in flight when the device went away. txErrors
+ * also counts bad used entries on the TX ring.
+ */
+export interface PortStats {
+  rxPackets: number;
+  txPackets: number;
+  rxBytes: number;
+  txBytes: number;
+  rxDropped: number;
+  txDropped: number;
+  rxNoMbuf: number;
+  rxErrors: number;
+  txErrors: number;
+}
+
+export function emptyStats(): PortStats {
+  return {
+    rxPackets: 0,
+    txPackets: 0,
+    rxBytes: 0,
+    txBytes: 0,
+    rxDropped: 0,
+    txDropped: 0,
+    rxNoMbuf: 0,
+    rxErrors: 0,
+    txErrors: 0,
+  };
+}
+
+const DEFAULT_RING = 256;
+/** Control queue entries wanted when the device lets us choose. */
+const CTRL_RING = 64;
+/** Largest MTU accepted when the device does not state one (64 KiB frames). */
+const MAX_MTU = 65535 - Eth.HDR - Eth.VLAN_TAG;
+
+/** Features the driver can use; the device's offer is intersected with these (6, 5.1.3). */
+const BASE_FEATURES = [
+  Feature.VERSION_1,
+  Feature.ANY_LAYOUT,
+  NetFeature.MAC,
+  NetFeature.STATUS,
+  NetFeature.MTU,
+];
+const CTRL_FEATURES = [
+  NetFeature.CTRL_VQ,
+  NetFeature.CTRL_RX,
+  NetFeature.CTRL_VLAN,
+  NetFeature.CTRL_MAC_ADDR,
+  NetFeature.GUEST_ANNOUNCE,
+];
+
+/** Resolved configuration (after checking it against the device). */
+interface Plan {
+  cfg: PortConfig;
+  features: bigint;
+  hdrSize: number;
+  queues: number;
+  rxd: number;
+  txd: number;
+  ctrlSize: number;
+  ctrlIndex: number;
+}
+
+/** Receive filter state, re-applied through the control queue on every start. */
+interface Filters {
+  promisc: boolean | null;
+  allmulti: boolean | null;
+  unicast: Uint8Array[] | null;
+  multicast: Uint8Array[] | null;
+  mac: Uint8Array | null;
+  vlans: Set<number>;
+}
+
+export class Port {
+  readonly id: number;
+  readonly transport: VirtioTransport;
+  onLinkChange: ((up: boolean) => void) | null = null;
+  readonly stats: PortStats = emptyStats();
+  readonly queueStats: { rx: PortStats[]; tx: PortStats[] } = { rx: [], tx: [] };
+
+  readonly #log: (msg: string) => void;
+  #cfg: PortConfig | null = null;
+  #plan: Plan | null = null;
+  #started = false;
+  /** start() was called and stop() was not: a returning device is brought up again. */
+  #wanted = false;
+  #mac = new Uint8Array(6);
+  #linkUp = false;
+  #rx: RxQueue[] = [];
+  #tx: TxQueue[] = [];
+  #ctrl: CtrlQueue | null = null;
+  /** Ring memory, kept across stop/start (a backend maps it once); replaced when sizes change. */
+  #ringRegion: DmaRegion | null = null;
+  #ringRegionKey = "";
+  #filters: Filters = {
+    promisc: null,
+    allmulti: null,
+    unicast: null,
+    multicast: null,
+    mac: null,
+    vlans: new Set(),
+  };
+
+  constructor(id: number, transport: VirtioTransport, opts: { log?: (msg: string) => void } = {}) {
+    this.id = id;
+    this.transport = transport;
+    this.#log = opts.log ?? ((msg) => console.error(msg));
+  }
+
+  get started(): boolean {
+    return this.#started;
+  }
+
+  get mac(): Uint8Array {
+    return this.#mac;
+  }
+
+  get features(): bigint {
+    return this.#plan?.features ?? 0n;
+  }
+
+  get linkUp(): boolean {
+    return this.#linkUp;
+  }
+
+  /** Check `cfg` against the device and keep it for `start`. Only while stopped. */
+  configure(cfg: PortConfig): void {
+    if (this.#started) {
+      throw new Error(`port ${this.id}: cannot configure a started port; stop the port first`);
+    }
+    this.#plan = this.#resolve(cfg, false);
+    this.#cfg = cfg;
+  }
+
+  #fail(msg: string): never {
+    throw new Error(`port ${this.id}: ${msg}`);
+  }
+
+  /** Negotiate features and check sizes; `warn` logs the queue-size warning (once per start). */
+  #resolve(cfg: PortConfig, warn: boolean): Plan {
+    const t = this.transport;
+    const pool = cfg.pool;
+    if (!t.dmaKinds.includes(pool.region.kind)) {
+      this.#fail(
+        `the mbuf pool is ${pool.region.kind} memory, which ${t.name} cannot reach ` +
+          `(it needs one of: ${t.dmaKinds.join(", ")})`,
+      );
+    }
+    const queues = cfg.queues ?? 1;
+    if (!Number.isInteger(queues) || queues < 1) this.#fail(`queues must be 1 or more (${queues})`);
+    const offered = t.getDeviceFeatures();
+    let want = 0n;
+    for (const f of BASE_FEATURES) want |= bit(f);
+    if (cfg.mrgRxbuf ?? true) want |= bit(NetFeature.MRG_RXBUF);
+    if (cfg.eventIdx ?? false) want |= bit(Feature.EVENT_IDX);
+    if (cfg.ctrlVq ?? true) { for (const f of CTRL_FEATURES) want |= bit(f); }
+    if (queues > 1) want |= bit(NetFeature.MQ);
+    let features = offered & want;
+    // Features that depend on the control queue are void without it (5.1.3.1).
+    if (!has(features, NetFeature.CTRL_VQ)) {
+      for (const f of CTRL_FEATURES) features &= ~bit(f);
+      features &= ~bit(NetFeature.MQ);
+    }
+    if (queues > 1) {
+      if (!has(features, NetFeature.MQ)) {
+        this.#fail(
+          `${queues} queue pairs need VIRTIO_NET_F_MQ and the control queue, which the device ` +
+            `does not offer; run with one queue pair`,
+        );
+      }
+      const max = this.#readU16(NetConfig.MAX_VIRTQUEUE_PAIRS);
+      if (queues > max) this.#fail(`${queues} queue pairs asked, the device has ${max}`);
+    }
+    const hdrSize = netHdrSize(features);
+    if (pool.headroom < hdrSize) {
+      this.#fail(
+        `the mbuf pool's headroom (${pool.headroom} bytes) cannot hold the ${hdrSize}-byte ` +
+          `virtio-net header; use a pool with headroom >= ${hdrSize}`,
+      );
+    }
+    if (cfg.vlanInsert !== undefined) {
+      if (!Number.isInteger(cfg.vlanInsert) || cfg.vlanInsert < 0 || cfg.vlanInsert > 0xffff) {
+        this.#fail(`VLAN insert TCI ${cfg.vlanInsert} is not a 16-bit value`);
+      }
+      if (pool.headroom < hdrSize + Eth.VLAN_TAG) {
+        this.#fail(
+          `software VLAN insert needs ${hdrSize + Eth.VLAN_TAG} bytes of headroom ` +
+            `(header + tag), the pool has ${pool.headroom}`,
+        );
+      }
+    }
+    const mtu = cfg.mtu ?? Eth.MTU;
+    const devMtu = has(features, NetFeature.MTU) ? this.#readU16(NetConfig.MTU) : MAX_MTU;
+    if (!Number.isInteger(mtu) || mtu < 68 || mtu > devMtu) {
+      this.#fail(
+        `MTU ${mtu} is not possible: ` +
+          (has(features, NetFeature.MTU)
+            ? `the device's maximum is ${devMtu} (VIRTIO_NET_F_MTU)`
+            : `it must be between 68 and ${MAX_MTU}`),
+      );
+    }
+    const maxFrame = mtu + Eth.HDR + Eth.VLAN_TAG;
+    if (!has(features, NetFeature.MRG_RXBUF) && pool.dataRoom < maxFrame) {
+      this.#fail(
+        `MTU ${mtu} needs ${maxFrame}-byte frames in one buffer without mergeable RX buffers ` +
+          `(VIRTIO_NET_F_MRG_RXBUF ${
+            has(offered, NetFeature.MRG_RXBUF) ? "turned off" : "not offered"
+          }), ` +
+          `but the pool's data room is ${pool.dataRoom}; use a pool with dataRoom >= ${maxFrame}`,
+      );
+    }
+    const maxPairs = has(features, NetFeature.MQ)
+      ? this.#readU16(NetConfig.MAX_VIRTQUEUE_PAIRS)
+      : 1;
+    const warnings: string[] = [];
+    const rxd = this.#queueSize("rxd", cfg.rxd, NetQueue.rx(0), warnings);
+    const txd = this.#queueSize("txd", cfg.txd, NetQueue.tx(0), warnings);
+    if (warn && warnings.length > 0) this.#log(`port ${this.id}: warning: ${warnings.join("; ")}`);
+    const ctrlIndex = NetQueue.ctrl(maxPairs);
+    let ctrlSize = 0;
+    if (has(features, NetFeature.CTRL_VQ)) {
+      const max = t.queueMaxSize(ctrlIndex);
+      if (max === 0) {
+        this.#fail(`the device offers a control queue but queue ${ctrlIndex} does not exist`);
+      }
+      ctrlSize = t.queueSizeFixed ? max : Math.min(max, CTRL_RING);
+      if (!isValidQueueSize(ctrlSize)) {
+        this.#fail(`control queue size ${ctrlSize} is not a power of two`);
+      }
+    }
+    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex };
+  }
+
+  #queueSize(flag: string, asked: number | undefined, index: number, warnings: string[]): number {
+    const max = this.transport.queueMaxSize(index);
+    if (max === 0) this.#fail(`queue ${index} does not exist on the device`);
+    if (this.transport.queueSizeFixed) {
+      if (asked !== undefined && asked !== 0 && asked !== max) {
+        warnings.push(`--${flag} ${asked} ignored, the device's queue size ${max} is fixed`);
+      }
+      return max;
+    }
+    if (asked === undefined) return Math.min(DEFAULT_RING, max);
+    if (asked === 0) return max;
+    if (!isValidQueueSize(asked) || asked > max) {
+      this.#fail(`--${flag} ${asked} must be a power of two no larger than the device's ${max}`);
+    }
+    return asked;
+  }
+
+  #readU16(offset: number): number {
+    const b = this.transport.readConfig(offset, 2);
+    return b[0] | (b[1] << 8);
+  }
+
+  /** Bring the device up (3.1.1) with the configured queues; RX rings filled. */
+  start(): void {
+    if (this.#started) return;
+    if (!this.#cfg) this.#fail("configure the port before starting it");
+    this.#wanted = true;
+    const plan = this.#resolve(this.#cfg, true);
+    this.#plan = plan;
+    const t = this.transport;
+    const cfg = plan.cfg;
+    try {
+      t.reset();
+      t.setStatus(Status.ACKNOWLEDGE);
+      t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+      t.setDriverFeatures(plan.features);
+      let status = Status.ACKNOWLEDGE | Status.DRIVER;
+      // FEATURES_OK exists only for devices that speak virtio 1.x (3.1.1 step 5; 3.1.2 legacy).
+      if (has(plan.features, Feature.VERSION_1)) {
+        status |= Status.FEATURES_OK;
+        t.setStatus(status);
+        if ((t.getStatus() & Status.FEATURES_OK) === 0) {
+          this.#fail(`the device did not accept the features ${plan.features.toString(16)}`);
+        }
+      }
+      this.#readMac(plan.features);
+      const region = this.#rings(plan);
+      t.addMemory(region);
+      t.addMemory(cfg.pool.region);
+      this.#buildQueues(plan, region);
+      status |= Status.DRIVER_OK;
+      t.setStatus(status);
+      this.#started = true;
+      this.#linkUp = this.#readLink();
+      this.#applyFilters(plan);
+    } catch (e) {
+      this.#teardown();
+      try {
+        t.setStatus(Status.FAILED); // 3.1.1: the driver gives up on the device
+      } catch {
+        // the device is gone; the first error is the one to report
+      }
+      throw e;
+    }
+  }
+
+  #readMac(features: bigint): void {
+    if (has(features, NetFeature.MAC)) {
+      this.#mac = new Uint8Array(this.transport.readConfig(NetConfig.MAC, Eth.ADDR));
+    } else if (this.#mac.every((b) => b === 0)) {
+      // A random locally administered unicast address (IEEE 802: bit 1 set, bit 0 clear).
+      crypto.getRandomValues(this.#mac);
+      this.#mac[0] = (this.#mac[0] & 0xfe) | 0x02;
+    }
+    if (this.#filters.mac) this.#mac = new Uint8Array(this.#filters.mac);
+  }
+
+  /** The ring region for this plan: one area per queue, then the control command buffer. */
+  #rings(plan: Plan): DmaRegion {
+    const layout = this.transport.ringLayout;
+    const key = `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}`;
+    if (this.#ringRegion && this.#ringRegionKey === key) return this.#ringRegion;
+    this.#ringRegion?.close();
+    this.#ringRegion = null;
+    const kind = this.transport.dmaKinds[0];
+    const pageSize = kind === "hugepage-memfd" || kind === "physical" ? 2 * 1024 * 1024 : 4096;
+    const bytes = placeRings(this.#ringSizes(plan), layout, pageSize).end + CTRL_BUFFER_BYTES;
+    this.#ringRegion = DmaRegion.create({
+      size: bytes,
+      kind,
+      name: `vpmd-port${this.id}-rings`,
+    });
+    this.#ringRegionKey = key;
+    return this.#ringRegion;
+  }
+
+  /** [queue index, size] for every ring of the plan. */
+  #ringSizes(plan: Plan): [number, number][] {
+    const out: [number, number][] = [];
+    for (let q = 0; q < plan.queues; q++) {
+      out.push([NetQueue.rx(q), plan.rxd], [NetQueue.tx(q), plan.txd]);
+    }
+    if (plan.ctrlSize > 0) out.push([plan.ctrlIndex, plan.ctrlSize]);
+    return out;
+  }
+
+  #buildQueues(plan: Plan, region: DmaRegion): void {
+    const t = this.transport;
+    const layout = t.ringLayout;
+    const cfg = plan.cfg;
+    const eventIdx = has(plan.features, Feature.EVENT_IDX);
+    const placed = placeRings(this.#ringSizes(plan), layout, region.pageSize);
+    const place = (index: number, size: number): SplitRing =>
+      new SplitRing(index, size, region, placed.offset.get(index)!, layout);
+    this.queueStats.rx.length = 0;
+    this.queueStats.tx.length = 0;
+    const rings: SplitRing[] = [];
+    for (let q = 0; q < plan.queues; q++) {
+      const rxRing = place(NetQueue.rx(q), plan.rxd);
+      const txRing = place(NetQueue.tx(q), plan.txd);
+      rings.push(rxRing, txRing);
+      const rxStats = emptyStats();
+      const txStats = emptyStats();
+      this.queueStats.rx.push(rxStats);
+      this.queueStats.tx.push(txStats);
+      this.#rx.push(
+        new RxQueue({
+          ring: rxRing,
+          pool: cfg.pool,
+          transport: t,
+          hdrSize: plan.hdrSize,
+          mrgRxbuf: has(plan.features, NetFeature.MRG_RXBUF),
+          eventIdx,
+          portId: this.id,
+          vlanStrip: cfg.vlanStrip ?? false,
+          stats: rxStats,
+          totals: this.stats,
+        }),
+      );
+      this.#tx.push(
+        new TxQueue({
+          ring: txRing,
+          pool: cfg.pool,
+          transport: t,
+          hdrSize: plan.hdrSize,
+          eventIdx,
+          vlanInsert: cfg.vlanInsert ?? -1,
+          stats: txStats,
+          totals: this.stats,
+        }),
+      );
+    }
+    if (plan.ctrlSize > 0) {
+      const ring = place(plan.ctrlIndex, plan.ctrlSize);
+      rings.push(ring);
+      const buf = placed.end;
+      this.#ctrl = new CtrlQueue(ring, t, region, buf, `port ${this.id}`, eventIdx);
+    }
+    for (const rx of this.#rx) rx.fill();
+    for (const ring of rings) t.setupQueue(ring.memory);
+  }
+
+  /** Reset the device and give every buffer back to the pool. */
+  stop(): void {
+    this.#wanted = false;
+    if (!this.#started) return;
+    this.#teardown();
+  }
+
+  /** Reset the device (it stops using all memory, 2.1), then free what the rings held. */
+  #teardown(): void {
+    try {
+      this.transport.reset();
+    } finally {
+      for (const rx of this.#rx) rx.release();
+      let lost = 0;
+      for (const tx of this.#tx) lost += tx.release();
+      this.stats.txDropped += lost;
+      this.#rx = [];
+      this.#tx = [];
+      this.#ctrl = null;
+      this.#started = false;
+      this.#linkUp = false;
+    }
+  }
+
+  close(): void {
+    this.stop();
+    this.#ringRegion?.close();
+    this.#ringRegion = null;
+  }
+
+  /** Receive up to `max` frames on `queue` into `pkts` (mbuf numbers); 0 when stopped. */
+  rxBurst(queue: number, pkts: Uint32Array, max: number): number {
+    const rx = this.#rx[queue];
+    return rx === undefined ? 0 : rx.burst(pkts, max);
+  }
+
+  /** Send `pkts[0..n)` on `queue`; returns how many were taken (0 when stopped). */
+  txBurst(queue: number, pkts: Uint32Array, n: number): number {
+    const tx = this.#tx[queue];
+    return tx === undefined ? 0 : tx.burst(pkts, n);
+  }
+
+  /**
+   * Between bursts: let the transport work and react to its events (config change: link and
+   * announce; device lost; device returned: the port is brought up again). Returns the mask.
+   */
+  poll(): number {
+    const ev = this.transport.poll();
+    if (ev === 0) return 0;
+    if ((ev & TransportEvent.DEVICE_LOST) !== 0) this.#setLink(false);
+    if ((ev & TransportEvent.DEVICE_RETURNED) !== 0 && this.#wanted) {
+      if (this.#started) this.#teardown();
+      try {
+        this.start();
+      } catch (e) {
+        this.#log(`port ${this.id}: cannot bring the device back: ${(e as Error).message}`);
+      }
+    }
+    if ((ev & TransportEvent.CONFIG_CHANGED) !== 0 && this.#started) {
+      this.#setLink(this.#readLink());
+      this.#announce();
+    }
+    return ev;
+  }
+
+  #setLink(up: boolean): void {
+    if (up === this.#linkUp) return;
+    this.#linkUp = up;
+    this.onLinkChange?.(up);
+  }
+
+  /** 5.1.4: link status from the config `status` field when STATUS is negotiated, else up. */
+  #readLink(): boolean {
+    if (!has(this.features, NetFeature.STATUS)) return true;
+    return (this.#readU16(NetConfig.STATUS) & NetConfig.S_LINK_UP) !== 0;
+  }
+
+  /** 5.1.6.5.4: acknowledge a gratuitous-announce request. */
+  #announce(): void {
+    if (!this.#ctrl || !has(this.features, NetFeature.GUEST_ANNOUNCE)) return;
+    if ((this.#readU16(NetConfig.STATUS) & NetConfig.S_ANNOUNCE) === 0) return;
+    try {
+      this.#ctrl.command(Ctrl.ANNOUNCE, Ctrl.ANNOUNCE_ACK, [], "announce ack");
+    } catch (e) {
+      this.#log((e as Error).message);
+    }
+  }
+
+  // ---- Receive filters (5.1.6.5.1-5.1.6.5.3, 5.1.6.5.5) ----
+
+  /** Throws unless the device offers the control queue and `feature` (named in the error). */
+  #need(feature: keyof typeof NetFeature, what: string, flag: string): void {
+    const f = this.#plan?.features ?? this.transport.getDeviceFeatures();
+    const ok = has(f, NetFeature.CTRL_VQ) && has(f, NetFeature[feature]);
+    if (ok) return;
+    const missing = has(f, NetFeature.CTRL_VQ) ? `VIRTIO_NET_F_${feature}` : "VIRTIO_NET_F_CTRL_VQ";
+    const usable = has(this.transport.getDeviceFeatures(), NetFeature.CTRL_VQ) &&
+      !(this.#cfg?.ctrlVq ?? true);
+    this.#fail(
+      usable
+        ? `the control queue is turned off (ctrlVq: false), so ${what}; run without ${flag}`
+        : `the device does not offer ${missing}, so ${what}; run without ${flag}`,
+    );
+  }
+
+  setPromiscuous(on: boolean): void {
+    this.#need("CTRL_RX", "promiscuous mode cannot be set", on ? "--promisc" : "--no-promisc");
+    this.#filters.promisc = on;
+    this.#sendRx(Ctrl.RX_PROMISC, on, "promiscuous mode");
+  }
+
+  setAllMulticast(on: boolean): void {
+    this.#need("CTRL_RX", "all-multicast mode cannot be set", "--allmulti");
+    this.#filters.allmulti = on;
+    this.#sendRx(Ctrl.RX_ALLMULTI, on, "all-multicast mode");
+  }
+
+  #sendRx(cmd: number, on: boolean, what: string): void {
+    this.#ctrl?.command(Ctrl.RX, cmd, [Uint8Array.of(on ? 1 : 0)], what);
+  }
+
+  /** 5.1.6.5.2: the unicast and multicast MAC filter tables (replaced as a whole). */
+  setMacTable(unicast: Uint8Array[], multicast: Uint8Array[]): void {
+    this.#need("CTRL_RX", "MAC filter tables cannot be set", "--mcast");
+    for (const a of [...unicast, ...multicast]) {
+      if (a.length !== Eth.ADDR) this.#fail(`MAC table entry of ${a.length} bytes (6 expected)`);
+    }
+    this.#filters.unicast = unicast.map((a) => new Uint8Array(a));
+    this.#filters.multicast = multicast.map((a) => new Uint8Array(a));
+    this.#sendMacTable();
+  }
+
+  #sendMacTable(): void {
+    const { unicast, multicast } = this.#filters;
+    if (!this.#ctrl || !unicast || !multicast) return;
+    this.#ctrl.command(
+      Ctrl.MAC,
+      Ctrl.MAC_TABLE_SET,
+      [macTable(unicast), macTable(multicast)],
+      "MAC table",
+    );
+  }
+
+  /** 5.1.6.5.2: the device's default MAC address (needs CTRL_MAC_ADDR). */
+  setMacAddress(mac: Uint8Array): void {
+    if (mac.length !== Eth.ADDR) this.#fail(`a MAC address has 6 bytes (${mac.length} given)`);
+    this.#need("CTRL_MAC_ADDR", "the MAC address cannot be set", "--mac");
+    this.#filters.mac = new Uint8Array(mac);
+    this.#ctrl?.command(Ctrl.MAC, Ctrl.MAC_ADDR_SET, [new Uint8Array(mac)], "MAC address");
+    this.#mac = new Uint8Array(mac);
+  }
+
+  /** 5.1.6.5.3: accept frames of VLAN `vid` (needs CTRL_VLAN). */
+  addVlan(vid: number): void {
+    this.#vlan(vid, Ctrl.VLAN_ADD, "add");
+    this.#filters.vlans.add(vid);
+  }
+
+  removeVlan(vid: number): void {
+    this.#vlan(vid, Ctrl.VLAN_DEL, "remove");
+    this.#filters.vlans.delete(vid);
+  }
+
+  #vlan(vid: number, cmd: number, verb: string): void {
+    if (!Number.isInteger(vid) || vid < 0 || vid > 4095) {
+      this.#fail(`VLAN id ${vid} is not in 0..4095`);
+    }
+    this.#need("CTRL_VLAN", "VLAN filters cannot be set", "--vlan-filter");
+    this.#ctrl?.command(Ctrl.VLAN, cmd, [le16(vid)], `${verb} VLAN ${vid}`);
+  }
+
+  /** After DRIVER_OK: queue pairs (5.1.6.5.5) and the filters asked for before. */
+  #applyFilters(plan: Plan): void {
+    const c = this.#ctrl;
+    if (!c) return;
+    if (has(plan.features, NetFeature.MQ)) {
+      c.command(Ctrl.MQ, Ctrl.MQ_VQ_PAIRS_SET, [le16(plan.queues)], `${plan.queues} queue pairs`);
+    }
+    const f = this.#filters;
+    const rx = has(plan.features, NetFeature.CTRL_RX);
+    if (rx && f.promisc !== null) this.#sendRx(Ctrl.RX_PROMISC, f.promisc, "promiscuous mode");
+    if (rx && f.allmulti !== null) this.#sendRx(Ctrl.RX_ALLMULTI, f.allmulti, "all-multicast mode");
+    if (rx) this.#sendMacTable();
+    if (f.mac && has(plan.features, NetFeature.CTRL_MAC_ADDR)) {
+      c.command(Ctrl.MAC, Ctrl.MAC_ADDR_SET, [new Uint8Array(f.mac)], "MAC address");
+    }
+    if (has(plan.features, NetFeature.CTRL_VLAN)) {
+      for (const vid of f.vlans) {
+        c.command(Ctrl.VLAN, Ctrl.VLAN_ADD, [le16(vid)], `add VLAN ${vid}`);
+      }
+    }
+  }
+}
+
+/**
+ * Offsets of every ring in the ring region, the same way on every start (the region's bump
+ * allocator cannot rewind). A ring that fits in one page stays inside one, so it is contiguous
+ * in iova space even on physical memory. `end` is where the control command buffer goes.
+ */
+function placeRings(
+  sizes: [number, number][],
+  layout: RingLayout,
+  pageSize: number,
+): { offset: Map<number, number>; end: number } {
+  const align = ringStartAlign(layout);
+  const offset = new Map<number, number>();
+  let next = 0;
+  for (const [index, size] of sizes) {
+    const bytes = ringParts(size, layout).bytes;
+    let off = Math.ceil(next / align) * align;
+    if (
+      bytes <= pageSize && Math.floor(off / pageSize) !== Math.floor((off + bytes - 1) / pageSize)
+    ) {
+      off = Math.ceil(off / pageSize) * pageSize;
+    }
+    offset.set(index, off);
+    next = off + bytes;
+  }
+  return { offset, end: Math.ceil(next / 64) * 64 };
+}
+
+function le16(v: number): Uint8Array {
+  return Uint8Array.of(v & 0xff, (v >> 8) & 0xff);
+}
+
+/** struct virtio_net_ctrl_mac { le32 entries; u8 macs[entries][6]; } (5.1.6.5.2). */
+function macTable(list: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(4 + Eth.ADDR * list.length);
+  new DataView(out.buffer).setUint32(0, list.length, true);
+  list.forEach((a, i) => out.set(a, 4 + Eth.ADDR * i));
+  return out;
+}

@@ -1,0 +1,378 @@
+/**
+ * A receive queue (virtio 1.2, 5.1.6.3 "Setting Up Receive Buffers", 5.1.6.4 "Processing of
+ * Incoming Packets") over one split ring.
+ *
+ * Descriptor i always describes the buffer `buf[i]`: one device-writable descriptor per buffer,
+ * starting `hdrSize` bytes before the buffer's data so that the virtio-net header lands in the
+ * headroom and the frame at `headroom`. A burst consumes used entries in [lastUsed, used.idx)
+ * (one ordered load), hands each filled buffer to the caller, posts a fresh buffer from the pool
+ * on the same descriptor, publishes avail.idx once (one ordered store) and notifies at most once.
+ *
+ * With MRG_RXBUF (5.1.6.4.2) a frame may span `num_buffers` used entries; the buffers become a
+ * segment chain. Later buffers carry no header, so their data starts at the descriptor address.
+ *
+ * The device is not trusted: every used entry is checked (id in range and posted, length within
+ * what was posted, num_buffers within the entries that are there). A bad entry is counted in
+ * `rxErrors` and dropped; a buffer is never lost or handed out twice.
+ */
+import { type MbufPool, NONE } from "../mbuf.ts";
+import type { VirtioTransport } from "../transport/transport.ts";
+import { Avail, Desc, NetHdr } from "./constants.ts";
+import type { SplitRing } from "./split_ring.ts";
+import type { PortStats } from "../port.ts";
+import { vlanStrip } from "../vlan.ts";
+
+export interface RxQueueOptions {
+  ring: SplitRing;
+  pool: MbufPool;
+  transport: VirtioTransport;
+  /** Negotiated net header size (10 or 12). */
+  hdrSize: number;
+  mrgRxbuf: boolean;
+  eventIdx: boolean;
+  portId: number;
+  vlanStrip: boolean;
+  /** This queue's counters and the port's totals, both updated once per burst. */
+  stats: PortStats;
+  totals: PortStats;
+}
+
+export class RxQueue {
+  readonly ring: SplitRing;
+  readonly pool: MbufPool;
+  readonly stats: PortStats;
+  readonly #totals: PortStats;
+  readonly #transport: VirtioTransport;
+  readonly #hdr: number;
+  readonly #mrg: boolean;
+  readonly #eventIdx: boolean;
+  readonly #portId: number;
+  readonly #strip: boolean;
+  /** Buffer posted on each descriptor, NONE when the descriptor holds none. */
+  readonly #buf: Int32Array;
+  /** 1 while descriptor i is available to the device (posted and not yet seen in the used ring). */
+  readonly #posted: Uint8Array;
+  /** Descriptors taken in the current frame (mergeable), and their used lengths. */
+  readonly #segId: Uint16Array;
+  readonly #segLen: Uint32Array;
+  /** Length the device may write into each descriptor: header + data room. */
+  readonly #postLen: number;
+  /** Offset from a buffer's start to where the device writes (header before the data). */
+  readonly #postOff: number;
+  #lastUsed = 0;
+  #availIdx = 0;
+  /** A used.idx already reported as jumping too far, so one bad value counts once. */
+  #badUsedIdx = -1;
+
+  constructor(o: RxQueueOptions) {
+    this.ring = o.ring;
+    this.pool = o.pool;
+    this.stats = o.stats;
+    this.#totals = o.totals;
+    this.#transport = o.transport;
+    this.#hdr = o.hdrSize;
+    this.#mrg = o.mrgRxbuf;
+    this.#eventIdx = o.eventIdx;
+    this.#portId = o.portId;
+    this.#strip = o.vlanStrip;
+    const n = o.ring.size;
+    this.#buf = new Int32Array(n).fill(NONE);
+    this.#posted = new Uint8Array(n);
+    this.#segId = new Uint16Array(n);
+    this.#segLen = new Uint32Array(n);
+    this.#postLen = o.hdrSize + o.pool.dataRoom;
+    this.#postOff = o.pool.headroom - o.hdrSize;
+  }
+
+  /**
+   * Post a buffer on every descriptor (before DRIVER_OK). Throws when the pool cannot fill the
+   * ring; nothing is taken then.
+   */
+  fill(): void {
+    const ring = this.ring;
+    const n = ring.size;
+    if (this.pool.available < n) {
+      throw new Error(
+        `RX queue ${ring.index}: the mbuf pool has ${this.pool.available} free buffers, ` +
+          `${n} are needed to fill the ring; use a bigger pool or a smaller --rxd`,
+      );
+    }
+    for (let i = 0; i < n; i++) {
+      const m = this.pool.alloc();
+      this.#post(i, m);
+      ring.u16[ring.availRing16 + i] = i;
+      this.#posted[i] = 1;
+    }
+    // We poll: ask the device not to interrupt (2.7.7.1); with EVENT_IDX, used_event does that
+    // job (2.7.10) and is left where the device will reach it only after 65536 entries.
+    ring.setAvailFlags(Avail.F_NO_INTERRUPT);
+    ring.setUsedEvent(0xffff);
+    this.#availIdx = n;
+    ring.publishAvail(n);
+  }
+
+  /** Descriptor i now describes buffer m (device-writable, header just before the data). */
+  #post(i: number, m: number): void {
+    this.#buf[i] = m;
+    const pool = this.pool;
+    // Buffers never cross a page of their region, so adding the offset cannot carry into the
+    // high half.
+    this.ring.setDesc(
+      i,
+      pool.iovaLo[m] + this.#postOff,
+      pool.iovaHi[m],
+      this.#postLen,
+      Desc.F_WRITE,
+      0,
+    );
+  }
+
+  /** Receive up to `max` frames into `pkts[0..n)` (mbuf numbers); returns n. */
+  burst(pkts: Uint32Array, max: number): number {
+    const ring = this.ring;
+    const usedIdx = ring.loadUsedIdx();
+    const pending = (usedIdx - this.#lastUsed) & 0xffff;
+    if (pending === 0) return 0;
+    if (pending > ring.size) {
+      // The device claims more completions than descriptors exist (2.7.8): nothing in the range
+      // can be trusted. Count it once per bad value and wait for a sane used.idx.
+      if (usedIdx !== this.#badUsedIdx) {
+        this.#badUsedIdx = usedIdx;
+        this.stats.rxErrors++;
+        this.#totals.rxErrors++;
+      }
+      return 0;
+    }
+    return this.#mrg ? this.#burstMrg(pkts, max, usedIdx) : this.#burstOne(pkts, max, usedIdx);
+  }
+
+  /** One buffer per frame. */
+  #burstOne(pkts: Uint32Array, max: number, usedIdx: number): number {
+    const ring = this.ring;
+    const pool = this.pool;
+    const u32 = ring.u32;
+    const u16 = ring.u16;
+    const mask = ring.mask;
+    const size = ring.size;
+    const usedRing = ring.usedRing32;
+    const availRing = ring.availRing16;
+    const buf = this.#buf;
+    const posted = this.#posted;
+    const hdr = this.#hdr;
+    const postLen = this.#postLen;
+    const headroom = pool.headroom;
+    const dataLen = pool.dataLen;
+    const pktLen = pool.pktLen;
+    const dataOff = pool.dataOff;
+    const portArr = pool.port;
+    const portId = this.#portId;
+    const oldAvail = this.#availIdx;
+    let availIdx = oldAvail;
+    let used = this.#lastUsed;
+    let n = 0;
+    let bytes = 0;
+    let errors = 0;
+    let noMbuf = 0;
+    while (n < max && used !== usedIdx) {
+      const e = usedRing + 2 * (used & mask);
+      const id = u32[e];
+      const len = u32[e + 1];
+      used = (used + 1) & 0xffff;
+      if (id >= size || posted[id] === 0) {
+        errors++; // not a descriptor the device holds: nothing to give back
+        continue;
+      }
+      posted[id] = 0;
+      if (len < hdr || len > postLen) {
+        errors++;
+        u16[availRing + (availIdx & mask)] = id; // same buffer goes back
+        availIdx++;
+        continue;
+      }
+      const fresh = pool.alloc();
+      if (fresh === NONE) {
+        noMbuf++;
+        u16[availRing + (availIdx & mask)] = id;
+        availIdx++;
+        continue;
+      }
+      const m = buf[id];
+      this.#post(id, fresh);
+      u16[availRing + (availIdx & mask)] = id;
+      availIdx++;
+      const l = len - hdr;
+      dataOff[m] = headroom;
+      dataLen[m] = l;
+      pktLen[m] = l;
+      portArr[m] = portId;
+      pkts[n++] = m;
+      bytes += l;
+    }
+    this.#lastUsed = used;
+    this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
+    return n;
+  }
+
+  /** Mergeable buffers: a frame is `num_buffers` used entries (5.1.6.4.2). */
+  #burstMrg(pkts: Uint32Array, max: number, usedIdx: number): number {
+    const ring = this.ring;
+    const pool = this.pool;
+    const u32 = ring.u32;
+    const u16 = ring.u16;
+    const bytesArr = pool.bytes;
+    const mask = ring.mask;
+    const size = ring.size;
+    const usedRing = ring.usedRing32;
+    const availRing = ring.availRing16;
+    const buf = this.#buf;
+    const posted = this.#posted;
+    const segId = this.#segId;
+    const segLen = this.#segLen;
+    const hdr = this.#hdr;
+    const postLen = this.#postLen;
+    const postOff = this.#postOff;
+    const headroom = pool.headroom;
+    const oldAvail = this.#availIdx;
+    let availIdx = oldAvail;
+    let used = this.#lastUsed;
+    let n = 0;
+    let bytes = 0;
+    let errors = 0;
+    let noMbuf = 0;
+    while (n < max && used !== usedIdx) {
+      // First buffer of a frame: its header says how many used entries the frame has.
+      let e = usedRing + 2 * (used & mask);
+      let id = u32[e];
+      let len = u32[e + 1];
+      used = (used + 1) & 0xffff;
+      if (id >= size || posted[id] === 0) {
+        errors++;
+        continue;
+      }
+      posted[id] = 0;
+      const nb = len < hdr
+        ? 0
+        : readU16(bytesArr, pool.bufOff[buf[id]] + postOff + NetHdr.NUM_BUFFERS);
+      const left = (usedIdx - used) & 0xffff;
+      if (nb === 0 || nb - 1 > left) {
+        // Too short for a header, no count, or more buffers than the device has returned.
+        errors++;
+        u16[availRing + (availIdx & mask)] = id;
+        availIdx++;
+        continue;
+      }
+      segId[0] = id;
+      segLen[0] = len;
+      let bad = len > postLen;
+      let taken = 1;
+      for (let k = 1; k < nb; k++) {
+        e = usedRing + 2 * (used & mask);
+        id = u32[e];
+        len = u32[e + 1];
+        used = (used + 1) & 0xffff;
+        if (id >= size || posted[id] === 0) {
+          bad = true; // the entry names no buffer of ours: skip it
+          continue;
+        }
+        posted[id] = 0;
+        segId[taken] = id;
+        segLen[taken] = len;
+        taken++;
+        if (len > postLen || len === 0) bad = true;
+      }
+      if (bad || pool.available < taken) {
+        if (bad) errors++;
+        else noMbuf++;
+        for (let k = 0; k < taken; k++) {
+          u16[availRing + (availIdx & mask)] = segId[k];
+          availIdx++;
+        }
+        continue;
+      }
+      // Take the filled buffers, post fresh ones, link the segments.
+      const head = buf[segId[0]];
+      let prev = NONE;
+      let total = 0;
+      for (let k = 0; k < taken; k++) {
+        const d = segId[k];
+        const m = buf[d];
+        this.#post(d, pool.alloc());
+        u16[availRing + (availIdx & mask)] = d;
+        availIdx++;
+        const l = k === 0 ? segLen[0] - hdr : segLen[k];
+        pool.dataOff[m] = k === 0 ? headroom : postOff;
+        pool.dataLen[m] = l;
+        pool.next[m] = NONE;
+        if (prev !== NONE) pool.next[prev] = m;
+        prev = m;
+        total += l;
+      }
+      pool.pktLen[head] = total;
+      pool.nbSegs[head] = taken;
+      pool.port[head] = this.#portId;
+      pkts[n++] = head;
+      bytes += total;
+    }
+    this.#lastUsed = used;
+    this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
+    return n;
+  }
+
+  /** Software VLAN strip, mark re-posted descriptors, publish, notify, count: once per burst. */
+  #finish(
+    pkts: Uint32Array,
+    n: number,
+    bytes: number,
+    errors: number,
+    noMbuf: number,
+    oldAvail: number,
+    availIdx: number,
+  ): void {
+    if (this.#strip) {
+      for (let i = 0; i < n; i++) vlanStrip(this.pool, pkts[i]);
+    }
+    if (availIdx !== oldAvail) {
+      const ring = this.ring;
+      const u16 = ring.u16;
+      const posted = this.#posted;
+      for (let a = oldAvail; a !== availIdx; a++) {
+        posted[u16[ring.availRing16 + (a & ring.mask)]] = 1;
+      }
+      this.#availIdx = availIdx & 0xffff;
+      ring.publishAvail(availIdx);
+      if (ring.needsKick(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);
+    }
+    const s = this.stats;
+    const t = this.#totals;
+    s.rxPackets += n;
+    t.rxPackets += n;
+    s.rxBytes += bytes;
+    t.rxBytes += bytes;
+    if (errors !== 0) {
+      s.rxErrors += errors;
+      t.rxErrors += errors;
+      s.rxDropped += errors;
+      t.rxDropped += errors;
+    }
+    if (noMbuf !== 0) {
+      s.rxNoMbuf += noMbuf;
+      t.rxNoMbuf += noMbuf;
+      s.rxDropped += noMbuf;
+      t.rxDropped += noMbuf;
+    }
+  }
+
+  /** Give every posted buffer back to the pool (after the device was reset). */
+  release(): void {
+    const buf = this.#buf;
+    for (let i = 0; i < buf.length; i++) {
+      if (buf[i] !== NONE) this.pool.free(buf[i]);
+      buf[i] = NONE;
+      this.#posted[i] = 0;
+    }
+  }
+}
+
+function readU16(b: Uint8Array, off: number): number {
+  return b[off] | (b[off + 1] << 8);
+}

@@ -1,0 +1,242 @@
+/**
+ * A transmit queue (virtio 1.2, 5.1.6.2 "Packet Transmission") over one split ring.
+ *
+ * A packet is one descriptor chain (2.7.5, VIRTQ_DESC_F_NEXT): the first descriptor covers the
+ * zeroed virtio-net header written just before the first segment's data plus that data; every
+ * further segment gets its own descriptor. Which descriptors are free, how chains continue and
+ * which mbuf a chain carries are kept in ordinary memory (`#free`, `#next`, `#mbuf`); the
+ * descriptor table is only written, never read back, so a device cannot redirect us.
+ *
+ * A burst first reclaims chains the device finished ([lastUsed, used.idx), one ordered load),
+ * then enqueues, publishes avail.idx once and notifies at most once, only when the device asks.
+ */
+import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
+import type { VirtioTransport } from "../transport/transport.ts";
+import { Avail } from "./constants.ts";
+import type { SplitRing } from "./split_ring.ts";
+import type { PortStats } from "../port.ts";
+import { vlanInsert } from "../vlan.ts";
+
+export interface TxQueueOptions {
+  ring: SplitRing;
+  pool: MbufPool;
+  transport: VirtioTransport;
+  hdrSize: number;
+  eventIdx: boolean;
+  /** TCI inserted on every frame (software VLAN insert), or -1 for none. */
+  vlanInsert: number;
+  stats: PortStats;
+  totals: PortStats;
+}
+
+export class TxQueue {
+  readonly ring: SplitRing;
+  readonly pool: MbufPool;
+  readonly stats: PortStats;
+  readonly #totals: PortStats;
+  readonly #transport: VirtioTransport;
+  readonly #hdr: number;
+  readonly #eventIdx: boolean;
+  readonly #insertTci: number;
+  /** Stack of free descriptor numbers. */
+  readonly #free: Uint16Array;
+  #freeTop: number;
+  /** Next descriptor of a chain (shadow of desc.next). */
+  readonly #next: Uint16Array;
+  /** Packet carried by the chain starting at each descriptor, NONE if none in flight. */
+  readonly #mbuf: Int32Array;
+  /** Descriptors in the chain starting at each head. */
+  readonly #chainLen: Uint16Array;
+  #lastUsed = 0;
+  #availIdx = 0;
+  #badUsedIdx = -1;
+
+  constructor(o: TxQueueOptions) {
+    this.ring = o.ring;
+    this.stats = o.stats;
+    this.#totals = o.totals;
+    this.#transport = o.transport;
+    this.#hdr = o.hdrSize;
+    this.#eventIdx = o.eventIdx;
+    this.#insertTci = o.vlanInsert;
+    this.pool = o.pool;
+    const n = o.ring.size;
+    this.#free = new Uint16Array(n);
+    this.#next = new Uint16Array(n);
+    this.#mbuf = new Int32Array(n).fill(NONE);
+    this.#chainLen = new Uint16Array(n);
+    for (let i = 0; i < n; i++) this.#free[i] = n - 1 - i;
+    this.#freeTop = n;
+    o.ring.setAvailFlags(Avail.F_NO_INTERRUPT);
+    o.ring.setUsedEvent(0xffff);
+  }
+
+  /** Descriptors free right now. */
+  get freeDescriptors(): number {
+    return this.#freeTop;
+  }
+
+  /** Take finished chains back from the used ring and free their packets. */
+  reclaim(): void {
+    const ring = this.ring;
+    const usedIdx = ring.loadUsedIdx();
+    let used = this.#lastUsed;
+    const pending = (usedIdx - used) & 0xffff;
+    if (pending === 0) return;
+    if (pending > ring.size) {
+      if (usedIdx !== this.#badUsedIdx) {
+        this.#badUsedIdx = usedIdx;
+        this.stats.txErrors++;
+        this.#totals.txErrors++;
+      }
+      return;
+    }
+    const u32 = ring.u32;
+    const mask = ring.mask;
+    const size = ring.size;
+    const usedRing = ring.usedRing32;
+    const mbuf = this.#mbuf;
+    const next = this.#next;
+    const chainLen = this.#chainLen;
+    const free = this.#free;
+    const pool = this.pool;
+    let top = this.#freeTop;
+    let errors = 0;
+    while (used !== usedIdx) {
+      const id = u32[usedRing + 2 * (used & mask)];
+      used = (used + 1) & 0xffff;
+      if (id >= size || mbuf[id] === NONE) {
+        errors++; // not the head of a chain in flight
+        continue;
+      }
+      pool.free(mbuf[id]);
+      mbuf[id] = NONE;
+      let d = id;
+      for (let c = chainLen[id]; c > 0; c--) {
+        free[top++] = d;
+        d = next[d];
+      }
+    }
+    this.#freeTop = top;
+    this.#lastUsed = used;
+    if (errors !== 0) {
+      this.stats.txErrors += errors;
+      this.#totals.txErrors += errors;
+    }
+  }
+
+  /**
+   * Send `pkts[0..n)`; returns how many were taken (the ring may fill up). Taken packets belong to
+   * the queue (freed when the device is done). A malformed packet (no room for the header or a
+   * VLAN tag, a segment outside its buffer) is taken, freed and counted in txErrors.
+   */
+  burst(pkts: Uint32Array, n: number): number {
+    this.reclaim();
+    const ring = this.ring;
+    const pool = this.pool;
+    const bytesArr = pool.bytes;
+    const u16 = ring.u16;
+    const mask = ring.mask;
+    const availRing = ring.availRing16;
+    const next = pool.next;
+    const dataOff = pool.dataOff;
+    const dataLen = pool.dataLen;
+    const bufOff = pool.bufOff;
+    const iovaLo = pool.iovaLo;
+    const iovaHi = pool.iovaHi;
+    const flags = pool.flags;
+    const bufSize = pool.headroom + pool.dataRoom;
+    const hdr = this.#hdr;
+    const insertTci = this.#insertTci;
+    const free = this.#free;
+    const shadowNext = this.#next;
+    const oldAvail = this.#availIdx;
+    let availIdx = oldAvail;
+    let top = this.#freeTop;
+    let taken = 0;
+    let sent = 0;
+    let bytes = 0;
+    let errors = 0;
+    for (; taken < n; taken++) {
+      const m = pkts[taken];
+      // Count and check the segments before touching anything.
+      let segs = 0;
+      let len = 0;
+      let bad = false;
+      for (let s = m; s !== NONE; s = next[s]) {
+        if (dataOff[s] + dataLen[s] > bufSize || ++segs > ring.size) {
+          bad = true;
+          break;
+        }
+        len += dataLen[s];
+      }
+      if (!bad && segs > top) break; // ring full: the caller keeps pkts[taken..n)
+      if (!bad && (flags[m] & MbufFlag.VLAN_INSERT) !== 0) {
+        bad = !vlanInsert(pool, m, pool.vlanTci[m], hdr);
+        len += 4;
+      } else if (!bad && insertTci >= 0) {
+        bad = !vlanInsert(pool, m, insertTci, hdr);
+        len += 4;
+      }
+      if (bad || dataOff[m] < hdr) {
+        errors++;
+        pool.free(m);
+        continue;
+      }
+      // Zero header just before the data (5.1.6.2: no offloads, num_buffers 0).
+      const h = bufOff[m] + dataOff[m] - hdr;
+      for (let i = 0; i < hdr; i++) bytesArr[h + i] = 0;
+      const head = free[--top];
+      ring.setDesc(head, iovaLo[m] + dataOff[m] - hdr, iovaHi[m], hdr + dataLen[m], 0, 0);
+      let prev = head;
+      for (let s = next[m]; s !== NONE; s = next[s]) {
+        const d = free[--top];
+        ring.setDesc(d, iovaLo[s] + dataOff[s], iovaHi[s], dataLen[s], 0, 0);
+        ring.chain(prev, d);
+        shadowNext[prev] = d;
+        prev = d;
+      }
+      this.#mbuf[head] = m;
+      this.#chainLen[head] = segs;
+      u16[availRing + (availIdx & mask)] = head;
+      availIdx++;
+      sent++;
+      bytes += len;
+    }
+    this.#freeTop = top;
+    if (availIdx !== oldAvail) {
+      this.#availIdx = availIdx & 0xffff;
+      ring.publishAvail(availIdx);
+      if (ring.needsKick(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);
+    }
+    const s = this.stats;
+    const t = this.#totals;
+    s.txPackets += sent;
+    t.txPackets += sent;
+    s.txBytes += bytes;
+    t.txBytes += bytes;
+    if (errors !== 0) {
+      s.txErrors += errors;
+      t.txErrors += errors;
+      s.txDropped += errors;
+      t.txDropped += errors;
+    }
+    return taken;
+  }
+
+  /** Free every packet still in flight (after the device was reset); returns how many. */
+  release(): number {
+    const n = this.ring.size;
+    let dropped = 0;
+    for (let i = 0; i < n; i++) {
+      if (this.#mbuf[i] !== NONE) {
+        this.pool.free(this.#mbuf[i]);
+        this.#mbuf[i] = NONE;
+        dropped++;
+      }
+      this.#free[i] = n - 1 - i;
+    }
+    this.#freeTop = n;
+    return dropped;
+  }
+}

@@ -198,10 +198,12 @@ Deno.test("ring layout: legacy contiguous rings put the used ring on a 4096-byte
   assert.equal(p.desc, 0);
   assert.ok(p.avail >= 16 * 128 && p.avail % 16 === 0);
   assert.ok(p.used >= p.avail + 6 + 2 * 128 && p.used % 4 === 0);
-  assert.throws(
-    () => new SplitRing(0, 100, DmaRegion.create({ size: 65536, kind: "anon" }), 0, SEPARATE),
-    /power of two/,
-  );
+  const region = DmaRegion.create({ size: 65536, kind: "anon" });
+  try {
+    assert.throws(() => new SplitRing(0, 100, region, 0, SEPARATE), /power of two/);
+  } finally {
+    region.close();
+  }
 });
 
 Deno.test("ring layout: descriptors, chains and event fields are little-endian at the spec's offsets", () => {

@@ -340,7 +340,7 @@ export class Port {
       status |= Status.DRIVER_OK;
       t.setStatus(status);
       this.#started = true;
-      this.#linkUp = this.#readLink();
+      this.#setLink(this.#readLink());
       this.#applyFilters(plan);
     } catch (e) {
       this.#teardown();

@@ -1,0 +1,90 @@
+/**
+ * Test harness for running things inside the QEMU guest lab (scripts/lab/).
+ *
+ * The guest: Debian's kernel under QEMU/TCG (q35, 2 vCPUs, 1.5 GiB, 128 × 2 MiB hugepages reserved
+ * and hugetlbfs on /dev/hugepages), busybox, deno (same version as the repo), dpdk-testpmd with the
+ * virtio PMD, modules virtio_pci, virtio_net, uio, uio_pci_generic, 9p, bridge loaded.
+ * The repo is mounted read-only at /vpmd (commands start there; write to /tmp or /lab).
+ * Default NICs (kernel virtio_net bound; interfaces eth0..eth2 in that order):
+ *   n0 legacy-only   0000:00:04.0  1af4:1000  52:54:00:12:34:10
+ *   n1 modern-only   0000:00:05.0  1af4:1041  52:54:00:12:34:11
+ *   n2 transitional  0000:00:06.0  1af4:1000  52:54:00:12:34:12
+ * Each NIC is a `-netdev dgram` UDP link to the host; `g.nics[i].wire` is the host end.
+ *
+ * API:
+ *   guestTest(name, async (g) => { ... }, opts?)   // peerTest + withGuest: boots, runs, cleans up
+ *   withGuest(opts, async (g) => { ... })          // boot with the command agent, run fn, halt
+ *   runInGuest({ script, ...opts }) -> { code, output, console }   // one script per boot
+ *   g.exec(script, timeoutSec?) -> { code, output }                // sh script in /vpmd
+ *   g.spawn(script) -> p; p.waitForOutput(/re/), p.output(), p.wait(timeoutSec) -> { code, output }
+ *   g.monitor("set_link n1 off") -> HMP reply text
+ *   g.nics[i]: { id, kind, pciAddress, mac, qemuPort, hostPort, wire }
+ *   traffic: generate(wire, { count, rate, sizes, stream, dst, src }) sends paced test frames;
+ *            new FrameChecker(wire, { record }) counts ok/foreign/bad/seqGaps, waitFor(n, s),
+ *            settle(); expectedFrame(seq, opts) gives the exact bytes for comparisons.
+ *   g.console() (kernel + /init output), g.diagnose() (why it failed, console tail).
+ * Options (GuestOptions): nics (kinds, in PCI slot order from 04.0), extraNicOptions
+ * ({ 1: "ctrl_vlan=off,rx_queue_size=1024" }), timeoutSec (hard limit: QEMU is killed), memoryMiB,
+ * cpus, keep (or LAB_KEEP=1: keep the run folder with console.log and command outputs).
+ * Everything (QEMU, sockets, run folder) is gone when withGuest/runInGuest/guestTest returns.
+ * A boot to a ready agent takes ~4-6 s here; deno's first `run` in the guest ~1-2 s more.
+ */
+import { type Peer, peerTest } from "./peers.ts";
+import { Guest, guestAvailable, type GuestOptions } from "../../scripts/lab/run-guest.ts";
+
+export {
+  Guest,
+  type GuestNic,
+  type GuestOptions,
+  GuestProcess,
+  type GuestResult,
+  type NicKind,
+  runInGuest,
+} from "../../scripts/lab/run-guest.ts";
+export {
+  expectedFrame,
+  FrameChecker,
+  generate,
+  type GenerateOptions,
+  parseMac,
+  UdpWire,
+} from "../../scripts/lab/traffic.ts";
+
+/** The repository's path inside the guest. */
+export const GUEST_REPO = "/vpmd";
+
+/** The peer every guest test registers with. */
+export const guestLab: Peer = {
+  what: "QEMU guest lab (qemu-system-x86, kernel, initramfs)",
+  setup: "scripts/lab/build-guest.sh",
+  available: () => guestAvailable(),
+};
+
+/**
+ * Boot a guest with the command agent, wait until it is ready, run `fn`, then halt it. QEMU, the
+ * host sockets and the run folder are gone afterwards, also when `fn` throws.
+ */
+export async function withGuest<T>(
+  opts: Omit<GuestOptions, "script" | "interactive">,
+  fn: (g: Guest) => Promise<T>,
+): Promise<T> {
+  const g = await Guest.boot({ timeoutSec: 180, ...opts });
+  try {
+    await g.ready();
+    const result = await fn(g);
+    const st = await g.halt(0);
+    if (st !== 0) throw new Error(`guest did not halt cleanly: ${await g.diagnose()}`);
+    return result;
+  } finally {
+    await g.close();
+  }
+}
+
+/** A `peerTest` on the guest lab whose body runs inside `withGuest`. */
+export function guestTest(
+  name: string,
+  fn: (g: Guest, t: Deno.TestContext) => Promise<void>,
+  opts: Omit<GuestOptions, "script" | "interactive"> = {},
+): void {
+  peerTest(guestLab, name, (t) => withGuest(opts, (g) => fn(g, t)));
+}

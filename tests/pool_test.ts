@@ -1,0 +1,80 @@
+/** The mbuf pool: allocation, chains, double-free protection, DMA addresses. */
+import assert from "assert";
+import { MbufPool, NONE } from "../mod/mbuf.ts";
+
+Deno.test("pool: alloc resets metadata, free returns buffers, an empty pool says NONE", () => {
+  const pool = new MbufPool({ count: 3, kind: "anon" });
+  try {
+    const a = pool.alloc();
+    pool.dataLen[a] = 99;
+    pool.flags[a] = 3;
+    pool.free(a);
+    const got = [pool.alloc(), pool.alloc(), pool.alloc()];
+    assert.equal(new Set(got).size, 3);
+    assert.equal(pool.alloc(), NONE);
+    const again = got.find((m) => m === a)!;
+    assert.equal(pool.dataLen[again], 0);
+    assert.equal(pool.flags[again], 0);
+    assert.equal(pool.dataOff[again], pool.headroom);
+    for (const m of got) pool.free(m);
+    assert.equal(pool.available, 3);
+  } finally {
+    pool.close();
+  }
+});
+
+Deno.test("pool: a double free is ignored instead of corrupting the free list", () => {
+  const pool = new MbufPool({ count: 2, kind: "anon" });
+  try {
+    const a = pool.alloc();
+    pool.free(a);
+    pool.free(a);
+    assert.equal(pool.available, 2);
+    const x = pool.alloc();
+    const y = pool.alloc();
+    assert.notEqual(x, y);
+  } finally {
+    pool.close();
+  }
+});
+
+Deno.test("pool: fromBytes splits into a chain that read() reassembles; free takes all segments", () => {
+  const pool = new MbufPool({ count: 8, kind: "anon", dataRoom: 256 });
+  try {
+    const data = new Uint8Array(700).map((_, i) => (i * 5) & 0xff);
+    const m = pool.fromBytes(data, 256);
+    assert.equal(pool.nbSegs[m], 3);
+    assert.equal(pool.pktLen[m], 700);
+    assert.equal(pool.available, 5);
+    const out = new Uint8Array(700);
+    assert.equal(pool.read(m, out), 700);
+    assert.deepEqual(out, data);
+    pool.free(m);
+    assert.equal(pool.available, 8);
+    assert.equal(pool.fromBytes(new Uint8Array(300), 512), NONE); // larger than the data room
+    assert.equal(pool.fromBytes(new Uint8Array(9 * 256), 256), NONE); // more than the pool has
+    assert.equal(pool.available, 8);
+  } finally {
+    pool.close();
+  }
+});
+
+Deno.test("pool: buffers are disjoint, aligned, and their iovas follow the region's", () => {
+  const pool = new MbufPool({ count: 100, kind: "anon", dataRoom: 2048, headroom: 128 });
+  try {
+    for (let m = 0; m < pool.count; m++) {
+      const off = pool.bufOff[m];
+      assert.equal(off % 64, 0);
+      if (m > 0) assert.ok(off >= pool.bufOff[m - 1] + pool.headroom + pool.dataRoom);
+      assert.ok(off + pool.stride <= pool.region.size);
+      assert.equal(pool.iovaHi[m] * 2 ** 32 + pool.iovaLo[m], pool.region.iova(off));
+      // a buffer never crosses a page of its region (no carry when adding offsets to iovaLo)
+      assert.equal(
+        Math.floor(off / pool.region.pageSize),
+        Math.floor((off + pool.stride - 1) / pool.region.pageSize),
+      );
+    }
+  } finally {
+    pool.close();
+  }
+});

@@ -166,6 +166,10 @@ export class RxQueue {
     const dataOff = pool.dataOff;
     const portArr = pool.port;
     const portId = this.#portId;
+    const desc32 = ring.desc32;
+    const iovaLo = pool.iovaLo;
+    const iovaHi = pool.iovaHi;
+    const postOff = this.#postOff;
     const oldAvail = this.#availIdx;
     let availIdx = oldAvail;
     let used = this.#lastUsed;
@@ -197,7 +201,11 @@ export class RxQueue {
         continue;
       }
       const m = buf[id];
-      this.#post(id, fresh);
+      buf[id] = fresh;
+      // Only the address changes: length and flags of descriptor id stay as fill() wrote them.
+      const d = desc32 + 4 * id;
+      u32[d] = iovaLo[fresh] + postOff;
+      u32[d + 1] = iovaHi[fresh];
       u16[availRing + (availIdx & mask)] = id;
       availIdx++;
       const l = len - hdr;

@@ -12,7 +12,7 @@
  */
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
-import { Avail } from "./constants.ts";
+import { Avail, Desc } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
 import type { PortStats } from "../port.ts";
 import { vlanInsert } from "../vlan.ts";
@@ -157,47 +157,69 @@ export class TxQueue {
     let sent = 0;
     let bytes = 0;
     let errors = 0;
+    const desc32 = ring.desc32;
+    const u32 = ring.u32;
+    const size = ring.size;
+    const words = pool.region.u32;
+    const mbufOf = this.#mbuf;
+    const chainLen = this.#chainLen;
     for (; taken < n; taken++) {
       const m = pkts[taken];
       // Count and check the segments before touching anything.
-      let segs = 0;
-      let len = 0;
-      let bad = false;
-      for (let s = m; s !== NONE; s = next[s]) {
-        if (dataOff[s] + dataLen[s] > bufSize || ++segs > ring.size) {
-          bad = true;
-          break;
-        }
+      let len = dataLen[m];
+      let segs = 1;
+      let ok = dataOff[m] + len <= bufSize;
+      for (let s = next[m]; s !== NONE && ok; s = next[s]) {
+        ok = dataOff[s] + dataLen[s] <= bufSize && ++segs <= size;
         len += dataLen[s];
       }
-      if (!bad && segs > top) break; // ring full: the caller keeps pkts[taken..n)
-      if (!bad && (flags[m] & MbufFlag.VLAN_INSERT) !== 0) {
-        bad = !vlanInsert(pool, m, pool.vlanTci[m], hdr);
+      if (ok && segs > top) break; // ring full: the caller keeps pkts[taken..n)
+      if (ok && (flags[m] & MbufFlag.VLAN_INSERT) !== 0) {
+        ok = vlanInsert(pool, m, pool.vlanTci[m], hdr);
         len += 4;
-      } else if (!bad && insertTci >= 0) {
-        bad = !vlanInsert(pool, m, insertTci, hdr);
+      } else if (ok && insertTci >= 0) {
+        ok = vlanInsert(pool, m, insertTci, hdr);
         len += 4;
       }
-      if (bad || dataOff[m] < hdr) {
+      const off = dataOff[m];
+      if (!ok || off < hdr) {
         errors++;
         pool.free(m);
         continue;
       }
       // Zero header just before the data (5.1.6.2: no offloads, num_buffers 0).
-      const h = bufOff[m] + dataOff[m] - hdr;
-      for (let i = 0; i < hdr; i++) bytesArr[h + i] = 0;
-      const head = free[--top];
-      ring.setDesc(head, iovaLo[m] + dataOff[m] - hdr, iovaHi[m], hdr + dataLen[m], 0, 0);
-      let prev = head;
-      for (let s = next[m]; s !== NONE; s = next[s]) {
-        const d = free[--top];
-        ring.setDesc(d, iovaLo[s] + dataOff[s], iovaHi[s], dataLen[s], 0, 0);
-        ring.chain(prev, d);
-        shadowNext[prev] = d;
-        prev = d;
+      const h = bufOff[m] + off - hdr;
+      if ((h & 3) === 0 && hdr === 12) {
+        const w = h >>> 2;
+        words[w] = 0;
+        words[w + 1] = 0;
+        words[w + 2] = 0;
+      } else {
+        for (let i = 0; i < hdr; i++) bytesArr[h + i] = 0;
       }
-      this.#mbuf[head] = m;
-      this.#chainLen[head] = segs;
+      const head = free[--top];
+      // Descriptor (2.7.5): addr lo, addr hi, len, flags | next << 16.
+      let d = desc32 + 4 * head;
+      u32[d] = iovaLo[m] + off - hdr;
+      u32[d + 1] = iovaHi[m];
+      u32[d + 2] = hdr + dataLen[m];
+      u32[d + 3] = 0;
+      if (segs > 1) {
+        let prev = head;
+        for (let s = next[m]; s !== NONE; s = next[s]) {
+          const nd = free[--top];
+          u32[d + 3] = Desc.F_NEXT | (nd << 16);
+          shadowNext[prev] = nd;
+          d = desc32 + 4 * nd;
+          u32[d] = iovaLo[s] + dataOff[s];
+          u32[d + 1] = iovaHi[s];
+          u32[d + 2] = dataLen[s];
+          u32[d + 3] = 0;
+          prev = nd;
+        }
+      }
+      mbufOf[head] = m;
+      chainLen[head] = segs;
       u16[availRing + (availIdx & mask)] = head;
       availIdx++;
       sent++;

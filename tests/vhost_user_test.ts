@@ -4,6 +4,9 @@
  */
 import assert from "assert";
 import { DmaRegion } from "../ffi/dma.ts";
+import { MbufPool } from "../mod/mbuf.ts";
+import { Port } from "../mod/port.ts";
+import { writeTestFrame } from "../mod/testframe.ts";
 import { TransportEvent } from "../mod/transport/transport.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import {
@@ -11,7 +14,9 @@ import {
   bit,
   Desc,
   Feature,
+  has,
   NetConfig,
+  NetFeature,
   NetHdr,
   Status,
   Used,
@@ -124,6 +129,9 @@ class BareRings {
     this.region.close();
   }
 }
+
+const BROADCAST = Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0xff, 0xff);
+const SRC = Uint8Array.of(2, 0, 0, 0, 0, 1);
 
 /** Run `step` in a busy loop for `ms` milliseconds (checking the clock every 1024 turns). */
 function spin(ms: number, step: () => void): void {
@@ -242,6 +250,9 @@ for (const server of [false, true]) {
         pmd = await Testpmd.start({ vdev, fwd: "txonly", autoStart: true });
         const back = pollFor(t, TransportEvent.DEVICE_RETURNED, 10_000, take);
         assert.ok(back & TransportEvent.CONFIG_CHANGED);
+        assert.equal(linkUp(t), false); // until the driver sets the device up again
+        rings.close(false);
+        rings = new BareRings(t);
         assert.ok(linkUp(t));
         const before = frames;
         spin(500, take);
@@ -286,3 +297,306 @@ peerTest(
     }
   },
 );
+
+// ---- through the driver: Port + MbufPool ----------------------------------------------------
+
+interface Side {
+  t: VhostUserTransport;
+  pool: MbufPool;
+  port: Port;
+  close(): void;
+}
+
+function openPort(
+  sock: string,
+  opts: { mrg?: boolean; mtu?: number; server?: boolean } = {},
+  existing?: VhostUserTransport,
+): Side {
+  const t = existing ??
+    new VhostUserTransport({ path: sock, mrg: opts.mrg ?? true, server: opts.server });
+  const pool = new MbufPool({
+    count: 4096,
+    kind: t.dmaKinds.includes("hugepage-memfd") ? "hugepage-memfd" : "memfd",
+  });
+  const port = new Port(0, t);
+  port.configure({ pool, rxd: 256, txd: 256, mrgRxbuf: opts.mrg ?? true, mtu: opts.mtu });
+  port.start();
+  return {
+    t,
+    pool,
+    port,
+    close() {
+      port.stop();
+      port.close();
+      pool.close();
+      t.close();
+    },
+  };
+}
+
+/** Receive for `ms`; frees every frame and returns [frames, bytes]. */
+function rxFor(s: Side, ms: number, check?: (m: number) => void): [number, number] {
+  const pkts = new Uint32Array(32);
+  let frames = 0;
+  let bytes = 0;
+  spin(ms, () => {
+    const n = s.port.rxBurst(0, pkts, 32);
+    for (let i = 0; i < n; i++) {
+      check?.(pkts[i]);
+      bytes += s.pool.pktLen[pkts[i]];
+      s.pool.free(pkts[i]);
+    }
+    frames += n;
+    s.port.poll();
+  });
+  return [frames, bytes];
+}
+
+/** io-forward frames back out of the same port for `ms`; returns frames forwarded. */
+function forwardFor(s: Side, ms: number): number {
+  const pkts = new Uint32Array(32);
+  let moved = 0;
+  spin(ms, () => {
+    const n = s.port.rxBurst(0, pkts, 32);
+    const k = n > 0 ? s.port.txBurst(0, pkts, n) : 0;
+    for (let i = k; i < n; i++) s.pool.free(pkts[i]);
+    moved += k;
+    s.port.poll();
+  });
+  return moved;
+}
+
+for (const mrg of [true, false]) {
+  peerTest(
+    testpmdPeer,
+    `vhost-user port (mrg ${mrg ? "on" : "off"}): vhost txonly -> vpmd rx, counts and bytes match`,
+    async () => {
+      const sock = socketPath("rx");
+      const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "txonly" });
+      let side: Side | null = null;
+      try {
+        side = openPort(sock, { mrg });
+        assert.equal(side.port.linkUp, true);
+        assert.equal(has(side.port.features, NetFeature.MRG_RXBUF), mrg);
+        await pmd.cmd("start");
+        let [frames, bytes] = rxFor(side, 1000);
+        await pmd.cmd("stop");
+        const [f2, b2] = rxFor(side, 200);
+        frames += f2;
+        bytes += b2;
+        const s = pmd.stats();
+        assert.ok(s.opackets > 10_000, `testpmd sent only ${s.opackets}`);
+        assert.equal(frames, s.opackets);
+        assert.equal(bytes, s.obytes);
+        assert.equal(side.port.stats.rxPackets, frames);
+        assert.equal(side.port.stats.rxErrors, 0);
+      } finally {
+        side?.close();
+        await pmd.stop();
+      }
+    },
+  );
+
+  peerTest(
+    testpmdPeer,
+    `vhost-user port (mrg ${mrg ? "on" : "off"}): vpmd tx -> vhost rxonly, counts and bytes match`,
+    async () => {
+      const sock = socketPath("tx");
+      const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "rxonly" });
+      let side: Side | null = null;
+      try {
+        side = openPort(sock, { mrg });
+        await pmd.cmd("start");
+        const { pool, port } = side;
+        const pkts = new Uint32Array(32);
+        const sizes = [60, 64, 128, 1000, 1514];
+        let sent = 0;
+        let bytes = 0;
+        let seq = 0;
+        spin(1000, () => {
+          let n = 0;
+          while (n < 32) {
+            const m = pool.alloc();
+            if (m < 0) break;
+            const len = sizes[seq % sizes.length];
+            writeTestFrame(pool.bytes, pool.dataStart(m), len, 1, seq++, BROADCAST, SRC);
+            pool.dataLen[m] = len;
+            pool.pktLen[m] = len;
+            pkts[n++] = m;
+          }
+          const k = port.txBurst(0, pkts, n);
+          for (let i = 0; i < k; i++) bytes += pool.pktLen[pkts[i]];
+          for (let i = k; i < n; i++) pool.free(pkts[i]);
+          seq -= n - k;
+          sent += k;
+          port.poll();
+        });
+        spin(200, () => port.txBurst(0, pkts, 0));
+        await pmd.cmd("stop");
+        const s = pmd.stats();
+        assert.ok(sent > 10_000, `sent only ${sent}`);
+        assert.equal(s.ipackets, sent);
+        assert.equal(s.ibytes, bytes);
+        assert.equal(port.stats.txPackets, sent);
+      } finally {
+        side?.close();
+        await pmd.stop();
+      }
+    },
+  );
+}
+
+peerTest(
+  testpmdPeer,
+  "vhost-user port: mac-forward loop, both sides forwarding, nothing lost",
+  async () => {
+    const sock = socketPath("loop");
+    const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "mac" });
+    let side: Side | null = null;
+    try {
+      side = openPort(sock);
+      await pmd.cmd("start tx_first");
+      const moved = forwardFor(side, 1500);
+      await pmd.cmd("stop");
+      forwardFor(side, 200);
+      const s = pmd.stats();
+      const p = side.port.stats;
+      assert.ok(moved > 10_000, `only ${moved} frames went round`);
+      assert.equal(p.rxPackets, s.opackets); // everything vhost sent arrived
+      assert.equal(p.txPackets, p.rxPackets); // and went back
+      assert.equal(p.txDropped + p.rxErrors + p.rxNoMbuf, 0);
+      // What vhost has not taken back yet is at most the 32 frames of the loop.
+      assert.ok(p.txPackets - s.ipackets >= 0 && p.txPackets - s.ipackets <= 32);
+      assert.equal(s.oerrors + s.imissed, 0);
+    } finally {
+      side?.close();
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(
+  testpmdPeer,
+  "vhost-user port: multi-segment jumbo frames from testpmd arrive whole through mergeable RX",
+  async () => {
+    const sock = socketPath("jumbo");
+    const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "txonly" });
+    let side: Side | null = null;
+    try {
+      side = openPort(sock, { mrg: true, mtu: 9000 });
+      await pmd.cmd("set txpkts 2000,2000,1000");
+      await pmd.cmd("start");
+      const frame = new Uint8Array(8192);
+      let bad = 0;
+      let multi = 0;
+      const [frames, bytes] = rxFor(side, 800, (m) => {
+        const len = side!.pool.read(m, frame);
+        if (side!.pool.nbSegs[m] > 1) multi++;
+        // Ethernet/IPv4/UDP headers of testpmd's txonly frame, with lengths of the whole frame.
+        const ipLen = (frame[16] << 8) | frame[17];
+        const udpLen = (frame[38] << 8) | frame[39];
+        if (
+          len !== 5000 || side!.pool.pktLen[m] !== 5000 || frame[12] !== 0x08 ||
+          frame[13] !== 0x00 || ipLen !== 5000 - 14 || udpLen !== 5000 - 34
+        ) bad++;
+      });
+      await pmd.cmd("stop");
+      const [f2, b2] = rxFor(side, 200);
+      const s = pmd.stats();
+      assert.ok(frames > 1000, `only ${frames} jumbo frames`);
+      assert.equal(bad, 0);
+      assert.equal(multi, frames);
+      assert.equal(frames + f2, s.opackets);
+      assert.equal(bytes + b2, s.obytes);
+    } finally {
+      side?.close();
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(
+  testpmdPeer,
+  "vhost-user port: backend killed and restarted under traffic, link down/up, forwarding resumes",
+  async () => {
+    const sock = socketPath("kill");
+    const vdev = `net_vhost0,iface=${sock},queues=1`;
+    let pmd = await Testpmd.start({ vdev, fwd: "mac" });
+    let side: Side | null = null;
+    try {
+      side = openPort(sock);
+      const links: boolean[] = [];
+      side.port.onLinkChange = (up) => links.push(up);
+      await pmd.cmd("start tx_first");
+      assert.ok(forwardFor(side, 500) > 1000);
+      await pmd.kill();
+      await pmd.stop();
+      Deno.removeSync(sock);
+      const end = performance.now() + 5000;
+      while (side.port.linkUp && performance.now() < end) forwardFor(side, 10);
+      assert.equal(side.port.linkUp, false);
+      pmd = await Testpmd.start({ vdev, fwd: "mac" });
+      const end2 = performance.now() + 10_000;
+      while (!side.port.linkUp && performance.now() < end2) forwardFor(side, 10);
+      assert.equal(side.port.linkUp, true);
+      await pmd.cmd("start tx_first");
+      assert.ok(forwardFor(side, 500) > 1000, "forwarding did not resume");
+      assert.deepEqual(links, [false, true]);
+    } finally {
+      side?.close();
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(
+  testpmdPeer,
+  "vhost-user port: stopped and started again, then reopened on the same socket",
+  async () => {
+    const sock = socketPath("portrestart");
+    const pmd = await Testpmd.start({
+      vdev: `net_vhost0,iface=${sock},queues=1`,
+      fwd: "txonly",
+      autoStart: true,
+    });
+    let side: Side | null = null;
+    try {
+      side = openPort(sock);
+      assert.ok(rxFor(side, 300)[0] > 1000);
+      side.port.stop();
+      assert.equal(side.pool.available, side.pool.count); // every buffer came back
+      side.port.start();
+      assert.ok(rxFor(side, 300)[0] > 1000, "no traffic after stop/start");
+      side.close();
+      side = openPort(sock);
+      assert.ok(rxFor(side, 300)[0] > 1000, "no traffic on a new connection");
+    } finally {
+      side?.close();
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(testpmdPeer, "vhost-user port: control commands answered locally", async () => {
+  const sock = socketPath("ctrl");
+  const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "rxonly" });
+  let side: Side | null = null;
+  try {
+    side = openPort(sock);
+    assert.ok(has(side.port.features, NetFeature.CTRL_VQ));
+    side.port.setPromiscuous(false);
+    side.port.setAllMulticast(true);
+    side.port.setMacTable([Uint8Array.of(2, 0, 0, 0, 0, 7)], []);
+    side.port.setMacAddress(Uint8Array.of(2, 0, 0, 0, 0, 8));
+    assert.deepEqual([...side.t.mac], [2, 0, 0, 0, 0, 8]);
+    assert.equal(side.t.ctrlStats.ok, 4);
+    assert.throws(() => side!.port.addVlan(5), /CTRL_VLAN/);
+    // The backend was never given the control features.
+    assert.equal(has(side.t.backendNegotiated, NetFeature.CTRL_VQ), false);
+    assert.equal(has(side.t.backendNegotiated, NetFeature.CTRL_RX), false);
+    assert.equal(has(side.t.backendNegotiated, Feature.VERSION_1), true);
+  } finally {
+    side?.close();
+    await pmd.stop();
+  }
+});

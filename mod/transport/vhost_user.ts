@@ -18,10 +18,11 @@
  *   commands have no meaning on a vhost-user link and are accepted, a MAC address set is
  *   recorded, VQ_PAIRS_SET is checked against the pairs that exist. CTRL_VQ, CTRL_RX,
  *   CTRL_MAC_ADDR, MAC and STATUS are offered to the driver and never to the backend.
- * - A backend that goes away is noticed in `poll()` (one poll(2) every CHECK_EVERY polls);
- *   the link goes down. Client mode reconnects, server mode accepts again; the rings then resume
- *   where the backend left them (vring base = the used index it last published), so the port
- *   keeps running and frames that never completed are sent again or counted where they drop.
+ * - A backend that goes away is noticed in `poll()` (one poll(2) every CHECK_EVERY polls):
+ *   DEVICE_LOST | CONFIG_CHANGED, link down. Client mode reconnects (every 100 ms), server mode
+ *   accepts again; after the first messages the transport reports DEVICE_RETURNED and the port
+ *   sets the device up again from reset (fresh rings; frames in flight are dropped there). The
+ *   link is up once the port has set DRIVER_OK on the new connection.
  * - `notify(q)` writes the queue's kick eventfd (8 bytes); the port calls it only when the
  *   backend did not set VRING_USED_F_NO_NOTIFY.
  */
@@ -164,8 +165,6 @@ export class VhostUserTransport implements VirtioTransport {
   #vrings: (Vring | null)[] = [];
   /** True while the backend has our vrings (between a successful start and reset/loss). */
   #running = false;
-  /** False after reset: vrings start at 0. True after a loss: resume from the used index. */
-  #resume = false;
   #pending = 0;
   #polls = 0;
   #lastAttempt = 0;
@@ -272,7 +271,6 @@ export class VhostUserTransport implements VirtioTransport {
   reset(): void {
     if (this.#running) this.#stopBackend();
     this.#running = false;
-    this.#resume = false;
     this.#status = 0;
     this.#driverFeatures = 0n;
     this.#regions = [];
@@ -486,13 +484,12 @@ export class VhostUserTransport implements VirtioTransport {
     });
     this.#sendChecked(this.#regions.map((r) => r.fd));
 
-    const used = (v: Vring) => v.q.region.u16[(v.q.usedOffset + Used.IDX) >> 1];
     for (let i = 0; i < this.#vrings.length; i++) {
       const v = this.#vrings[i];
       if (!v) continue;
       this.#vringFile(Request.SET_VRING_CALL, i, v.callFd);
       this.#vringState(Request.SET_VRING_NUM, i, v.q.size);
-      this.#vringState(Request.SET_VRING_BASE, i, this.#resume ? used(v) : 0);
+      this.#vringState(Request.SET_VRING_BASE, i, 0); // rings are fresh after every reset
       this.#msg.begin(Request.SET_VRING_ADDR, VringAddr.SIZE, this.#ack);
       this.#msg.setU32(VringAddr.INDEX, i);
       this.#msg.setU64(VringAddr.DESC, v.q.region.addr + v.q.descOffset);
@@ -512,7 +509,6 @@ export class VhostUserTransport implements VirtioTransport {
       this.#sendChecked([]);
     }
     this.#running = true;
-    this.#resume = true;
     this.#log(`${this.name}: backend running (${this.#vrings.filter((v) => v).length} vrings)`);
   }
 
@@ -542,13 +538,10 @@ export class VhostUserTransport implements VirtioTransport {
   #lost(why: string): number {
     this.#sock?.close();
     this.#sock = null;
-    const wasRunning = this.#running;
     this.#running = false;
     this.linkStats.lost++;
     this.#lastAttempt = performance.now();
     this.#log(`${this.name}: backend lost (${why}); link down`);
-    // A later start resumes the rings where the backend left them.
-    this.#resume = this.#resume || wasRunning;
     return TransportEvent.DEVICE_LOST | TransportEvent.CONFIG_CHANGED;
   }
 
@@ -562,12 +555,11 @@ export class VhostUserTransport implements VirtioTransport {
     this.#sock = s;
     try {
       this.#handshake();
-      if ((this.#status & Status.DRIVER_OK) !== 0) this.#startBackend();
     } catch (e) {
       return this.#lost(`reconnect failed: ${(e as Error).message}`) & ~TransportEvent.DEVICE_LOST;
     }
     this.linkStats.returned++;
-    this.#log(`${this.name}: backend returned; link up`);
+    this.#log(`${this.name}: backend returned; the port sets the device up again`);
     return TransportEvent.DEVICE_RETURNED | TransportEvent.CONFIG_CHANGED;
   }
 

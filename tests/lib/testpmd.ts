@@ -214,7 +214,7 @@ export class Testpmd {
         // stdin closed: it is exiting
       }
     }
-    let timer = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<"timeout">((r) => {
       timer = setTimeout(() => r("timeout"), timeoutMs);
     });

@@ -329,7 +329,10 @@ export class Guest {
     return await (await this.spawn(script)).wait(timeoutSec);
   }
 
-  /** Send an HMP command (e.g. "set_link n1 off") and return its reply text. */
+  /**
+   * Send an HMP command (e.g. "set_link n1 off") and return its reply text (HMP reports most
+   * errors as text: check it). An unknown command throws.
+   */
   async monitor(command: string, timeoutSec = 10): Promise<string> {
     const conn = await Deno.connect({ transport: "unix", path: this.monitorPath });
     const dec = new TextDecoder();
@@ -350,8 +353,9 @@ export class Guest {
       const end = await readUntilPrompt(start);
       // HMP echoes the command with terminal redraw codes before the reply.
       const reply = text.slice(start, end - 7).replace(ESCAPES, "");
-      const lines = reply.split("\n");
-      return lines.slice(1).join("\n").trim();
+      const answer = reply.split("\n").slice(1).join("\n").trim();
+      if (/^unknown command/i.test(answer)) throw new Error(answer);
+      return answer;
     } catch (e) {
       throw new Error(`monitor command '${command}' failed: ${(e as Error).message}`);
     } finally {

@@ -23,7 +23,8 @@ export class UdpWire {
     this.#socket = socket;
     socket.on("message", (msg: Uint8Array) => {
       this.counters.received++;
-      this.onFrame?.(msg);
+      // A plain Uint8Array (not a node Buffer) so frames compare equal to expected bytes.
+      this.onFrame?.(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength));
     });
     socket.on("error", () => this.counters.sendErrors++);
   }

@@ -1,0 +1,402 @@
+/**
+ * vpmd vs DPDK's own virtio_user front-end, against the same DPDK vhost PMD testpmd (issue 3).
+ *
+ *   deno run -A scripts/bench-vhost.ts [--reps 5] [--seconds 3] [--tests rxonly,txonly,loop]
+ *                                      [--mrg 0|1] [--defaults]
+ *
+ * One vhost testpmd (server socket, forwarding on CPU 1) serves every run. Each repetition runs
+ * DPDK's `net_virtio_user` testpmd (A) and vpmd (B) one after the other on CPU 0, alternating
+ * which goes first, and reads the rate on the vhost side through its telemetry socket over the
+ * middle of the run: rx-only (vhost txonly, front-end rxonly: frames the vhost side delivered),
+ * tx-only (front-end txonly, vhost rxonly: frames it received) and the loopback (vhost `set fwd
+ * mac` + `start tx_first 32`, front-end io: frames it received). 64-byte frames, burst 32, 256
+ * descriptors per ring. DPDK's devargs are set to the features vpmd negotiates (split ring,
+ * mrg_rxbuf as --mrg, in_order=0); `--defaults` adds a column with DPDK's default devargs.
+ *
+ * Busy cost: vpmd's child measures the time of loop iterations whose burst moved packets (one
+ * clock read per iteration, its own cost subtracted) in extra runs after the throughput runs;
+ * DPDK's figure is testpmd's `--record-core-cycles` "CPU cycles/packet" at its TSC rate.
+ *
+ * `--child` is the vpmd side (run by this script pinned to CPU 0; not for direct use).
+ */
+import { parseArgs } from "cli-args";
+import { MbufPool } from "../mod/mbuf.ts";
+import type { Port } from "../mod/port.ts";
+import { writeTestFrame } from "../mod/testframe.ts";
+import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
+import { type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
+
+const BURST = 32;
+const RING = 256;
+const FRAME = 64;
+
+type Test = "rxonly" | "txonly" | "loop";
+interface ChildResult {
+  packets: number;
+  seconds: number;
+  busyNsPerPacket: number | null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// vpmd side (child process)
+
+async function childMain(args: string[]): Promise<void> {
+  const { Port } = await import("../mod/port.ts");
+  const { values } = parseArgs({
+    args,
+    options: {
+      child: { type: "boolean" },
+      test: { type: "string" },
+      path: { type: "string" },
+      seconds: { type: "string" },
+      mrg: { type: "string", default: "1" },
+      busy: { type: "boolean", default: false },
+    },
+  });
+  const test = values.test as Test;
+  const seconds = Number(values.seconds);
+  const transport = new VhostUserTransport({ path: values.path!, mrg: values.mrg === "1" });
+  const pool = new MbufPool({ count: 8192, kind: transport.dmaKinds[0] });
+  const port = new Port(0, transport);
+  port.configure({ pool, rxd: RING, txd: RING, mrgRxbuf: values.mrg === "1" });
+  port.start();
+  // Let the backend see the rings before the clock starts.
+  const warm = performance.now() + 200;
+  while (performance.now() < warm) port.poll();
+  console.log(JSON.stringify({ ready: true })); // the parent starts measuring now
+  const r = values.busy ? loopTimed(test, port, pool, seconds) : loop(test, port, pool, seconds);
+  port.stop();
+  port.close();
+  pool.close();
+  console.log(JSON.stringify(r));
+}
+
+/** Prebuilt 64-byte test frame copied into each TX mbuf (as testpmd's txonly copies its template). */
+function frameTemplate(): Uint8Array {
+  const b = new Uint8Array(FRAME);
+  writeTestFrame(
+    b,
+    0,
+    FRAME,
+    0,
+    0,
+    Uint8Array.of(2, 0, 0, 0, 0, 2),
+    Uint8Array.of(2, 0, 0, 0, 0, 1),
+  );
+  return b;
+}
+
+/** One burst of the test's work; returns packets moved. */
+function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
+  const pkts = new Uint32Array(BURST);
+  const tpl = frameTemplate();
+  const bytes = pool.bytes;
+  if (test === "rxonly") {
+    return () => {
+      const n = port.rxBurst(0, pkts, BURST);
+      for (let i = 0; i < n; i++) pool.free(pkts[i]);
+      return n;
+    };
+  }
+  if (test === "txonly") {
+    return () => {
+      if (!pool.allocBulk(pkts, BURST)) return 0;
+      for (let i = 0; i < BURST; i++) {
+        const m = pkts[i];
+        bytes.set(tpl, pool.dataStart(m));
+        pool.dataLen[m] = FRAME;
+        pool.pktLen[m] = FRAME;
+      }
+      const k = port.txBurst(0, pkts, BURST);
+      for (let i = k; i < BURST; i++) pool.free(pkts[i]);
+      return k;
+    };
+  }
+  return () => {
+    const n = port.rxBurst(0, pkts, BURST);
+    if (n === 0) return 0;
+    const k = port.txBurst(0, pkts, n);
+    for (let i = k; i < n; i++) pool.free(pkts[i]);
+    return n;
+  };
+}
+
+function loop(test: Test, port: Port, pool: MbufPool, seconds: number): ChildResult {
+  const step = makeStep(test, port, pool);
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  let packets = 0;
+  for (let i = 1;; i++) {
+    packets += step();
+    port.poll();
+    if ((i & 4095) === 0 && performance.now() > end) break;
+  }
+  return { packets, seconds: (performance.now() - t0) / 1000, busyNsPerPacket: null };
+}
+
+/** Like `loop`, plus the time of iterations that moved packets (one clock read each). */
+function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): ChildResult {
+  const step = makeStep(test, port, pool);
+  // Cost of one performance.now(), subtracted from every timed iteration.
+  const c0 = performance.now();
+  for (let i = 0; i < 100_000; i++) performance.now();
+  const clockMs = (performance.now() - c0) / 100_000;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  let packets = 0;
+  let busyMs = 0;
+  let busyIters = 0;
+  let prev = performance.now();
+  for (let i = 1;; i++) {
+    const n = step();
+    port.poll();
+    const now = performance.now();
+    if (n > 0) {
+      packets += n;
+      busyMs += now - prev;
+      busyIters++;
+    }
+    prev = now;
+    if ((i & 4095) === 0 && now > end) break;
+  }
+  const busyNs = (busyMs - busyIters * clockMs) * 1e6;
+  return {
+    packets,
+    seconds: (performance.now() - t0) / 1000,
+    busyNsPerPacket: packets > 0 ? busyNs / packets : null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// orchestration
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0
+    ? NaN
+    : s.length % 2
+    ? s[s.length >> 1]
+    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** The vhost-side counter that measures each test. */
+function counter(test: Test, s: EthStats): number {
+  return test === "rxonly" ? s.opackets : s.ipackets;
+}
+
+interface RunResult {
+  mpps: number;
+  busyNs: number | null;
+}
+
+async function prepareVhost(vhost: Testpmd, test: Test): Promise<void> {
+  await vhost.cmd("stop");
+  await vhost.cmd(`set fwd ${test === "rxonly" ? "txonly" : test === "txonly" ? "rxonly" : "mac"}`);
+  await vhost.cmd("clear port stats all");
+  if (test !== "loop") await vhost.cmd("start");
+}
+
+/** Measure the vhost-side rate over the middle of a front-end run. */
+async function measure(vhost: Testpmd, test: Test, seconds: number): Promise<number> {
+  await sleep(700);
+  const a = counter(test, vhost.stats());
+  const ta = performance.now();
+  await sleep(seconds * 1000);
+  const b = counter(test, vhost.stats());
+  const tb = performance.now();
+  return (b - a) / ((tb - ta) / 1000) / 1e6;
+}
+
+function lineSplitter(): TransformStream<string, string> {
+  let rest = "";
+  return new TransformStream({
+    transform(chunk, ctl) {
+      const parts = (rest + chunk).split("\n");
+      rest = parts.pop()!;
+      for (const p of parts) ctl.enqueue(p);
+    },
+    flush(ctl) {
+      if (rest) ctl.enqueue(rest);
+    },
+  });
+}
+
+async function waitLinkReady(vhost: Testpmd): Promise<void> {
+  // The loop needs the front-end's rings before the vhost side injects its 32 bursts.
+  await sleep(500);
+  await vhost.cmd("start tx_first 32");
+}
+
+async function runDpdk(
+  vhost: Testpmd,
+  sock: string,
+  test: Test,
+  seconds: number,
+  devargs: string,
+): Promise<RunResult> {
+  await prepareVhost(vhost, test);
+  const fwd = test === "loop" ? "io" : test;
+  const front = await Testpmd.start({
+    vdev: `net_virtio_user0,path=${sock},queues=1,${devargs}`,
+    fwd,
+    lcores: "0,1",
+    mainLcore: 1,
+    eal: ["--single-file-segments"],
+    app: [`--burst=${BURST}`, `--rxd=${RING}`, `--txd=${RING}`, "--record-core-cycles"],
+  });
+  try {
+    await front.cmd("start");
+    if (test === "loop") await waitLinkReady(vhost);
+    const mpps = await measure(vhost, test, seconds);
+    const out = await front.cmd("stop", /Done\.|testpmd> /);
+    const m = out.match(/CPU cycles\/packet=([\d.]+).*?at (\d+) MHz/s);
+    return { mpps, busyNs: m ? Number(m[1]) / (Number(m[2]) / 1000) : null };
+  } finally {
+    await front.stop();
+  }
+}
+
+async function runVpmd(
+  vhost: Testpmd,
+  sock: string,
+  test: Test,
+  seconds: number,
+  mrg: string,
+  busy: boolean,
+): Promise<RunResult> {
+  await prepareVhost(vhost, test);
+  const total = seconds + 1.5;
+  const child = new Deno.Command("taskset", {
+    args: [
+      "-c",
+      "0",
+      Deno.execPath(),
+      "run",
+      "-A",
+      new URL(import.meta.url).pathname,
+      "--child",
+      "--test",
+      test,
+      "--path",
+      sock,
+      "--seconds",
+      String(total),
+      "--mrg",
+      mrg,
+      ...(busy ? ["--busy"] : []),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // The child's stdout: a "ready" line once its port is up, its result when it ends.
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(lineSplitter());
+  const reader = lines.getReader();
+  const stderr = new Response(child.stderr).text();
+  let mpps = NaN;
+  let result: ChildResult | null = null;
+  let failure: unknown = null;
+  try {
+    const first = await reader.read();
+    if (first.done || !first.value.includes("ready")) throw new Error("vpmd child did not start");
+    if (test === "loop") await vhost.cmd("start tx_first 32");
+    mpps = await measure(vhost, test, seconds);
+  } catch (e) {
+    failure = e;
+  }
+  for (;;) {
+    const { value, done } = await reader.read(); // the child ends by itself after its duration
+    if (done) break;
+    if (value.trim().startsWith("{")) result = JSON.parse(value) as ChildResult;
+  }
+  const status = await child.status;
+  if (failure !== null || !status.success || result === null) {
+    throw new Error(`vpmd child failed: ${(failure as Error)?.message ?? ""} ${await stderr}`);
+  }
+  return { mpps, busyNs: busy ? result.busyNsPerPacket : null };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      reps: { type: "string", default: "5" },
+      seconds: { type: "string", default: "3" },
+      tests: { type: "string", default: "rxonly,txonly,loop" },
+      mrg: { type: "string", default: "1" },
+      defaults: { type: "boolean", default: false },
+      "busy-reps": { type: "string", default: "3" },
+    },
+  });
+  const reps = Number(values.reps);
+  const seconds = Number(values.seconds);
+  const mrg = values.mrg!;
+  const tests = values.tests!.split(",") as Test[];
+  const same = `packed_vq=0,mrg_rxbuf=${mrg},in_order=0,queue_size=${RING}`;
+  const sock = `/tmp/vpmd-bench-${Deno.pid}.sock`;
+  const vhost = await Testpmd.start({
+    vdev: `net_vhost0,iface=${sock},queues=1`,
+    fwd: "rxonly",
+    lcores: "0,1",
+    mainLcore: 0,
+    app: [`--burst=${BURST}`],
+  });
+  const rows: string[] = [];
+  try {
+    for (const test of tests) {
+      const a: number[] = [];
+      const d: number[] = [];
+      const b: number[] = [];
+      const aBusy: number[] = [];
+      for (let r = 0; r < reps; r++) {
+        const order = r % 2 === 0 ? ["A", "B"] : ["B", "A"];
+        for (const who of order) {
+          if (who === "A") {
+            const x = await runDpdk(vhost, sock, test, seconds, same);
+            a.push(x.mpps);
+            if (x.busyNs !== null) aBusy.push(x.busyNs);
+          } else {
+            b.push((await runVpmd(vhost, sock, test, seconds, mrg, false)).mpps);
+          }
+        }
+        if (values.defaults) d.push((await runDpdk(vhost, sock, test, seconds, "")).mpps);
+        console.error(
+          `${test} rep ${r + 1}: dpdk ${a.at(-1)!.toFixed(2)} vpmd ${b.at(-1)!.toFixed(2)} Mpps` +
+            (values.defaults ? ` dpdk-defaults ${d.at(-1)!.toFixed(2)}` : ""),
+        );
+      }
+      const bBusy: number[] = [];
+      for (let r = 0; r < Number(values["busy-reps"]); r++) {
+        const x = await runVpmd(vhost, sock, test, seconds, mrg, true);
+        if (x.busyNs !== null) bBusy.push(x.busyNs);
+      }
+      const ma = median(a);
+      const mb = median(b);
+      rows.push(
+        `| ${test.padEnd(7)} | ${ma.toFixed(2).padStart(6)} | ${mb.toFixed(2).padStart(6)} | ${
+          (mb / ma).toFixed(2).padStart(5)
+        } | ${median(aBusy).toFixed(1).padStart(6)} | ${median(bBusy).toFixed(1).padStart(6)} |` +
+          (values.defaults ? ` ${median(d).toFixed(2).padStart(6)} |` : ""),
+      );
+    }
+  } finally {
+    await vhost.stop();
+  }
+  console.log(
+    `vpmd vs DPDK 22.11 net_virtio_user, same vhost testpmd, 64 B, burst ${BURST}, ring ${RING}, ` +
+      `mrg_rxbuf=${mrg}, ${reps} alternating reps x ${seconds} s, medians (Mpps at the vhost side)`,
+  );
+  console.log(
+    "| test    |   DPDK |   vpmd | ratio | DPDK ns/pkt busy | vpmd ns/pkt busy |" +
+      (values.defaults ? " DPDK defaults |" : ""),
+  );
+  console.log(
+    "|---------|-------:|-------:|------:|-------:|-------:|" +
+      (values.defaults ? "-------:|" : ""),
+  );
+  for (const r of rows) console.log(r);
+  console.log(`command: deno run -A scripts/bench-vhost.ts ${Deno.args.join(" ")}`.trim());
+}
+
+if (Deno.args.includes("--child")) await childMain(Deno.args);
+else await main();

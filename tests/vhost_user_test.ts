@@ -600,3 +600,46 @@ peerTest(testpmdPeer, "vhost-user port: control commands answered locally", asyn
     await pmd.stop();
   }
 });
+
+peerTest(testpmdPeer, "vhost-user port: two queue pairs (MQ), frames arrive on both", async () => {
+  const sock = socketPath("mq");
+  const pmd = await Testpmd.start({
+    vdev: `net_vhost0,iface=${sock},queues=2`,
+    fwd: "txonly",
+    app: ["--rxq=2", "--txq=2"],
+  });
+  let t: VhostUserTransport | null = null;
+  let pool: MbufPool | null = null;
+  let port: Port | null = null;
+  try {
+    t = new VhostUserTransport({ path: sock, queues: 2 });
+    pool = new MbufPool({ count: 4096, kind: "memfd" });
+    port = new Port(0, t);
+    port.configure({ pool, queues: 2, rxd: 256, txd: 256 });
+    port.start();
+    assert.ok(has(port.features, NetFeature.MQ));
+    assert.ok(has(t.protocolFeatures, 0)); // VHOST_USER_PROTOCOL_F_MQ
+    await pmd.cmd("start");
+    const pkts = new Uint32Array(32);
+    const perQueue = [0, 0];
+    const take = () => {
+      for (let q = 0; q < 2; q++) {
+        const n = port!.rxBurst(q, pkts, 32);
+        for (let i = 0; i < n; i++) pool!.free(pkts[i]);
+        perQueue[q] += n;
+      }
+      port!.poll();
+    };
+    spin(800, take);
+    await pmd.cmd("stop");
+    spin(200, take);
+    const s = pmd.stats();
+    assert.ok(perQueue[0] > 1000 && perQueue[1] > 1000, `per queue: ${perQueue}`);
+    assert.equal(perQueue[0] + perQueue[1], s.opackets);
+  } finally {
+    port?.close();
+    pool?.close();
+    t?.close();
+    await pmd.stop();
+  }
+});

@@ -192,6 +192,18 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
   }
 });
 
+/** Run `step` until `done()` (true) or `ms` milliseconds pass (false). For "traffic flows" checks. */
+function until(ms: number, step: () => void, done: () => boolean): boolean {
+  const end = performance.now() + ms;
+  for (let i = 0;; i++) {
+    step();
+    if ((i & 255) === 0) {
+      if (done()) return true;
+      if (performance.now() > end) return false;
+    }
+  }
+}
+
 /** Poll the transport until `events` shows up in its event mask (or fail after `ms`). */
 function pollFor(t: VhostUserTransport, events: number, ms: number, step = () => {}): number {
   const end = performance.now() + ms;
@@ -236,8 +248,7 @@ for (const server of [false, true]) {
         const take = () => {
           frames += rings!.receive()[0];
         };
-        spin(300, take);
-        assert.ok(frames > 1000, `only ${frames} frames before the kill`);
+        assert.ok(until(5000, take, () => frames > 1000), `only ${frames} frames before the kill`);
         assert.ok(linkUp(t));
 
         await pmd!.kill();
@@ -255,8 +266,10 @@ for (const server of [false, true]) {
         rings = new BareRings(t);
         assert.ok(linkUp(t));
         const before = frames;
-        spin(500, take);
-        assert.ok(frames - before > 1000, `only ${frames - before} frames after the return`);
+        assert.ok(
+          until(5000, take, () => frames - before > 1000),
+          `only ${frames - before} frames after the return`,
+        );
         assert.equal(t.linkStats.lost, 1);
         assert.equal(t.linkStats.returned, 1);
       } finally {
@@ -284,9 +297,9 @@ peerTest(
           // A fresh set of rings each time: reset() stopped the old ones with GET_VRING_BASE.
           const rings = new BareRings(t);
           let frames = 0;
-          spin(300, () => {
+          until(5000, () => {
             frames += rings.receive()[0];
-          });
+          }, () => frames > 1000);
           rings.close(run === 1);
           assert.ok(frames > 1000, `connection ${conn} run ${run}: only ${frames} frames`);
         }
@@ -350,6 +363,22 @@ function rxFor(s: Side, ms: number, check?: (m: number) => void): [number, numbe
     s.port.poll();
   });
   return [frames, bytes];
+}
+
+/** Receive (and free) until `n` frames came, within 5 s. */
+function rxAtLeast(s: Side, n: number): boolean {
+  let got = 0;
+  const end = performance.now() + 5000;
+  while (got < n && performance.now() < end) got += rxFor(s, 20)[0];
+  return got >= n;
+}
+
+/** io-forward until `n` frames went round, within 5 s. */
+function forwardAtLeast(s: Side, n: number): boolean {
+  let moved = 0;
+  const end = performance.now() + 5000;
+  while (moved < n && performance.now() < end) moved += forwardFor(s, 20);
+  return moved >= n;
 }
 
 /** io-forward frames back out of the same port for `ms`; returns frames forwarded. */
@@ -528,7 +557,7 @@ peerTest(
       const links: boolean[] = [];
       side.port.onLinkChange = (up) => links.push(up);
       await pmd.cmd("start tx_first");
-      assert.ok(forwardFor(side, 500) > 1000);
+      assert.ok(forwardAtLeast(side, 1000), "no forwarding before the kill");
       await pmd.kill();
       await pmd.stop();
       Deno.removeSync(sock);
@@ -540,7 +569,7 @@ peerTest(
       while (!side.port.linkUp && performance.now() < end2) forwardFor(side, 10);
       assert.equal(side.port.linkUp, true);
       await pmd.cmd("start tx_first");
-      assert.ok(forwardFor(side, 500) > 1000, "forwarding did not resume");
+      assert.ok(forwardAtLeast(side, 1000), "forwarding did not resume");
       assert.deepEqual(links, [false, true]);
     } finally {
       side?.close();
@@ -562,14 +591,14 @@ peerTest(
     let side: Side | null = null;
     try {
       side = openPort(sock);
-      assert.ok(rxFor(side, 300)[0] > 1000);
+      assert.ok(rxAtLeast(side, 1000), "no traffic at first");
       side.port.stop();
       assert.equal(side.pool.available, side.pool.count); // every buffer came back
       side.port.start();
-      assert.ok(rxFor(side, 300)[0] > 1000, "no traffic after stop/start");
+      assert.ok(rxAtLeast(side, 1000), "no traffic after stop/start");
       side.close();
       side = openPort(sock);
-      assert.ok(rxFor(side, 300)[0] > 1000, "no traffic on a new connection");
+      assert.ok(rxAtLeast(side, 1000), "no traffic on a new connection");
     } finally {
       side?.close();
       await pmd.stop();

@@ -672,3 +672,32 @@ peerTest(testpmdPeer, "vhost-user port: two queue pairs (MQ), frames arrive on b
     await pmd.stop();
   }
 });
+
+// ---- without a peer: port spec and missing-backend errors -------------------------------------
+
+Deno.test("vhost-user spec: bad options are one-line errors naming the option", () => {
+  const path = socketPath("spec");
+  assert.throws(() => VhostUserTransport.fromSpec("", {}), /socket path is required/);
+  assert.throws(() => VhostUserTransport.fromSpec(path, { bogus: "1" }), /unknown option 'bogus'/);
+  assert.throws(() => VhostUserTransport.fromSpec(path, { mrg: "maybe" }), /mrg=maybe/);
+  assert.throws(() => VhostUserTransport.fromSpec(path, { queues: "0" }), /queues=0/);
+  assert.throws(() => VhostUserTransport.fromSpec(path, { mac: "02:00:00" }), /bad MAC/);
+  assert.throws(
+    () => VhostUserTransport.fromSpec(path, { qsize: "300", timeout: "1" }),
+    /qsize 300 is not a power of two/,
+  );
+});
+
+Deno.test("vhost-user spec: no backend is a clear error after the timeout (client and server)", () => {
+  const path = socketPath("nobody");
+  assert.throws(
+    () => VhostUserTransport.fromSpec(path, { timeout: "1" }),
+    /nobody is listening.*is the vhost-user backend running\?/,
+  );
+  assert.throws(
+    () => VhostUserTransport.fromSpec(path, { server: "", timeout: "1" }),
+    /no vhost-user backend connected within 1000 ms/,
+  );
+  // Server mode removed its socket file again.
+  assert.throws(() => Deno.statSync(path), Deno.errors.NotFound);
+});

@@ -701,3 +701,117 @@ Deno.test("vhost-user spec: no backend is a clear error after the timeout (clien
   // Server mode removed its socket file again.
   assert.throws(() => Deno.statSync(path), Deno.errors.NotFound);
 });
+
+// ---- a misbehaving backend (a small fake in a subprocess) -------------------------------------
+
+/**
+ * A fake vhost-user backend: listens on `path`, answers the handshake (VERSION_1 and protocol
+ * features with REPLY_ACK) and then misbehaves as `mode` says: `nack-mem` refuses SET_MEM_TABLE,
+ * `hangup` closes the connection at SET_MEM_TABLE, `wrong-reply` answers GET_FEATURES with a
+ * reply to another request.
+ */
+function fakeBackend(path: string, mode: string): Deno.ChildProcess {
+  const socketUrl = new URL("../ffi/socket.ts", import.meta.url).href;
+  const code = `
+    import { UnixListener } from "${socketUrl}";
+    const [path, mode] = Deno.args;
+    const l = new UnixListener(path);
+    const s = l.accept(10000);
+    const hdr = new Uint8Array(12), dv = new DataView(hdr.buffer), body = new Uint8Array(512);
+    const fds = [];
+    const reply = (req, u64) => {
+      const m = new Uint8Array(20), v = new DataView(m.buffer);
+      v.setUint32(0, req, true); v.setUint32(4, 1 | 4, true); v.setUint32(8, 8, true);
+      v.setBigUint64(12, BigInt(u64), true);
+      s.send(m);
+    };
+    try {
+      for (;;) {
+        s.recvExact(hdr, 12, fds, 10000);
+        const req = dv.getUint32(0, true), flags = dv.getUint32(4, true), size = dv.getUint32(8, true);
+        if (size) s.recvExact(body, size, fds, 10000);
+        if (req === 1) reply(mode === "wrong-reply" ? 15 : 1, (1n << 32n) | (1n << 30n));
+        else if (req === 15) reply(15, 1n << 3n);
+        else if (req === 5 && mode === "hangup") break;
+        else if (flags & 8) reply(req, req === 5 && mode === "nack-mem" ? 1 : 0);
+      }
+    } catch { /* the front-end went away */ }
+    s.close(); l.close();
+  `;
+  return new Deno.Command(Deno.execPath(), {
+    args: ["eval", code, path, mode],
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+}
+
+async function withFake(mode: string, fn: (path: string) => void): Promise<void> {
+  const path = socketPath(`fake-${mode}`);
+  const child = fakeBackend(path, mode);
+  try {
+    fn(path);
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await child.status;
+    try {
+      Deno.removeSync(path);
+    } catch {
+      // removed by the fake
+    }
+  }
+}
+
+function startOn(t: VhostUserTransport): () => void {
+  const pool = new MbufPool({ count: 1024, kind: "memfd" });
+  const port = new Port(0, t);
+  port.configure({ pool });
+  return () => {
+    try {
+      port.start();
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
+    }
+  };
+}
+
+Deno.test("vhost-user: a backend that refuses the memory table fails the port start clearly", async () => {
+  await withFake("nack-mem", (path) => {
+    const t = new VhostUserTransport({ path });
+    assert.equal(has(t.protocolFeatures, 3), true); // REPLY_ACK negotiated
+    assert.throws(startOn(t), /refused SET_MEM_TABLE/);
+  });
+});
+
+Deno.test("vhost-user: a backend that hangs up during set-up leaves the link down, no crash", async () => {
+  await withFake("hangup", (path) => {
+    const t = new VhostUserTransport({ path });
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t);
+    try {
+      port.configure({ pool });
+      port.start();
+      assert.equal(port.linkUp, false);
+      const pkts = new Uint32Array(32);
+      assert.equal(port.rxBurst(0, pkts, 32), 0);
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
+    }
+  });
+});
+
+Deno.test("vhost-user: a reply to the wrong request is an error naming both", async () => {
+  await withFake("wrong-reply", (path) => {
+    assert.throws(
+      () => new VhostUserTransport({ path }),
+      /expected a reply to GET_FEATURES, got GET_PROTOCOL_FEATURES/,
+    );
+  });
+});

@@ -43,6 +43,9 @@ export interface GuestOptions {
   script?: string;
   /** Serial console on this process's stdio (CLI `--interactive`); no script, no agent. */
   interactive?: boolean;
+  /** More kernel command line parameters and more QEMU arguments. */
+  appendArgs?: string[];
+  qemuArgs?: string[];
   memoryMiB?: number;
   cpus?: number;
   /** Repository to share (default: this checkout) and the build folder (default REPO/build/lab). */
@@ -228,7 +231,7 @@ export class Guest {
         "-initrd",
         img.initrd,
         "-append",
-        append.join(" "),
+        [...append, ...(opts.appendArgs ?? [])].join(" "),
         "-device",
         "isa-debug-exit,iobase=0xf4,iosize=0x04",
         "-monitor",
@@ -258,14 +261,25 @@ export class Guest {
             (opts.extraNicOptions?.[i] ? `,${opts.extraNicOptions[i]}` : ""),
         );
       }
+      args.push(...(opts.qemuArgs ?? []));
       await Deno.writeTextFile(`${runDir}/qemu.args`, args.join("\n") + "\n");
-      const child = new Deno.Command("qemu-system-x86_64", {
-        args,
+      // coreutils timeout also ends QEMU when this process dies without closing the guest; our own
+      // timer (SIGTERM, relayed to QEMU) normally fires first.
+      const limit = opts.timeoutSec ?? 180;
+      const child = new Deno.Command("timeout", {
+        args: [
+          ...(opts.interactive ? ["--foreground"] : []),
+          "-k",
+          "5",
+          String(limit + 10),
+          "qemu-system-x86_64",
+          ...args,
+        ],
         stdin: opts.interactive ? "inherit" : "null",
         stdout: opts.interactive ? "inherit" : "null",
         stderr: opts.interactive ? "inherit" : "piped",
       }).spawn();
-      return new Guest(child, nics, runDir, opts.timeoutSec ?? 180, keep, !opts.interactive);
+      return new Guest(child, nics, runDir, limit, keep, !opts.interactive);
     } catch (e) {
       for (const n of nics) n.wire.close();
       if (!keep) await Deno.remove(runDir, { recursive: true }).catch(() => {});
@@ -380,9 +394,10 @@ export class Guest {
     return this.exitStatus!;
   }
 
+  /** SIGTERM to `timeout`, which relays it to QEMU (and SIGKILLs it 5 s later if need be). */
   #kill(): void {
     try {
-      this.#child.kill("SIGKILL");
+      this.#child.kill("SIGTERM");
     } catch {
       // already gone
     }
@@ -496,6 +511,7 @@ async function main(): Promise<number> {
     extraNicOptions[Number(m[1])] = m[2];
   }
   const timeoutSec = Number(values.timeout);
+  if (!(timeoutSec > 0)) throw new Error(`bad --timeout '${values.timeout}' (seconds > 0)`);
   const base = { nics, extraNicOptions, timeoutSec, keep: values.keep };
   if (values.interactive) {
     const g = await Guest.boot({ ...base, interactive: true });
@@ -506,6 +522,11 @@ async function main(): Promise<number> {
   const script = positionals.join(" ");
   if (!script) throw new Error("no command given (or use --interactive)");
   const g = await Guest.boot({ ...base, script });
+  for (const n of g.nics) {
+    console.error(
+      `run-guest: ${n.id} ${n.kind} ${n.pciAddress} ${n.mac} qemu udp ${n.qemuPort}`,
+    );
+  }
   let shown = 0;
   while (g.running) {
     await sleep(200);

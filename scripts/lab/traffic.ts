@@ -249,3 +249,51 @@ export function expectedFrame(
   writeTestFrame(b, 0, len, opts.stream ?? 0, seq, opts.dst ?? BROADCAST, opts.src ?? HOST_MAC);
   return b;
 }
+
+/** Result of {@link measureForwarding}. */
+export interface ForwardingResult {
+  sent: number;
+  /** Valid test frames that came out of the other NIC. */
+  received: number;
+  /** Corrupted test frames, and the sequence gaps seen. */
+  bad: number;
+  seqGaps: number;
+  /** Seconds the sender ran, and received frames per second of it. */
+  seconds: number;
+  pps: number;
+  /** Percentage of sent frames that never came back. */
+  lossPct: number;
+}
+
+/**
+ * Offer `rate` frames/s of `size`-byte test frames for `seconds` into `from` and count what
+ * comes out of `to` (the guest forwards between the two NICs). Waits `drainMs` after sending.
+ */
+export async function measureForwarding(
+  from: UdpWire,
+  to: UdpWire,
+  opts: { rate: number; seconds: number; size?: number; stream?: number; drainMs?: number },
+): Promise<ForwardingResult> {
+  const checker = new FrameChecker(to);
+  try {
+    const gen = await generate(from, {
+      count: Math.round(opts.rate * opts.seconds),
+      rate: opts.rate,
+      sizes: [opts.size ?? 64],
+      stream: opts.stream ?? 0,
+    });
+    await new Promise((r) => setTimeout(r, opts.drainMs ?? 500));
+    const c = checker.counts;
+    return {
+      sent: gen.sent,
+      received: c.ok,
+      bad: c.bad,
+      seqGaps: c.seqGaps,
+      seconds: gen.seconds,
+      pps: c.ok / gen.seconds,
+      lossPct: gen.sent ? 100 * (1 - c.ok / gen.sent) : 0,
+    };
+  } finally {
+    checker.detach();
+  }
+}

@@ -21,7 +21,9 @@
  *   g.nics[i]: { id, kind, pciAddress, mac, qemuPort, hostPort, wire }
  *   traffic: generate(wire, { count, rate, sizes, stream, dst, src }) sends paced test frames;
  *            new FrameChecker(wire, { record }) counts ok/foreign/bad/seqGaps, waitFor(n, s),
- *            settle(); expectedFrame(seq, opts) gives the exact bytes for comparisons.
+ *            settle(); expectedFrame(seq, opts) gives the exact bytes for comparisons;
+ *            measureForwarding(fromWire, toWire, { rate, seconds, size }) -> { sent, received,
+ *            pps, lossPct, ... } for benchmarks (rates are never asserted in tests).
  *   g.console() (kernel + /init output), g.diagnose() (why it failed, console tail).
  * Options (GuestOptions): nics (kinds, in PCI slot order from 04.0), extraNicOptions
  * ({ 1: "ctrl_vlan=off,rx_queue_size=1024" }), timeoutSec (hard limit: QEMU is killed), memoryMiB,
@@ -43,9 +45,11 @@ export {
 } from "../../scripts/lab/run-guest.ts";
 export {
   expectedFrame,
+  type ForwardingResult,
   FrameChecker,
   generate,
   type GenerateOptions,
+  measureForwarding,
   parseMac,
   UdpWire,
 } from "../../scripts/lab/traffic.ts";

@@ -1,0 +1,251 @@
+/**
+ * The PCI transports against QEMU's virtio-net-pci in the guest lab (scripts/lab/, tests/lib/
+ * guest.ts): legacy (ioperm and sysfs port IO) and modern (MMIO) forwarding with byte-exact checks
+ * at the host, a transitional NIC used as modern, link changes from HMP `set_link` seen as uio
+ * interrupts (and by the ISR-polling fallback), and the devices/bind/unbind commands.
+ *
+ * NICs (tests/lib/guest.ts): n0 legacy 0000:00:04.0, n1 modern 0000:00:05.0, n2 transitional
+ * 0000:00:06.0. The forwarder in the guest is tests/lib/pci_fwd.ts (io mode, both directions).
+ */
+import assert from "assert";
+import {
+  expectedFrame,
+  FrameChecker,
+  generate,
+  type Guest,
+  type GuestNic,
+  guestTest,
+  parseMac,
+} from "./lib/guest.ts";
+
+const FWD = "deno run -A tests/lib/pci_fwd.ts";
+
+/** Runs `vpmd devices|bind|unbind ARGS` in the guest (mod/pci/commands.ts). */
+function pciCommand(g: Guest, cmd: string, args: string[]) {
+  const js = `import { runPciCommand } from "/vpmd/mod/pci/commands.ts"; ` +
+    `Deno.exit(await runPciCommand(${JSON.stringify(cmd)}, ${JSON.stringify(args)}));`;
+  return g.exec(`deno eval '${js}'`, 90);
+}
+
+async function bindAll(g: Guest): Promise<void> {
+  const r = await pciCommand(g, "bind", ["--force", ...g.nics.map((n) => n.pciAddress)]);
+  assert.equal(r.code, 0, r.output);
+}
+
+/** Frames the host sends into `from` must come out of `to`, all of them, byte-exact. */
+async function expectForwarded(
+  from: GuestNic,
+  to: GuestNic,
+  stream: number,
+  count: number,
+): Promise<void> {
+  const gen = {
+    stream,
+    sizes: [60, 64, 128, 1000, 1514],
+    src: parseMac(`02:00:00:00:00:${stream.toString(16).padStart(2, "0")}`),
+  };
+  const checker = new FrameChecker(to.wire, { record: true });
+  try {
+    const sent = await generate(from.wire, { ...gen, count, rate: 2000 });
+    assert.equal(sent.sent, count);
+    await checker.waitFor(count, 30);
+    await checker.settle(300);
+    const c = checker.counts;
+    // UDP between QEMU and the host may drop under load on a noisy machine; nothing may be
+    // corrupted, reordered or invented.
+    assert.ok(c.ok >= count * 0.99, `only ${c.ok} of ${count} frames: ${JSON.stringify(c)}`);
+    assert.equal(c.bad + c.reordered + c.foreign, 0, JSON.stringify(c));
+    assert.equal(checker.frames.length, c.ok);
+    for (const f of checker.frames) {
+      const seq = ((f[50] << 24) | (f[51] << 16) | (f[52] << 8) | f[53]) >>> 0;
+      assert.deepEqual(f, expectedFrame(seq, gen), `frame ${seq}`);
+    }
+  } finally {
+    checker.detach();
+  }
+}
+
+interface FwdSummary {
+  ports: { rxPackets: number; txPackets: number; rxErrors: number; txErrors: number }[];
+}
+
+/** Starts the forwarder on two NICs, runs `traffic`, waits for its summary. */
+async function forward(
+  g: Guest,
+  nics: [GuestNic, GuestNic],
+  specs: [string, string],
+  traffic: () => Promise<void>,
+  expectName: [RegExp, RegExp],
+): Promise<FwdSummary> {
+  const p = await g.spawn(`exec ${FWD} --idle 2 --duration 90 ${specs.join(" ")}`);
+  await p.waitForOutput(/^ready$/m, 90);
+  const out = await p.output();
+  assert.match(out, expectName[0], out);
+  assert.match(out, expectName[1], out);
+  try {
+    // Warm-up (JIT, first touches of the rings) before the counted streams, in both directions.
+    for (const [from, to] of [[nics[0], nics[1]], [nics[1], nics[0]]]) {
+      const warm = new FrameChecker(to.wire);
+      await generate(from.wire, { count: 200, rate: 1000, stream: 0x7f });
+      try {
+        assert.ok(await warm.waitFor(150, 20), `warm-up: ${JSON.stringify(warm.counts)}`);
+        await warm.settle(300);
+      } finally {
+        warm.detach();
+      }
+    }
+    await traffic();
+  } catch (e) {
+    // Show what the forwarder counted next to what the host saw.
+    const end = await p.wait(60).catch(() => null);
+    throw new Error(`${(e as Error).message}\nforwarder: ${end?.output ?? await p.output()}`);
+  }
+  const end = await p.wait(60);
+  assert.equal(end.code, 0, end.output);
+  const line = end.output.trim().split("\n").pop()!;
+  const summary = JSON.parse(line) as FwdSummary;
+  for (const s of summary.ports) assert.equal(s.rxErrors + s.txErrors, 0, line);
+  return summary;
+}
+
+guestTest("pci: legacy (ioperm) <-> modern forwarding, byte-exact both ways", async (g) => {
+  await bindAll(g);
+  const [legacy, modern] = g.nics;
+  const count = 3000;
+  const s = await forward(
+    g,
+    [legacy, modern],
+    [legacy.pciAddress, modern.pciAddress],
+    async () => {
+      await expectForwarded(legacy, modern, 1, count);
+      await expectForwarded(modern, legacy, 2, count);
+    },
+    [/Port 0: 0000:00:04\.0 \(legacy, ioperm, uio/, /Port 1: 0000:00:05\.0 \(modern, uio/],
+  );
+  assert.ok(s.ports[0].rxPackets >= count * 0.99 && s.ports[1].txPackets >= count * 0.99);
+});
+
+guestTest(
+  "pci: legacy (portio=sysfs) <-> transitional used as modern, byte-exact both ways",
+  async (g) => {
+    await bindAll(g);
+    const [legacy, , transitional] = g.nics;
+    await forward(
+      g,
+      [legacy, transitional],
+      [`${legacy.pciAddress},portio=sysfs`, transitional.pciAddress],
+      async () => {
+        await expectForwarded(legacy, transitional, 3, 2000);
+        await expectForwarded(transitional, legacy, 4, 2000);
+      },
+      [/\(legacy, sysfs, /, /0000:00:06\.0 \(transitional as modern, /],
+    );
+  },
+);
+
+guestTest("pci: transitional used as legacy; HMP set_link seen as link events", async (g, t) => {
+  await bindAll(g);
+  const [legacy, modern, transitional] = g.nics;
+  await t.step("transitional NIC in mode=legacy forwards to the legacy NIC", async () => {
+    await forward(
+      g,
+      [transitional, legacy],
+      [`${transitional.pciAddress},mode=legacy`, legacy.pciAddress],
+      () => expectForwarded(transitional, legacy, 5, 1000),
+      [/0000:00:06\.0 \(legacy, ioperm/, /0000:00:04\.0 \(legacy/],
+    );
+  });
+  await t.step("set_link off/on: uio interrupt (modern) and ISR polling (legacy)", async () => {
+    const p = await g.spawn(
+      `exec ${FWD} --duration 40 ${legacy.pciAddress},irq=poll ${modern.pciAddress}`,
+    );
+    await p.waitForOutput(/^ready$/m, 90);
+    assert.match(await p.output(), /Port 0: .*poll link events\) link up/);
+    assert.match(await p.output(), /Port 1: .*uio link events\) link up/);
+    // The port reports the link once at start; each set_link adds one event.
+    const events = async (port: number, state: string, n: number) => {
+      const re = new RegExp(`^Port ${port}: link state change event \\(${state}\\)$`, "gm");
+      const end = performance.now() + 20_000;
+      while ((((await p.output()).match(re)) ?? []).length < n) {
+        if (performance.now() > end) {
+          throw new Error(`no ${n}th '${state}' event on port ${port}:\n${await p.output()}`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    for (const [nic, port] of [[modern, 1], [legacy, 0]] as const) {
+      await g.monitor(`set_link ${nic.id} off`);
+      await events(port, "down", 1);
+      await g.monitor(`set_link ${nic.id} on`);
+      await events(port, "up", 2);
+    }
+    const out = await p.output();
+    assert.equal((out.match(/link state change event/g) ?? []).length, 6, out);
+    await g.exec("killall -KILL deno 2>/dev/null; true");
+    await p.wait(30).catch(() => undefined);
+  });
+});
+
+guestTest("pci: vpmd devices / bind / unbind round trip", async (g) => {
+  const addrs = g.nics.map((n) => n.pciAddress);
+  const listing = async () => {
+    const r = await pciCommand(g, "devices", ["--json"]);
+    assert.equal(r.code, 0, r.output);
+    return JSON.parse(r.output.trim().split("\n").pop()!) as {
+      address: string;
+      kind: string;
+      driver: string | null;
+      mac: string | null;
+      interfaces: string[];
+      uio: string | null;
+    }[];
+  };
+  const before = await listing();
+  assert.deepEqual(before.map((d) => [d.address, d.kind, d.driver]), [
+    [addrs[0], "legacy", "virtio-pci"],
+    [addrs[1], "modern", "virtio-pci"],
+    [addrs[2], "transitional", "virtio-pci"],
+  ]);
+  assert.deepEqual(before.map((d) => d.mac), g.nics.map((n) => n.mac));
+  const if0 = before[0].interfaces[0];
+  assert.match(if0, /^eth\d+$/);
+
+  // An interface that is up in the kernel is refused without --force.
+  assert.equal((await g.exec(`ip link set ${if0} up`)).code, 0);
+  const refused = await pciCommand(g, "bind", [addrs[0]]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.output, new RegExp(`interface ${if0} is up in the kernel.*--force`));
+  // Clear errors for a missing device, a non-virtio device, bad usage.
+  const missing = await pciCommand(g, "bind", ["0000:00:1f.7"]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.output, /no PCI device 0000:00:1f\.7/);
+  const notNet = await pciCommand(g, "bind", ["0000:00:00.0"]);
+  assert.equal(notNet.code, 1);
+  assert.match(notNet.output, /0000:00:00\.0 is not a virtio-net device/);
+  assert.equal((await pciCommand(g, "bind", [])).code, 2);
+
+  const bound = await pciCommand(g, "bind", ["--force", ...addrs]);
+  assert.equal(bound.code, 0, bound.output);
+  const mid = await listing();
+  for (const d of mid) {
+    assert.equal(d.driver, "uio_pci_generic");
+    assert.match(d.uio ?? "", /^\/dev\/uio\d$/);
+    assert.deepEqual(d.interfaces, []);
+  }
+  // MACs are read from the devices' own configuration now that no kernel driver holds them.
+  assert.deepEqual(mid.map((d) => d.mac), g.nics.map((n) => n.mac));
+
+  const unbound = await pciCommand(g, "unbind", addrs);
+  assert.equal(unbound.code, 0, unbound.output);
+  const after = await listing();
+  for (const [i, d] of after.entries()) {
+    assert.equal(d.driver, "virtio-pci");
+    assert.equal(d.interfaces.length, 1, JSON.stringify(d));
+    assert.equal(d.mac, g.nics[i].mac);
+  }
+  const carrier = await g.exec(
+    `ip link set ${after[1].interfaces[0]} up && sleep 0.5 && ` +
+      `cat /sys/class/net/${after[1].interfaces[0]}/carrier`,
+  );
+  assert.equal(carrier.output.trim(), "1", carrier.output);
+});

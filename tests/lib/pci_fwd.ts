@@ -1,0 +1,94 @@
+/**
+ * Guest-side helper for tests/guest_pci_test.ts and scripts/bench-guest.ts: io-forwards between
+ * two PCI ports in both directions (port 0 RX -> port 1 TX and back) with the driver's Port, and
+ * prints `Port N: link state change event (up|down)` on link changes.
+ *
+ *   deno run -A tests/lib/pci_fwd.ts [--duration S] [--idle S] [--rxd N] [--txd N]
+ *       0000:00:04.0[,portio=sysfs] 0000:00:05.0[,mode=modern]
+ *
+ * Prints `ready` once both ports are started, and a final JSON line `{"ports":[stats, stats],
+ * "seconds": S}`. Stops after `--duration` seconds, or `--idle` seconds without a frame once
+ * frames have flowed (the loop is synchronous: no signals are handled).
+ */
+import { parseArgs } from "cli-args";
+import { MbufPool } from "../../mod/mbuf.ts";
+import { Port } from "../../mod/port.ts";
+import { PciTransport } from "../../mod/transport/pci.ts";
+
+const BURST = 32;
+
+function openPort(id: number, spec: string): Port {
+  const [address, ...rest] = spec.split(",");
+  const options: Record<string, string> = {};
+  for (const kv of rest) {
+    const [k, v] = kv.split("=");
+    options[k] = v ?? "";
+  }
+  const port = new Port(id, PciTransport.fromSpec(address, options));
+  port.onLinkChange = (up) =>
+    console.log(`Port ${id}: link state change event (${up ? "up" : "down"})`);
+  return port;
+}
+
+function main(): number {
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    allowPositionals: true,
+    options: {
+      duration: { type: "string", default: "60" },
+      idle: { type: "string", default: "0" },
+      rxd: { type: "string", default: "256" },
+      txd: { type: "string", default: "256" },
+    },
+  });
+  if (positionals.length !== 2) throw new Error("two PCI port specs wanted");
+  const pool = new MbufPool({ count: 4096, kind: "physical", name: "pci-fwd" });
+  const ports = positionals.map((s, i) => openPort(i, s));
+  try {
+    for (const p of ports) {
+      p.configure({ pool, rxd: Number(values.rxd), txd: Number(values.txd) });
+      p.start();
+    }
+    for (const p of ports) {
+      console.log(`Port ${p.id}: ${p.transport.name} link ${p.linkUp ? "up" : "down"}`);
+    }
+    console.log("ready");
+    const pkts = new Uint32Array(BURST);
+    const start = performance.now();
+    const end = start + Number(values.duration) * 1000;
+    const idleMs = Number(values.idle) * 1000;
+    let lastFrame = start;
+    let flowed = false;
+    let iter = 0;
+    for (;;) {
+      for (let i = 0; i < 2; i++) {
+        const n = ports[i].rxBurst(0, pkts, BURST);
+        if (n > 0) {
+          const out = ports[1 - i];
+          const k = out.txBurst(0, pkts, n);
+          for (let j = k; j < n; j++) pool.free(pkts[j]);
+          out.stats.txDropped += n - k;
+          flowed = true;
+          lastFrame = -1; // refreshed at the next clock check
+        }
+        ports[i].poll();
+      }
+      if ((++iter & 1023) === 0) {
+        const now = performance.now();
+        if (lastFrame < 0) lastFrame = now;
+        if (now > end || (idleMs > 0 && flowed && now - lastFrame > idleMs)) break;
+      }
+    }
+    const seconds = (performance.now() - start) / 1000;
+    console.log(JSON.stringify({ ports: ports.map((p) => p.stats), seconds }));
+    return 0;
+  } finally {
+    for (const p of ports) {
+      p.close();
+      p.transport.close();
+    }
+    pool.close();
+  }
+}
+
+if (import.meta.main) Deno.exit(main());

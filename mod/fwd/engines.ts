@@ -1,0 +1,261 @@
+/**
+ * Forwarding engines, in the manner of testpmd's forwarding modes. An engine handles one stream
+ * (a receive port and queue, and the port it transmits on) for one burst, and works only on mbuf
+ * numbers and the pool's cached views: nothing is allocated per packet.
+ *
+ * - io:      receive, transmit unchanged on the peer port.
+ * - mac:     receive, set dst = the peer address of the transmitting port and src = its MAC, send.
+ * - macswap: receive, swap dst and src, send.
+ * - rxonly:  receive and free.
+ * - txonly:  build self-describing test frames (mod/testframe.ts) and send; with several segment
+ *            lengths (`--txpkts 64,1400`) each frame is one chain of that many segments.
+ *
+ * Frames too short to hold two MAC addresses cannot be rewritten by mac/macswap: they are dropped
+ * and counted in the receive port's `rxDropped`.
+ */
+import { type MbufPool, NONE } from "../mbuf.ts";
+import type { Port } from "../port.ts";
+import { writeTestFrame } from "../testframe.ts";
+import { Eth } from "../virtio/constants.ts";
+
+export const MODES = ["io", "mac", "macswap", "rxonly", "txonly"] as const;
+export type Mode = typeof MODES[number];
+
+/** One forwarding stream: frames received on `rx` queue `queue` leave on `tx` queue `queue`. */
+export interface Stream {
+  rx: Port;
+  tx: Port;
+  queue: number;
+  /** The burst array (mbuf numbers), allocated once per stream. */
+  pkts: Uint32Array;
+}
+
+/** Runs one burst on a stream; returns the packets it moved (received, or sent for txonly). */
+export type Engine = (s: Stream) => number;
+
+export interface EngineOptions {
+  pool: MbufPool;
+  burst: number;
+  /** Destination MAC per port id (mac and txonly engines). */
+  peers: Uint8Array[];
+  /** Segment lengths of a txonly frame (default [64]). */
+  txpkts?: number[];
+  /** Stream number written into txonly frames is `txStreamBase + tx port id`. */
+  txStreamBase?: number;
+}
+
+/** The default peer address of port `id` (as testpmd: 02:00:00:00:00:NN). */
+export function defaultPeer(id: number): Uint8Array {
+  return Uint8Array.of(0x02, 0, 0, 0, 0, id & 0xff);
+}
+
+/** Send `s.pkts[0..n)`; what the port does not take is freed and counted in `txDropped`. */
+function send(s: Stream, pool: MbufPool, n: number): number {
+  const k = s.tx.txBurst(s.queue, s.pkts, n);
+  if (k < n) {
+    for (let i = k; i < n; i++) pool.free(s.pkts[i]);
+    s.tx.stats.txDropped += n - k;
+  }
+  return k;
+}
+
+/** Drop runts (no room for two MAC addresses) from `pkts[0..n)`; returns the new count. */
+function dropRunts(s: Stream, pool: MbufPool, n: number): number {
+  const pkts = s.pkts;
+  let j = 0;
+  for (let i = 0; i < n; i++) {
+    const m = pkts[i];
+    if (pool.dataLen[m] < 2 * Eth.ADDR) pool.free(m);
+    else pkts[j++] = m;
+  }
+  if (j < n) s.rx.stats.rxDropped += n - j;
+  return j;
+}
+
+export function createEngine(mode: Mode, opts: EngineOptions): Engine {
+  const { pool, burst } = opts;
+  const bytes = pool.bytes;
+  const bufOff = pool.bufOff;
+  const dataOff = pool.dataOff;
+  switch (mode) {
+    case "io":
+      return (s) => {
+        const n = s.rx.rxBurst(s.queue, s.pkts, burst);
+        if (n > 0) send(s, pool, n);
+        return n;
+      };
+    case "rxonly":
+      return (s) => {
+        const n = s.rx.rxBurst(s.queue, s.pkts, burst);
+        for (let i = 0; i < n; i++) pool.free(s.pkts[i]);
+        return n;
+      };
+    case "macswap":
+      return (s) => {
+        const got = s.rx.rxBurst(s.queue, s.pkts, burst);
+        if (got === 0) return 0;
+        const n = dropRunts(s, pool, got);
+        const pkts = s.pkts;
+        for (let i = 0; i < n; i++) {
+          const m = pkts[i];
+          const d = bufOff[m] + dataOff[m];
+          for (let k = 0; k < Eth.ADDR; k++) {
+            const t = bytes[d + k];
+            bytes[d + k] = bytes[d + Eth.ADDR + k];
+            bytes[d + Eth.ADDR + k] = t;
+          }
+        }
+        send(s, pool, n);
+        return got;
+      };
+    case "mac":
+      return macEngine(opts);
+    case "txonly":
+      return txonlyEngine(opts);
+  }
+}
+
+function macEngine(opts: EngineOptions): Engine {
+  const { pool, burst } = opts;
+  const bytes = pool.bytes;
+  const bufOff = pool.bufOff;
+  const dataOff = pool.dataOff;
+  /** Per port id: the 12 address bytes to write (dst = peer, src = port MAC), built on first use. */
+  const addrs: (Uint8Array | undefined)[] = [];
+  return (s) => {
+    const got = s.rx.rxBurst(s.queue, s.pkts, burst);
+    if (got === 0) return 0;
+    const n = dropRunts(s, pool, got);
+    let a = addrs[s.tx.id];
+    if (a === undefined) {
+      a = new Uint8Array(2 * Eth.ADDR);
+      a.set(opts.peers[s.tx.id] ?? defaultPeer(s.tx.id), Eth.DST);
+      a.set(s.tx.mac, Eth.SRC);
+      addrs[s.tx.id] = a;
+    }
+    const pkts = s.pkts;
+    for (let i = 0; i < n; i++) {
+      const m = pkts[i];
+      bytes.set(a, bufOff[m] + dataOff[m]);
+    }
+    send(s, pool, n);
+    return got;
+  };
+}
+
+/** Offsets in a test frame that change from frame to frame (see mod/testframe.ts). */
+const IP_ID = 18;
+const IP_CSUM = 24;
+const SEQ = 50;
+const PATCHED = [IP_ID, IP_ID + 1, IP_CSUM, IP_CSUM + 1, SEQ, SEQ + 1, SEQ + 2, SEQ + 3];
+
+/** Per transmitting port: the frame template split into segments and where the patches go. */
+interface TxTemplate {
+  segs: Uint8Array[];
+  /** PATCHED[i] lies in segment patchSeg[i] at byte patchOff[i]. */
+  patchSeg: Int32Array;
+  patchOff: Int32Array;
+  /** One's-complement sum of the IPv4 header without the id and checksum words. */
+  ipBaseSum: number;
+  seq: number;
+}
+
+function buildTemplate(lengths: number[], stream: number, dst: Uint8Array, src: Uint8Array) {
+  const total = lengths.reduce((a, b) => a + b, 0);
+  const frame = new Uint8Array(total);
+  writeTestFrame(frame, 0, total, stream, 0, dst, src);
+  const segs: Uint8Array[] = [];
+  const patchSeg = new Int32Array(PATCHED.length);
+  const patchOff = new Int32Array(PATCHED.length);
+  let off = 0;
+  for (let j = 0; j < lengths.length; j++) {
+    segs.push(frame.slice(off, off + lengths[j]));
+    PATCHED.forEach((p, i) => {
+      if (p >= off && p < off + lengths[j]) {
+        patchSeg[i] = j;
+        patchOff[i] = p - off;
+      }
+    });
+    off += lengths[j];
+  }
+  let sum = 0;
+  for (let i = 0; i < 20; i += 2) {
+    if (i === 4 || i === 10) continue;
+    sum += (frame[Eth.HDR + i] << 8) | frame[Eth.HDR + i + 1];
+  }
+  return { segs, patchSeg, patchOff, ipBaseSum: sum, seq: 0 };
+}
+
+/** Check txonly segment lengths: each at least 1 and at most `dataRoom`, total at least 60. */
+export function checkTxpkts(lengths: number[], dataRoom: number): string | null {
+  if (lengths.length === 0) return "--txpkts needs at least one length";
+  for (const l of lengths) {
+    if (!Number.isInteger(l) || l < 1 || l > dataRoom) {
+      return `--txpkts: segment length ${l} must be an integer from 1 to ${dataRoom} (the buffer size)`;
+    }
+  }
+  const total = lengths.reduce((a, b) => a + b, 0);
+  if (total < 60) return `--txpkts: total frame length ${total} is below the minimum of 60`;
+  return null;
+}
+
+function txonlyEngine(opts: EngineOptions): Engine {
+  const { pool, burst } = opts;
+  const lengths = opts.txpkts ?? [64];
+  const err = checkTxpkts(lengths, pool.dataRoom);
+  if (err !== null) throw new Error(err);
+  const nseg = lengths.length;
+  const total = lengths.reduce((a, b) => a + b, 0);
+  const bytes = pool.bytes;
+  const bufOff = pool.bufOff;
+  const dataOff = pool.dataOff;
+  const dataLen = pool.dataLen;
+  const next = pool.next;
+  const templates: (TxTemplate | undefined)[] = [];
+  const chain = new Int32Array(nseg);
+  /** Write byte `v` at the `i`th patched offset of the frame in `chain` (template `t`). */
+  const patch = (t: TxTemplate, i: number, v: number) => {
+    const m = chain[t.patchSeg[i]];
+    bytes[bufOff[m] + dataOff[m] + t.patchOff[i]] = v;
+  };
+  return (s) => {
+    let t = templates[s.tx.id];
+    if (t === undefined) {
+      const dst = opts.peers[s.tx.id] ?? defaultPeer(s.tx.id);
+      t = buildTemplate(lengths, (opts.txStreamBase ?? 0) + s.tx.id, dst, s.tx.mac);
+      templates[s.tx.id] = t;
+    }
+    const pkts = s.pkts;
+    let n = 0;
+    for (; n < burst; n++) {
+      if (pool.available < nseg) break;
+      for (let j = 0; j < nseg; j++) {
+        const m = pool.alloc();
+        chain[j] = m;
+        bytes.set(t.segs[j], bufOff[m] + dataOff[m]);
+        dataLen[m] = lengths[j];
+        if (j > 0) next[chain[j - 1]] = m;
+      }
+      const head = chain[0];
+      pool.pktLen[head] = total;
+      pool.nbSegs[head] = nseg;
+      next[chain[nseg - 1]] = NONE;
+      const seq = t.seq;
+      t.seq = (seq + 1) >>> 0;
+      let sum = t.ipBaseSum + (seq & 0xffff);
+      while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+      const cs = ~sum & 0xffff;
+      patch(t, 0, (seq >>> 8) & 0xff);
+      patch(t, 1, seq & 0xff);
+      patch(t, 2, cs >>> 8);
+      patch(t, 3, cs & 0xff);
+      patch(t, 4, seq >>> 24);
+      patch(t, 5, (seq >>> 16) & 0xff);
+      patch(t, 6, (seq >>> 8) & 0xff);
+      patch(t, 7, seq & 0xff);
+      pkts[n] = head;
+    }
+    if (n === 0) return 0;
+    return send(s, pool, n);
+  };
+}

@@ -131,7 +131,7 @@ guestTest(
             assert.equal(sent.sent, count);
             // The kernel bridge under TCG on a noisy host may drop a few frames when QEMU's socket
             // buffer overflows; it must never corrupt, reorder or invent one.
-            await checker.waitFor(count, 30);
+            await checker.waitFor(count, 30, 2);
             await checker.settle(300);
             const c = checker.counts;
             assert.ok(
@@ -210,7 +210,7 @@ guestTest("guest lab: dpdk-testpmd io-forwards legacy -> modern in the guest", a
   try {
     const count = 2000;
     await generate(legacy.wire, { ...gen, count, rate: 2000 });
-    await checker.waitFor(count, 30);
+    await checker.waitFor(count, 30, 2);
     await checker.settle(300);
     const c = checker.counts;
     assert.ok(

@@ -52,6 +52,11 @@ export class RxQueue {
   readonly #buf: Int32Array;
   /** 1 while descriptor i is available to the device (posted and not yet seen in the used ring). */
   readonly #posted: Uint8Array;
+  /**
+   * What the driver put in each avail.ring slot, in ordinary memory: a burst writes here and
+   * copies to the ring when it publishes, and a bad used entry is traced back through it.
+   */
+  readonly #shadow: Uint16Array;
   /** Descriptors taken in the current frame (mergeable), and their used lengths. */
   readonly #segId: Uint16Array;
   readonly #segLen: Uint32Array;
@@ -78,6 +83,7 @@ export class RxQueue {
     const n = o.ring.size;
     this.#buf = new Int32Array(n).fill(NONE);
     this.#posted = new Uint8Array(n);
+    this.#shadow = new Uint16Array(n);
     this.#segId = new Uint16Array(n);
     this.#segLen = new Uint32Array(n);
     this.#postLen = o.hdrSize + o.pool.dataRoom;
@@ -101,6 +107,7 @@ export class RxQueue {
       const m = this.pool.alloc();
       this.#post(i, m);
       ring.u16[ring.availRing16 + i] = i;
+      this.#shadow[i] = i;
       this.#posted[i] = 1;
     }
     // We poll: ask the device not to interrupt (2.7.7.1); with EVENT_IDX, used_event does that
@@ -151,13 +158,12 @@ export class RxQueue {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
-    const u16 = ring.u16;
     const mask = ring.mask;
     const size = ring.size;
     const usedRing = ring.usedRing32;
-    const availRing = ring.availRing16;
     const buf = this.#buf;
     const posted = this.#posted;
+    const shadow = this.#shadow;
     const hdr = this.#hdr;
     const postLen = this.#postLen;
     const headroom = pool.headroom;
@@ -183,20 +189,29 @@ export class RxQueue {
       const len = u32[e + 1];
       used = (used + 1) & 0xffff;
       if (id >= size || posted[id] === 0) {
-        errors++; // not a descriptor the device holds: nothing to give back
+        // Not a descriptor the device holds. Devices use RX buffers in avail order, so this
+        // entry stood for the descriptor posted at the same position: post it again rather
+        // than let the ring shrink.
+        errors++;
+        const lost = shadow[(used - 1) & mask];
+        if (posted[lost] === 1) {
+          posted[lost] = 0;
+          shadow[availIdx & mask] = lost;
+          availIdx++;
+        }
         continue;
       }
       posted[id] = 0;
       if (len < hdr || len > postLen) {
         errors++;
-        u16[availRing + (availIdx & mask)] = id; // same buffer goes back
+        shadow[availIdx & mask] = id; // same buffer goes back
         availIdx++;
         continue;
       }
       const fresh = pool.alloc();
       if (fresh === NONE) {
         noMbuf++;
-        u16[availRing + (availIdx & mask)] = id;
+        shadow[availIdx & mask] = id;
         availIdx++;
         continue;
       }
@@ -206,7 +221,7 @@ export class RxQueue {
       const d = desc32 + 4 * id;
       u32[d] = iovaLo[fresh] + postOff;
       u32[d + 1] = iovaHi[fresh];
-      u16[availRing + (availIdx & mask)] = id;
+      shadow[availIdx & mask] = id;
       availIdx++;
       const l = len - hdr;
       dataOff[m] = headroom;
@@ -226,14 +241,13 @@ export class RxQueue {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
-    const u16 = ring.u16;
     const bytesArr = pool.bytes;
     const mask = ring.mask;
     const size = ring.size;
     const usedRing = ring.usedRing32;
-    const availRing = ring.availRing16;
     const buf = this.#buf;
     const posted = this.#posted;
+    const shadow = this.#shadow;
     const segId = this.#segId;
     const segLen = this.#segLen;
     const hdr = this.#hdr;
@@ -254,7 +268,13 @@ export class RxQueue {
       let len = u32[e + 1];
       used = (used + 1) & 0xffff;
       if (id >= size || posted[id] === 0) {
-        errors++;
+        errors++; // as in #burstOne: repost what stood at this position
+        const lost = shadow[(used - 1) & mask];
+        if (posted[lost] === 1) {
+          posted[lost] = 0;
+          shadow[availIdx & mask] = lost;
+          availIdx++;
+        }
         continue;
       }
       posted[id] = 0;
@@ -265,7 +285,7 @@ export class RxQueue {
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
-        u16[availRing + (availIdx & mask)] = id;
+        shadow[availIdx & mask] = id;
         availIdx++;
         continue;
       }
@@ -279,7 +299,12 @@ export class RxQueue {
         len = u32[e + 1];
         used = (used + 1) & 0xffff;
         if (id >= size || posted[id] === 0) {
-          bad = true; // the entry names no buffer of ours: skip it
+          bad = true; // names no buffer of ours: drop the frame, repost what stood here
+          const lost = shadow[(used - 1) & mask];
+          if (posted[lost] === 1) {
+            posted[lost] = 0;
+            segId[taken++] = lost;
+          }
           continue;
         }
         posted[id] = 0;
@@ -292,7 +317,7 @@ export class RxQueue {
         if (bad) errors++;
         else noMbuf++;
         for (let k = 0; k < taken; k++) {
-          u16[availRing + (availIdx & mask)] = segId[k];
+          shadow[availIdx & mask] = segId[k];
           availIdx++;
         }
         continue;
@@ -305,7 +330,7 @@ export class RxQueue {
         const d = segId[k];
         const m = buf[d];
         this.#post(d, pool.alloc());
-        u16[availRing + (availIdx & mask)] = d;
+        shadow[availIdx & mask] = d;
         availIdx++;
         const l = k === 0 ? segLen[0] - hdr : segLen[k];
         pool.dataOff[m] = k === 0 ? headroom : postOff;
@@ -343,8 +368,13 @@ export class RxQueue {
       const ring = this.ring;
       const u16 = ring.u16;
       const posted = this.#posted;
+      const shadow = this.#shadow;
+      const availRing = ring.availRing16;
+      const mask = ring.mask;
       for (let a = oldAvail; a !== availIdx; a++) {
-        posted[u16[ring.availRing16 + (a & ring.mask)]] = 1;
+        const id = shadow[a & mask];
+        u16[availRing + (a & mask)] = id;
+        posted[id] = 1;
       }
       this.#availIdx = availIdx & 0xffff;
       ring.publishAvail(availIdx);

@@ -47,6 +47,8 @@ export class TxQueue {
   readonly #mbuf: Int32Array;
   /** Descriptors in the chain starting at each head. */
   readonly #chainLen: Uint16Array;
+  /** Head placed in each avail.ring slot (ordinary memory), to trace back bad used entries. */
+  readonly #availHead: Uint16Array;
   #lastUsed = 0;
   #availIdx = 0;
   #badUsedIdx = -1;
@@ -65,6 +67,7 @@ export class TxQueue {
     this.#next = new Uint16Array(n);
     this.#mbuf = new Int32Array(n).fill(NONE);
     this.#chainLen = new Uint16Array(n);
+    this.#availHead = new Uint16Array(n);
     for (let i = 0; i < n; i++) this.#free[i] = n - 1 - i;
     this.#freeTop = n;
     o.ring.setAvailFlags(Avail.F_NO_INTERRUPT);
@@ -99,16 +102,23 @@ export class TxQueue {
     const next = this.#next;
     const chainLen = this.#chainLen;
     const free = this.#free;
+    const availHead = this.#availHead;
     const pool = this.pool;
     let top = this.#freeTop;
     let errors = 0;
     while (used !== usedIdx) {
-      const id = u32[usedRing + 2 * (used & mask)];
-      used = (used + 1) & 0xffff;
+      let id = u32[usedRing + 2 * (used & mask)];
       if (id >= size || mbuf[id] === NONE) {
-        errors++; // not the head of a chain in flight
-        continue;
+        // Not the head of a chain in flight. Devices complete transmissions in avail order, so
+        // this entry stood for the chain published at the same position: take that one back.
+        errors++;
+        id = availHead[used & mask];
+        if (mbuf[id] === NONE) {
+          used = (used + 1) & 0xffff;
+          continue;
+        }
       }
+      used = (used + 1) & 0xffff;
       pool.free(mbuf[id]);
       mbuf[id] = NONE;
       let d = id;
@@ -163,6 +173,7 @@ export class TxQueue {
     const words = pool.region.u32;
     const mbufOf = this.#mbuf;
     const chainLen = this.#chainLen;
+    const availHead = this.#availHead;
     for (; taken < n; taken++) {
       const m = pkts[taken];
       // Count and check the segments before touching anything.
@@ -221,6 +232,7 @@ export class TxQueue {
       mbufOf[head] = m;
       chainLen[head] = segs;
       u16[availRing + (availIdx & mask)] = head;
+      availHead[availIdx & mask] = head;
       availIdx++;
       sent++;
       bytes += len;

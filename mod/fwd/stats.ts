@@ -132,10 +132,10 @@ function nicBlock(r: PortRow, rxPps: number, txPps: number): string {
   const bar = "#".repeat(Math.max(4, Math.floor((76 - title.length) / 2)));
   return [
     `  ${bar}${title}${bar}`,
-    `  ${col("RX-packets", r.rxPackets)}${col("RX-missed", r.rxDropped)}${
+    `  ${col("RX-packets", r.rxPackets)}${col("RX-missed", r.wire?.missed ?? 0)}${
       col("RX-bytes", r.rxBytes)
     }`,
-    `  ${col("RX-errors", r.rxErrors)}`,
+    `  ${col("RX-errors", r.rxErrors)}${col("RX-dropped", r.rxDropped)}`,
     `  ${col("RX-nombuf", r.rxNoMbuf)}`,
     `  ${col("TX-packets", r.txPackets)}${col("TX-errors", r.txErrors)}${
       col("TX-bytes", r.txBytes)

@@ -140,6 +140,12 @@ function frame(len: number, seed: number): Uint8Array {
   return f;
 }
 
+function bytesOf(pool: MbufPool, m: number): Uint8Array {
+  const out = new Uint8Array(pool.pktLen[m]);
+  assert.equal(pool.read(m, out), out.length);
+  return out;
+}
+
 function setup(size: number, opts: { mrg?: boolean; count?: number; dataRoom?: number } = {}) {
   const region = DmaRegion.create({ size: 1 << 20, kind: "anon" });
   const pool = new MbufPool({ count: opts.count ?? 1024, kind: "anon", dataRoom: opts.dataRoom });
@@ -457,12 +463,21 @@ Deno.test("rx queue: mergeable buffers become one segment chain with exact conte
     assert.deepEqual(out, f);
     s.pool.free(m);
 
+    // frames that fit one buffer (num_buffers 1) take the single-buffer path
+    const small = [frame(60, 1), frame(500, 2)];
+    s.rxDev.deliver(small, 12);
+    assert.equal(s.rx.burst(pkts, 8), 2);
+    assert.deepEqual([bytesOf(s.pool, pkts[0]), bytesOf(s.pool, pkts[1])], small);
+    assert.equal(s.pool.nbSegs[pkts[0]], 1);
+    s.pool.free(pkts[0]);
+    s.pool.free(pkts[1]);
+
     // num_buffers larger than the entries returned: error, buffer reused, nothing leaks.
     const head = s.rxDev.nextAvail();
     const off = s.rxDev.poolOffset(s.rxDev.desc(head).addr);
     s.pool.bytes[off + NetHdr.NUM_BUFFERS] = 200;
-    s.rxDev.putUsed(head, 12 + 60, ids.length);
-    s.rxDev.setUsedIdx(ids.length + 1);
+    s.rxDev.putUsed(head, 12 + 60, ids.length + 2);
+    s.rxDev.setUsedIdx(ids.length + 3);
     assert.equal(s.rx.burst(pkts, 8), 0);
     assert.equal(s.stats.rx.rxErrors, 1);
     s.rx.release();

@@ -254,6 +254,15 @@ export class RxQueue {
     const postLen = this.#postLen;
     const postOff = this.#postOff;
     const headroom = pool.headroom;
+    const desc32 = ring.desc32;
+    const iovaLo = pool.iovaLo;
+    const iovaHi = pool.iovaHi;
+    const dataOff = pool.dataOff;
+    const dataLen = pool.dataLen;
+    const pktLen = pool.pktLen;
+    const next = pool.next;
+    const portArr = pool.port;
+    const portId = this.#portId;
     const oldAvail = this.#availIdx;
     let availIdx = oldAvail;
     let used = this.#lastUsed;
@@ -287,6 +296,31 @@ export class RxQueue {
         errors++;
         shadow[availIdx & mask] = id;
         availIdx++;
+        continue;
+      }
+      if (nb === 1 && len <= postLen) {
+        // The common case: the frame fits one buffer.
+        const fresh = pool.alloc();
+        if (fresh === NONE) {
+          noMbuf++;
+          shadow[availIdx & mask] = id;
+          availIdx++;
+          continue;
+        }
+        const m = buf[id];
+        buf[id] = fresh;
+        const d = desc32 + 4 * id;
+        u32[d] = iovaLo[fresh] + postOff;
+        u32[d + 1] = iovaHi[fresh];
+        shadow[availIdx & mask] = id;
+        availIdx++;
+        const l = len - hdr;
+        dataOff[m] = headroom;
+        dataLen[m] = l;
+        pktLen[m] = l;
+        portArr[m] = portId;
+        pkts[n++] = m;
+        bytes += l;
         continue;
       }
       segId[0] = id;
@@ -327,22 +361,22 @@ export class RxQueue {
       let prev = NONE;
       let total = 0;
       for (let k = 0; k < taken; k++) {
-        const d = segId[k];
-        const m = buf[d];
-        this.#post(d, pool.alloc());
-        shadow[availIdx & mask] = d;
+        const id = segId[k];
+        const m = buf[id];
+        this.#post(id, pool.alloc());
+        shadow[availIdx & mask] = id;
         availIdx++;
         const l = k === 0 ? segLen[0] - hdr : segLen[k];
-        pool.dataOff[m] = k === 0 ? headroom : postOff;
-        pool.dataLen[m] = l;
-        pool.next[m] = NONE;
-        if (prev !== NONE) pool.next[prev] = m;
+        dataOff[m] = k === 0 ? headroom : postOff;
+        dataLen[m] = l;
+        next[m] = NONE;
+        if (prev !== NONE) next[prev] = m;
         prev = m;
         total += l;
       }
-      pool.pktLen[head] = total;
+      pktLen[head] = total;
       pool.nbSegs[head] = taken;
-      pool.port[head] = this.#portId;
+      portArr[head] = portId;
       pkts[n++] = head;
       bytes += total;
     }

@@ -1,0 +1,86 @@
+/**
+ * vpmd: the command line.
+ *
+ *   vpmd fwd PORT... [--mode io|mac|macswap|rxonly|txonly] [flags]   forward frames
+ *   vpmd devices [--json] | bind [--force] ADDR... | unbind ADDR...   virtio-net PCI functions
+ *   vpmd help
+ *
+ * Exit codes: 0 success (also a clean stop on SIGINT or --duration), 1 a failure while running,
+ * 2 bad usage (flag, port spec, missing device): one line on stderr.
+ */
+import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
+import { runPciCommand } from "./mod/pci/commands.ts";
+
+export const USAGE = `vpmd: userspace virtio-net poll-mode driver and packet forwarder
+
+Usage:
+  vpmd fwd PORT [PORT...] [flags]      forward frames between ports (pairs 0<->1, 2<->3, ...)
+  vpmd devices [--json]                list virtio-net PCI functions
+  vpmd bind [--force] ADDR...          give PCI functions to ${"uio_pci_generic"} (for vpmd)
+  vpmd unbind ADDR...                  give them back to the kernel's virtio-pci
+  vpmd help
+
+Ports:
+  sim:NAME[,gen=on|off][,rate=PPS][,size=N[+N...]][,mrg=0|1][,qsize=N][,mtu=N][,ctrl=0|1]
+          [,ctrl_vlan=0|1][,legacy=0|1][,link=up|down][,evil=MODE][,mac=XX:XX:XX:XX:XX:XX]
+                                       simulated device with a frame generator and checker
+  vhost-user:PATH[,server][,queues=N][,mrg=0|1][,qsize=N][,mac=..][,timeout=S]
+                                       vhost-user front-end (DPDK vhost, OVS-DPDK, VPP)
+  DDDD:BB:DD.F[,mode=legacy|modern][,portio=ioperm|sysfs][,irq=uio|poll]
+                                       virtio-net PCI function bound with 'vpmd bind'
+
+fwd flags:
+  --mode M            io (default), mac, macswap, rxonly, txonly
+  --burst N           frames per burst (default 32)
+  --rxd N, --txd N    RX/TX ring sizes (default 256; 0 = the device's maximum)
+  --queues N          queue pairs per port (default 1)
+  --duration S        stop after S seconds (default: run until Ctrl-C)
+  --stats-period S    statistics every S seconds (default 1; 0 = none)
+  --json              JSON lines: one object per period, a summary object as the last line
+  --eth-peer N,MAC    destination MAC for port N (mac and txonly; default 02:00:00:00:00:NN)
+  --txpkts L[,L...]   txonly frame: segment lengths (several = one multi-segment frame)
+  --vlan-strip        strip 802.1Q tags on receive (TCI kept in the packet metadata)
+  --vlan-insert VID   insert an 802.1Q tag with this VLAN id on transmit
+  --mbufs N           buffers in the shared pool (default: enough for every ring)
+
+Example:
+  vpmd fwd sim:p0 sim:p1 --mode io --duration 5
+`;
+
+export async function main(args: string[]): Promise<number> {
+  const [cmd, ...rest] = args;
+  try {
+    switch (cmd) {
+      case "fwd":
+        return await runForwarder(rest);
+      case "devices":
+      case "bind":
+      case "unbind":
+        return await runPciCommand(cmd, rest);
+      case "help":
+      case "--help":
+      case "-h":
+        console.log(USAGE);
+        return 0;
+      case undefined:
+        console.error(
+          "vpmd: a command is needed (fwd, devices, bind, unbind, help); see 'vpmd help'",
+        );
+        return 2;
+      default:
+        console.error(`vpmd: unknown command '${cmd}'; see 'vpmd help'`);
+        return 2;
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`vpmd ${cmd}: ${e.message.split("\n")[0]}`);
+      return 2;
+    }
+    console.error(`vpmd ${cmd}: ${String((e as Error).message ?? e).split("\n")[0]}`);
+    return 1;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

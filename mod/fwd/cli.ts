@@ -1,0 +1,361 @@
+/**
+ * `vpmd fwd`: parse the flags, open the ports, share one buffer pool between them, run the
+ * forwarding loop with live statistics, stop cleanly (SIGINT or --duration), drain what is in
+ * flight, and print the summary (with --json, the last stdout line).
+ */
+import { parseArgs } from "cli-args";
+import type { DmaKind } from "../../ffi/dma.ts";
+import { MbufPool } from "../mbuf.ts";
+import { Port } from "../port.ts";
+import { formatPortSpec, openTransport, parsePortSpec, type PortSpec } from "../portspec.ts";
+import type { VirtioTransport } from "../transport/transport.ts";
+import { parseMac } from "../transport/vhost_user.ts";
+import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
+import { ForwardLoop } from "./loop.ts";
+import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
+import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
+
+/** A usage problem: the CLI prints it as one line and exits with code 2. */
+export class UsageError extends Error {}
+
+export interface FwdOptions {
+  specs: PortSpec[];
+  mode: Mode;
+  burst: number;
+  rxd: number;
+  txd: number;
+  queues: number;
+  durationSec: number;
+  statsPeriodSec: number;
+  json: boolean;
+  peers: Uint8Array[];
+  txpkts: number[];
+  vlanStrip: boolean;
+  vlanInsert: number | undefined;
+  mbufs: number | undefined;
+}
+
+const BUFFER_ROOM = 2048;
+/** Draining: stop once nothing moved for this long, and never take longer than the cap. */
+const DRAIN_QUIET_MS = 20;
+const DRAIN_MAX_MS = 2000;
+
+function int(flag: string, v: string | undefined, min: number, max: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) {
+    throw new UsageError(`--${flag} ${v}: expected an integer from ${min} to ${max}`);
+  }
+  return Number(v);
+}
+
+function seconds(flag: string, v: string | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
+    throw new UsageError(`--${flag} ${v}: expected a number of seconds (0 or more)`);
+  }
+  return n;
+}
+
+function parseFlags(args: string[]) {
+  try {
+    return parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        mode: { type: "string" },
+        burst: { type: "string" },
+        rxd: { type: "string" },
+        txd: { type: "string" },
+        queues: { type: "string" },
+        duration: { type: "string" },
+        "stats-period": { type: "string" },
+        json: { type: "boolean" },
+        "eth-peer": { type: "string", multiple: true },
+        txpkts: { type: "string" },
+        "vlan-strip": { type: "boolean" },
+        "vlan-insert": { type: "string" },
+        mbufs: { type: "string" },
+      },
+    });
+  } catch (e) {
+    throw new UsageError((e as Error).message.split("\n")[0]);
+  }
+}
+
+/** Parse `vpmd fwd` arguments; every problem is a UsageError with a one-line message. */
+export function parseFwdArgs(args: string[]): FwdOptions {
+  const parsed = parseFlags(args);
+  const v = parsed.values;
+  if (parsed.positionals.length === 0) {
+    throw new UsageError("no ports given (e.g. vpmd fwd sim:p0 sim:p1)");
+  }
+  const specs = parsed.positionals.map((s: string) => {
+    try {
+      return parsePortSpec(s);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  });
+  const seen = new Set<string>();
+  for (const s of specs) {
+    const key = `${s.kind}:${s.target}`;
+    if (seen.has(key)) throw new UsageError(`port '${key}' given twice`);
+    seen.add(key);
+  }
+  const mode = (v.mode ?? "io") as Mode;
+  if (!MODES.includes(mode)) {
+    throw new UsageError(`--mode ${v.mode}: expected one of ${MODES.join(", ")}`);
+  }
+  const peers: Uint8Array[] = [];
+  for (const p of v["eth-peer"] ?? []) {
+    const comma = p.indexOf(",");
+    const id = comma < 0 ? "" : p.slice(0, comma);
+    if (!/^\d+$/.test(id) || Number(id) >= specs.length) {
+      throw new UsageError(
+        `--eth-peer ${p}: expected PORT,MAC with PORT from 0 to ${specs.length - 1}`,
+      );
+    }
+    try {
+      peers[Number(id)] = parseMac(p.slice(comma + 1));
+    } catch (e) {
+      throw new UsageError(`--eth-peer ${p}: ${(e as Error).message}`);
+    }
+  }
+  let txpkts = [64];
+  if (v.txpkts !== undefined) {
+    if (!/^\d+(,\d+)*$/.test(v.txpkts)) {
+      throw new UsageError(`--txpkts ${v.txpkts}: expected lengths like 64 or 64,1400`);
+    }
+    txpkts = v.txpkts.split(",").map(Number);
+    const err = checkTxpkts(txpkts, BUFFER_ROOM);
+    if (err !== null) throw new UsageError(err);
+  }
+  return {
+    specs,
+    mode,
+    burst: int("burst", v.burst, 1, 512, 32),
+    rxd: int("rxd", v.rxd, 0, 32768, 256),
+    txd: int("txd", v.txd, 0, 32768, 256),
+    queues: int("queues", v.queues, 1, 128, 1),
+    durationSec: seconds("duration", v.duration, 0),
+    statsPeriodSec: seconds("stats-period", v["stats-period"], 1),
+    json: v.json === true,
+    peers,
+    txpkts,
+    vlanStrip: v["vlan-strip"] === true,
+    vlanInsert: v["vlan-insert"] === undefined
+      ? undefined
+      : int("vlan-insert", v["vlan-insert"], 0, 4095, 0),
+    mbufs: v.mbufs === undefined ? undefined : int("mbufs", v.mbufs, 64, 1 << 22, 0),
+  };
+}
+
+/** The best memory kind every transport can reach (the first transport's order). */
+export function commonDmaKind(transports: VirtioTransport[]): DmaKind | null {
+  const [first, ...rest] = transports;
+  for (const k of first.dmaKinds) {
+    if (rest.every((t) => t.dmaKinds.includes(k))) return k;
+  }
+  return null;
+}
+
+/** Streams like testpmd's: port 2k forwards to 2k+1 and back; an odd last port to itself. */
+export function buildStreams(ports: Port[], mode: Mode, queues: number, burst: number): Stream[] {
+  const streams: Stream[] = [];
+  for (let i = 0; i < ports.length; i++) {
+    const peer = mode === "txonly" || mode === "rxonly" ? i : (i ^ 1) < ports.length ? i ^ 1 : i;
+    for (let q = 0; q < queues; q++) {
+      streams.push({ rx: ports[i], tx: ports[peer], queue: q, pkts: new Uint32Array(burst) });
+    }
+  }
+  return streams;
+}
+
+function ringEstimate(t: VirtioTransport, asked: number): number {
+  return asked > 0 ? asked : Math.max(256, t.queueMaxSize(0));
+}
+
+export async function runForwarder(args: string[]): Promise<number> {
+  const o = parseFwdArgs(args);
+  const names = o.specs.map(formatPortSpec);
+  const transports: VirtioTransport[] = [];
+  const ports: Port[] = [];
+  let pool: MbufPool | null = null;
+  const log = (msg: string) => console.error(msg);
+  try {
+    for (const s of o.specs) {
+      try {
+        transports.push(openTransport(s));
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    }
+    const kind = commonDmaKind(transports);
+    if (kind === null) {
+      throw new UsageError(
+        `these ports share no kind of DMA memory (${
+          transports.map((t) => `${t.name}: ${t.dmaKinds.join("/")}`).join("; ")
+        }); use them in separate forwarders`,
+      );
+    }
+    const nseg = o.mode === "txonly" ? o.txpkts.length : 1;
+    const need = transports.reduce(
+      (a, t) => a + o.queues * (ringEstimate(t, o.rxd) + ringEstimate(t, o.txd) * nseg),
+      0,
+    ) + transports.length * o.queues * o.burst * nseg * 2 + 1024;
+    const count = o.mbufs ?? Math.max(8192, need);
+    pool = new MbufPool({ count, dataRoom: BUFFER_ROOM, kind, name: "vpmd-fwd" });
+    for (let i = 0; i < transports.length; i++) {
+      const port = new Port(i, transports[i], { log });
+      ports.push(port);
+      try {
+        port.configure({
+          pool,
+          queues: o.queues,
+          rxd: o.rxd,
+          txd: o.txd,
+          vlanStrip: o.vlanStrip,
+          vlanInsert: o.vlanInsert,
+        });
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+      try {
+        port.start();
+      } catch (e) {
+        throw new UsageError(`${names[i]}: ${(e as Error).message}`);
+      }
+      if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
+      port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
+    }
+    return await forward(o, names, ports, transports, pool);
+  } finally {
+    for (const p of ports) {
+      try {
+        p.close();
+      } catch (e) {
+        log(`port ${p.id}: close: ${(e as Error).message}`);
+      }
+    }
+    for (const t of transports) {
+      try {
+        t.close();
+      } catch (e) {
+        log(`${t.name}: close: ${(e as Error).message}`);
+      }
+    }
+    pool?.close();
+  }
+}
+
+async function forward(
+  o: FwdOptions,
+  names: string[],
+  ports: Port[],
+  transports: VirtioTransport[],
+  pool: MbufPool,
+): Promise<number> {
+  const engine = createEngine(o.mode, {
+    pool,
+    burst: o.burst,
+    peers: o.peers,
+    txpkts: o.txpkts,
+    txStreamBase: 0x100,
+  });
+  const streams = buildStreams(ports, o.mode, o.queues, o.burst);
+  const loop = new ForwardLoop(ports, streams, engine);
+  const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
+  const wires = transports.map(simWire);
+  const wireOf = (i: number): WireCounters | null => wires[i]?.counters() ?? null;
+  const start = performance.now();
+  const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
+  let interrupted = false;
+  const onSigint = () => {
+    interrupted = true;
+    loop.stop();
+  };
+  Deno.addSignalListener("SIGINT", onSigint);
+  try {
+    await loop.run({
+      untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
+      onClock: (now) => reporter.tick(now),
+    });
+    const durationSec = (performance.now() - start) / 1000;
+    for (const w of wires) w?.stopGenerator();
+    await loop.drain(DRAIN_QUIET_MS, DRAIN_MAX_MS, o.mode === "txonly");
+    reclaimSent(ports, o.queues);
+    for (const p of ports) p.stop();
+    const rows = reporter.rows();
+    const account = accountFrames(o.mode, rows);
+    const summary = {
+      ports: rows,
+      totals: totals(rows),
+      durationSec: Math.round(durationSec * 1000) / 1000,
+      mode: o.mode,
+      burst: o.burst,
+      stoppedBy: interrupted ? "SIGINT" : o.durationSec > 0 ? "duration" : "stop",
+      ...(account === null ? {} : { accounting: account }),
+      poolAvailable: pool.available,
+      poolSize: pool.count,
+    };
+    if (o.json) {
+      console.log(JSON.stringify(summary));
+    } else {
+      printSummary(summary.ports, summary.totals, durationSec, account);
+    }
+    return 0;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSigint);
+  }
+}
+
+/**
+ * Let every TX queue take back what the device has finished with (a burst of 0 frames only
+ * reclaims), so that stopping the port counts as dropped only frames really still in flight.
+ */
+export function reclaimSent(ports: Port[], queues: number): void {
+  const none = new Uint32Array(0);
+  for (const p of ports) {
+    for (let q = 0; q < queues; q++) p.txBurst(q, none, 0);
+  }
+}
+
+function printSummary(
+  rows: ReturnType<StatsReporter["rows"]>,
+  t: ReturnType<typeof totals>,
+  durationSec: number,
+  account: Accounting | null,
+): void {
+  const lines = [`\nForwarding stopped after ${durationSec.toFixed(2)} s.`];
+  for (const r of rows) {
+    lines.push(
+      `  port ${r.port} (${r.name}): RX ${r.rxPackets} frames ${r.rxBytes} bytes, ` +
+        `TX ${r.txPackets} frames ${r.txBytes} bytes, RX dropped ${r.rxDropped} ` +
+        `(nombuf ${r.rxNoMbuf}, errors ${r.rxErrors}), TX dropped ${r.txDropped} (errors ${r.txErrors})`,
+    );
+    if (r.wire !== undefined) {
+      lines.push(
+        `    wire: ${Object.entries(r.wire).map(([k, v]) => `${k} ${v}`).join(", ")}`,
+      );
+    }
+  }
+  lines.push(
+    `  total: RX ${t.rxPackets}, TX ${t.txPackets}, dropped ${t.rxDropped + t.txDropped}, ` +
+      `${(t.rxPackets / durationSec / 1e6).toFixed(3)} Mpps received`,
+  );
+  if (account !== null) {
+    for (const d of account.directions) {
+      const what = d.from === d.to ? `port ${d.from}` : `port ${d.from} -> port ${d.to}`;
+      const bad = d.badFrames > 0 ? ` + ${d.badFrames} bad` : "";
+      const lost = d.lost !== 0 ? ` (${d.lost} unaccounted)` : "";
+      lines.push(
+        `  stream ${what}: ${d.generated} frames = ${d.checked} checked${bad} + ${d.drops} ` +
+          `counted drops${lost}`,
+      );
+    }
+    lines.push(account.message);
+  }
+  console.log(lines.join("\n"));
+}

@@ -180,7 +180,7 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
     spin(500, () => {
       queued += rings!.send(32);
     });
-    spin(200, () => rings!.send(0));
+    await untilReceived(pmd, queued, () => rings!.send(0));
     await pmd.cmd("stop");
     const got = pmd.stats();
     assert.ok(queued > 10_000, `queued only ${queued}`);
@@ -201,6 +201,18 @@ function until(ms: number, step: () => void, done: () => boolean): boolean {
       if (done()) return true;
       if (performance.now() > end) return false;
     }
+  }
+}
+
+/**
+ * Wait (up to 5 s, calling `step` meanwhile) until testpmd has received `n` frames: on shared
+ * cores its forwarding thread may be descheduled for a while.
+ */
+async function untilReceived(pmd: Testpmd, n: number, step: () => void): Promise<void> {
+  const end = Date.now() + 5000;
+  while (pmd.stats().ipackets < n && Date.now() < end) {
+    spin(10, step);
+    await new Promise((r) => setTimeout(r, 10));
   }
 }
 
@@ -460,7 +472,7 @@ for (const mrg of [true, false]) {
           sent += k;
           port.poll();
         });
-        spin(200, () => port.txBurst(0, pkts, 0));
+        await untilReceived(pmd, sent, () => port.txBurst(0, pkts, 0));
         await pmd.cmd("stop");
         const s = pmd.stats();
         assert.ok(sent > 10_000, `sent only ${sent}`);

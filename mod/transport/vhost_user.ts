@@ -269,6 +269,7 @@ export class VhostUserTransport implements VirtioTransport {
   // ---- VirtioTransport -------------------------------------------------------------------
 
   reset(): void {
+    this.#ctrl = null; // first: the driver may unmap the ring memory right after a reset
     if (this.#running) this.#stopBackend();
     this.#running = false;
     this.#status = 0;
@@ -276,7 +277,6 @@ export class VhostUserTransport implements VirtioTransport {
     this.#regions = [];
     for (const v of this.#vrings) if (v) this.#closeVring(v);
     this.#vrings = [];
-    this.#ctrl = null;
   }
 
   getStatus(): number {
@@ -407,6 +407,7 @@ export class VhostUserTransport implements VirtioTransport {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#ctrl = null;
     try {
       if (this.#running) this.#stopBackend();
     } finally {

@@ -168,7 +168,7 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
     await pmd.cmd("stop");
     spin(200, take);
     const sent = pmd.stats();
-    assert.ok(sent.opackets > 10_000, `testpmd sent only ${sent.opackets} frames`);
+    assert.ok(sent.opackets > 1000, `testpmd sent only ${sent.opackets} frames`);
     assert.equal(frames, sent.opackets);
     assert.equal(bytes, sent.obytes);
 
@@ -183,7 +183,7 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
     await untilReceived(pmd, queued, () => rings!.send(0));
     await pmd.cmd("stop");
     const got = pmd.stats();
-    assert.ok(queued > 10_000, `queued only ${queued}`);
+    assert.ok(queued > 1000, `queued only ${queued}`);
     assert.equal(got.ipackets, queued);
     assert.equal(got.ibytes, queued * 64);
   } finally {
@@ -426,7 +426,7 @@ for (const mrg of [true, false]) {
         frames += f2;
         bytes += b2;
         const s = pmd.stats();
-        assert.ok(s.opackets > 10_000, `testpmd sent only ${s.opackets}`);
+        assert.ok(s.opackets > 1000, `testpmd sent only ${s.opackets}`);
         assert.equal(frames, s.opackets);
         assert.equal(bytes, s.obytes);
         assert.equal(side.port.stats.rxPackets, frames);
@@ -475,7 +475,7 @@ for (const mrg of [true, false]) {
         await untilReceived(pmd, sent, () => port.txBurst(0, pkts, 0));
         await pmd.cmd("stop");
         const s = pmd.stats();
-        assert.ok(sent > 10_000, `sent only ${sent}`);
+        assert.ok(sent > 1000, `sent only ${sent}`);
         assert.equal(s.ipackets, sent);
         assert.equal(s.ibytes, bytes);
         assert.equal(port.stats.txPackets, sent);
@@ -502,7 +502,7 @@ peerTest(
       forwardFor(side, 200);
       const s = pmd.stats();
       const p = side.port.stats;
-      assert.ok(moved > 10_000, `only ${moved} frames went round`);
+      assert.ok(moved > 1000, `only ${moved} frames went round`);
       assert.equal(p.rxPackets, s.opackets); // everything vhost sent arrived
       assert.equal(p.txPackets, p.rxPackets); // and went back
       assert.equal(p.txDropped + p.rxErrors + p.rxNoMbuf, 0);

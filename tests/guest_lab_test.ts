@@ -129,13 +129,14 @@ guestTest(
           try {
             const sent = await generate(g.nics[from].wire, { ...gen, count, rate: 2000 });
             assert.equal(sent.sent, count);
-            // The kernel bridge under TCG on a noisy host may drop a few frames when QEMU's socket
-            // buffer overflows; it must never corrupt, reorder or invent one.
+            // When the host is loaded (other TCG guests, benchmarks) QEMU's threads stall for tens
+            // of ms and the UDP link drops a burst (seen: 63 of 2000 at load 4.8 on 2 cores). It
+            // must never corrupt, reorder or invent a frame; the loss bound is deliberately loose.
             await checker.waitFor(count, 30, 2);
             await checker.settle(300);
             const c = checker.counts;
             assert.ok(
-              c.ok >= count * 0.99,
+              c.ok >= count * 0.95,
               `only ${c.ok} of ${count} frames arrived: ${JSON.stringify(c)}`,
             );
             assert.ok(c.ok <= count, JSON.stringify(c));
@@ -159,7 +160,7 @@ guestTest(
     await t.step("the guest kernel counted the frames", async () => {
       const r = await g.exec(`cat /sys/class/net/${if0}/statistics/rx_packets`);
       assert.ok(
-        Number(r.output) - rx0Before >= 2000,
+        Number(r.output) - rx0Before >= 1900,
         `${if0} rx_packets ${rx0Before} -> ${r.output}`,
       );
     });
@@ -174,7 +175,20 @@ guestTest(
       assert.equal((await g.exec(`sleep 0.3; ${carrier}`)).output.trim(), "1");
       await assert.rejects(() => g.monitor("definitely_not_a_command"), /unknown command/);
     });
+
+    await t.step("extra NIC options reach QEMU's device", async () => {
+      const qtree = await g.monitor("info qtree");
+      // The PCI function's block (class line, then its virtio-net-device) up to the next device.
+      const at = qtree.indexOf(`addr ${g.nics[2].pciAddress.slice(5)},`);
+      assert.ok(at >= 0, "transitional NIC not in info qtree");
+      const next = qtree.indexOf("dev: virtio-net-pci", at);
+      const props = qtree.slice(at, next < 0 ? undefined : next);
+      assert.match(props, new RegExp(`mac = "${g.nics[2].mac}"`), props);
+      assert.match(props, /rx_queue_size = 1024/, props);
+      assert.match(props, /ctrl_vlan = false/, props);
+    });
   },
+  { extraNicOptions: { 2: "rx_queue_size=1024,ctrl_vlan=off" } },
 );
 
 peerTest(guestLab, "guest lab: a hung guest is killed at its time limit", async () => {
@@ -214,7 +228,7 @@ guestTest("guest lab: dpdk-testpmd io-forwards legacy -> modern in the guest", a
     await checker.settle(300);
     const c = checker.counts;
     assert.ok(
-      c.ok >= count * 0.99,
+      c.ok >= count * 0.95,
       `only ${c.ok} of ${count} frames arrived: ${JSON.stringify(c)}`,
     );
     assert.equal(c.bad + c.reordered, 0, JSON.stringify(c));

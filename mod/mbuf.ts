@@ -137,9 +137,13 @@ export class MbufPool {
     return true;
   }
 
-  /** Return a whole packet (every segment) to the pool. A buffer already in the pool is ignored. */
+  /**
+   * Return a whole packet (every segment) to the pool. A buffer already in the pool is ignored;
+   * the walk stops at a number that is no buffer and after `count` segments, so a corrupted
+   * chain (out of range or looping) cannot hang the caller.
+   */
   free(m: number): void {
-    while (m !== NONE) {
+    for (let left = this.count; left > 0 && m >= 0 && m < this.count; left--) {
       const nx = this.next[m];
       if (this.#inPool[m] === 0) {
         this.#inPool[m] = 1;

@@ -78,3 +78,23 @@ Deno.test("pool: buffers are disjoint, aligned, and their iovas follow the regio
     pool.close();
   }
 });
+
+Deno.test("pool: freeing a corrupted chain (looping or out of range) ends and frees each once", () => {
+  const pool = new MbufPool({ count: 4, kind: "anon" });
+  try {
+    const a = pool.alloc();
+    const b = pool.alloc();
+    pool.next[a] = b;
+    pool.next[b] = a; // a loop
+    pool.free(a);
+    assert.equal(pool.available, 4);
+    const c = pool.alloc();
+    pool.next[c] = 1000; // no such buffer
+    pool.free(c);
+    pool.free(-5);
+    pool.free(99);
+    assert.equal(pool.available, 4);
+  } finally {
+    pool.close();
+  }
+});

@@ -552,6 +552,25 @@ Deno.test("tx queue: a full ring takes fewer, and bad completions are counted", 
   }
 });
 
+Deno.test("tx queue: packet numbers or segments that are no buffer are errors, not hangs", () => {
+  const s = setup(8);
+  try {
+    const m = s.pool.fromBytes(frame(100, 1));
+    const chained = s.pool.fromBytes(frame(100, 2));
+    s.pool.next[chained] = 5000;
+    s.pool.nbSegs[chained] = 2;
+    const pkts = Uint32Array.of(7777, m, chained);
+    assert.equal(s.tx.burst(pkts, 3), 3);
+    assert.equal(s.stats.tx.txErrors, 2);
+    assert.equal(s.stats.tx.txPackets, 1);
+    assert.deepEqual(s.txDev.collect(12), [frame(100, 1)]);
+    s.tx.burst(pkts, 0);
+    assert.equal(s.pool.available, 1024);
+  } finally {
+    s.close();
+  }
+});
+
 Deno.test("tx queue: a packet without headroom for the header is dropped as an error", () => {
   const s = setup(8);
   try {

@@ -245,8 +245,9 @@ export class Port {
         );
       }
     }
-    const mtu = cfg.mtu ?? Eth.MTU;
+    // 5.1.4.1: with VIRTIO_NET_F_MTU the config `mtu` is the largest the device takes.
     const devMtu = has(features, NetFeature.MTU) ? this.#readU16(NetConfig.MTU) : MAX_MTU;
+    const mtu = cfg.mtu ?? Math.min(Eth.MTU, devMtu);
     if (!Number.isInteger(mtu) || mtu < 68 || mtu > devMtu) {
       this.#fail(
         `MTU ${mtu} is not possible: ` +

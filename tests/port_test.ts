@@ -319,6 +319,10 @@ Deno.test("port configure: MTU against the device's maximum and the buffers", ()
       );
     },
   );
+  withPort({ features: MODERN, mtu: 1400 }, (port, _t, pool) => {
+    port.configure({ pool }); // the default MTU follows a smaller device maximum
+    assert.throws(() => port.configure({ pool, mtu: 1500 }), /device's maximum is 1400/);
+  });
   withPort({ features: MODERN, mtu: 9000 }, (port, _t, pool) => {
     port.configure({ pool, mtu: 9000 }); // mergeable buffers carry it
     assert.throws(

@@ -146,7 +146,10 @@ function bytesOf(pool: MbufPool, m: number): Uint8Array {
   return out;
 }
 
-function setup(size: number, opts: { mrg?: boolean; count?: number; dataRoom?: number } = {}) {
+function setup(
+  size: number,
+  opts: { mrg?: boolean; count?: number; dataRoom?: number; eventIdx?: boolean } = {},
+) {
   const region = DmaRegion.create({ size: 1 << 20, kind: "anon" });
   const pool = new MbufPool({ count: opts.count ?? 1024, kind: "anon", dataRoom: opts.dataRoom });
   const t = fakeTransport();
@@ -159,7 +162,7 @@ function setup(size: number, opts: { mrg?: boolean; count?: number; dataRoom?: n
     transport: t,
     hdrSize: 12,
     mrgRxbuf: opts.mrg ?? false,
-    eventIdx: false,
+    eventIdx: opts.eventIdx ?? false,
     portId: 3,
     vlanStrip: false,
     stats: stats.rx,
@@ -170,7 +173,7 @@ function setup(size: number, opts: { mrg?: boolean; count?: number; dataRoom?: n
     pool,
     transport: t,
     hdrSize: 12,
-    eventIdx: false,
+    eventIdx: opts.eventIdx ?? false,
     vlanInsert: -1,
     stats: stats.tx,
     totals: stats.total,
@@ -288,6 +291,34 @@ Deno.test("rx queue: frames arrive intact, buffers are replaced, one kick per bu
     assert.equal(s.t.kicks, kicks + 1);
     for (let i = 0; i < 4; i++) s.pool.free(pkts[i]);
     assert.equal(s.pool.available, 1024 - 64);
+  } finally {
+    s.close();
+  }
+});
+
+Deno.test("rx and tx queues with EVENT_IDX: a kick only when avail_event is crossed", () => {
+  const s = setup(16, { eventIdx: true });
+  try {
+    s.rx.fill();
+    const pkts = new Uint32Array(16);
+    const availEvent = (d: HandDevice, v: number) =>
+      d.dv.setUint16(d.m.usedOffset + Used.availEvent(d.m.size), v, true);
+    // avail.idx is 16 after fill; the device wants a kick once entry 20 is published
+    availEvent(s.rxDev, 20);
+    s.rxDev.deliver([frame(60, 1), frame(60, 2)], 12); // republished: 16 -> 18
+    assert.equal(s.rx.burst(pkts, 16), 2);
+    assert.equal(s.t.kicks, 0);
+    s.rxDev.deliver([frame(60, 3), frame(60, 4), frame(60, 5)], 12); // 18 -> 21 crosses 20
+    assert.equal(s.rx.burst(pkts.subarray(2), 14), 3);
+    assert.equal(s.t.kicks, 1);
+    // TX: avail_event 1 is crossed by 0 -> 2, not by 2 -> 3
+    availEvent(s.txDev, 1);
+    assert.equal(s.tx.burst(pkts, 2), 2);
+    assert.equal(s.t.kicks, 2);
+    assert.equal(s.tx.burst(pkts.subarray(2), 1), 1);
+    assert.equal(s.t.kicks, 2);
+    // used_event is parked where the device reaches it only after a full index wrap
+    assert.equal(s.rxDev.dv.getUint16(s.rxDev.m.availOffset + Avail.usedEvent(16), true), 0xffff);
   } finally {
     s.close();
   }

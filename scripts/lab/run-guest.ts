@@ -118,7 +118,7 @@ export class Guest {
   exitStatus: number | null = null;
   #child: Deno.ChildProcess;
   #exited: Promise<number>;
-  #timer: number;
+  #timer: ReturnType<typeof setTimeout>;
   #timedOut = false;
   #nextCmd = 0;
   #keep: boolean;
@@ -500,7 +500,7 @@ async function main(): Promise<number> {
     );
     return 0;
   }
-  const nics = values.nics.split(",").filter((s) => s) as NicKind[];
+  const nics = values.nics.split(",").filter((s: string) => s) as NicKind[];
   for (const k of nics) {
     if (!(k in NIC_MODE)) throw new Error(`bad NIC kind '${k}' (legacy, modern, transitional)`);
   }

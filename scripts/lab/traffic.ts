@@ -31,6 +31,7 @@ const SO_RCVBUF = 8;
 const SO_RCVBUFFORCE = 33; // root may exceed rmem_max
 const RCVBUF_BYTES = 8 << 20;
 const MAX_FRAME = 65536;
+const RX_LEN = BigInt(MAX_FRAME);
 
 /** struct sockaddr_in for 127.0.0.1:port (family host order, port network order). */
 function loopbackAddr(port: number): Uint8Array {
@@ -55,7 +56,7 @@ export class UdpWire {
   #peer: Uint8Array;
   #peerPort: number;
   #rx = new Uint8Array(MAX_FRAME);
-  #timer: number;
+  #timer: ReturnType<typeof setInterval>;
 
   private constructor(fd: number, readonly port: number, peerPort: number) {
     this.#fd = fd;
@@ -94,7 +95,9 @@ export class UdpWire {
   /** Send one frame to the guest NIC now (synchronous; the caller may reuse `frame` at once). */
   send(frame: Uint8Array): void {
     if (this.#fd < 0) return;
-    if (Number(libc.sendto(this.#fd, frame, frame.length, 0, this.#peer, 16)) === frame.length) {
+    if (
+      Number(libc.sendto(this.#fd, frame, BigInt(frame.length), 0, this.#peer, 16)) === frame.length
+    ) {
       this.counters.sent++;
     } else {
       this.counters.sendErrors++;
@@ -104,7 +107,7 @@ export class UdpWire {
   #drain(): void {
     const rx = this.#rx;
     for (let i = 0; i < 4096 && this.#fd >= 0; i++) {
-      const n = Number(libc.recv(this.#fd, rx, MAX_FRAME, 0));
+      const n = Number(libc.recv(this.#fd, rx, RX_LEN, 0));
       if (n < 0) return; // EAGAIN: drained
       this.counters.received++;
       this.onFrame?.(rx.subarray(0, n));

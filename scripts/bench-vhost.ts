@@ -254,7 +254,7 @@ async function runDpdk(
   await prepareVhost(vhost, test);
   const fwd = test === "loop" ? "io" : test;
   const front = await Testpmd.start({
-    vdev: `net_virtio_user0,path=${sock},queues=1,${devargs}`,
+    vdev: `net_virtio_user0,path=${sock},queues=1${devargs ? "," + devargs : ""}`,
     fwd,
     lcores: "0,1",
     mainLcore: 1,

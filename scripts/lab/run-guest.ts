@@ -83,6 +83,31 @@ async function readText(path: string): Promise<string | null> {
   }
 }
 
+const RUN_PREFIX = "vpmd-lab-";
+
+/**
+ * Remove run folders left by a harness process that was killed (its QEMU died with it through
+ * `timeout`); folders kept on purpose (LAB_KEEP=1) have no owner.pid once closed.
+ */
+async function removeOrphanRunDirs(): Promise<void> {
+  const tmp = Deno.env.get("TMPDIR") ?? "/tmp";
+  try {
+    for await (const e of Deno.readDir(tmp)) {
+      if (!e.isDirectory || !e.name.startsWith(RUN_PREFIX)) continue;
+      const dir = `${tmp}/${e.name}`;
+      const pid = Number((await readText(`${dir}/owner.pid`))?.trim());
+      if (!pid || pid === Deno.pid) continue;
+      try {
+        Deno.statSync(`/proc/${pid}`);
+      } catch {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    }
+  } catch {
+    // no readable temp folder: nothing to tidy
+  }
+}
+
 /** Where the built guest lives, or an Error naming the build script. */
 export function guestImage(labDir = `${REPO}/build/lab`): { kernel: string; initrd: string } {
   const kernel = `${labDir}/vmlinux`;
@@ -179,7 +204,9 @@ export class Guest {
     const img = guestImage(opts.labDir ?? `${repo}/build/lab`);
     const kinds = opts.nics ?? ["legacy", "modern", "transitional"];
     const keep = opts.keep ?? Deno.env.get("LAB_KEEP") === "1";
-    const runDir = await Deno.makeTempDir({ prefix: "vpmd-lab-" });
+    await removeOrphanRunDirs();
+    const runDir = await Deno.makeTempDir({ prefix: RUN_PREFIX });
+    await Deno.writeTextFile(`${runDir}/owner.pid`, String(Deno.pid));
     const nics: GuestNic[] = [];
     try {
       for (let i = 0; i < kinds.length; i++) {
@@ -409,6 +436,7 @@ export class Guest {
     await this.wait();
     for (const n of this.nics) n.wire.close();
     if (!this.#keep) await Deno.remove(this.runDir, { recursive: true }).catch(() => {});
+    else await Deno.remove(`${this.runDir}/owner.pid`).catch(() => {});
   }
 }
 

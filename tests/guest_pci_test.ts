@@ -18,7 +18,7 @@ import {
   parseMac,
 } from "./lib/guest.ts";
 
-const FWD = "deno run -A tests/lib/pci_fwd.ts";
+const FWD = "deno run -A tests/lib/pci_fwd.ts --retry";
 
 /** Runs `vpmd devices|bind|unbind ARGS` in the guest (mod/pci/commands.ts). */
 function pciCommand(g: Guest, cmd: string, args: string[]) {

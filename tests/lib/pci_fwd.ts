@@ -3,8 +3,12 @@
  * two PCI ports in both directions (port 0 RX -> port 1 TX and back) with the driver's Port, and
  * prints `Port N: link state change event (up|down)` on link changes.
  *
- *   deno run -A tests/lib/pci_fwd.ts [--duration S] [--idle S] [--rxd N] [--txd N]
+ *   deno run -A tests/lib/pci_fwd.ts [--duration S] [--idle S] [--rxd N] [--txd N] [--retry]
  *       0000:00:04.0[,portio=sysfs] 0000:00:05.0[,mode=modern]
+ *
+ * A frame the other port's TX ring cannot take is dropped (counted in txDropped), as testpmd's io
+ * mode does; with `--retry` it is held and offered again (the tests use this: a stalled TX ring
+ * then slows RX down instead of losing frames).
  *
  * Prints `ready` once both ports are started, and a final JSON line `{"ports":[stats, stats],
  * "seconds": S}`. Stops after `--duration` seconds, or `--idle` seconds without a frame once
@@ -39,6 +43,7 @@ function main(): number {
       idle: { type: "string", default: "0" },
       rxd: { type: "string", default: "256" },
       txd: { type: "string", default: "256" },
+      retry: { type: "boolean", default: false },
     },
   });
   if (positionals.length !== 2) throw new Error("two PCI port specs wanted");
@@ -53,7 +58,10 @@ function main(): number {
       console.log(`Port ${p.id}: ${p.transport.name} link ${p.linkUp ? "up" : "down"}`);
     }
     console.log("ready");
-    const pkts = new Uint32Array(BURST);
+    // Per direction: frames received on port i that port 1 - i has not taken yet.
+    const held = [new Uint32Array(BURST), new Uint32Array(BURST)];
+    const heldN = [0, 0];
+    const retry = values.retry;
     const start = performance.now();
     const end = start + Number(values.duration) * 1000;
     const idleMs = Number(values.idle) * 1000;
@@ -62,14 +70,27 @@ function main(): number {
     let iter = 0;
     for (;;) {
       for (let i = 0; i < 2; i++) {
-        const n = ports[i].rxBurst(0, pkts, BURST);
+        const pkts = held[i];
+        if (heldN[i] === 0) {
+          heldN[i] = ports[i].rxBurst(0, pkts, BURST);
+          if (heldN[i] > 0) {
+            flowed = true;
+            lastFrame = -1; // refreshed at the next clock check
+          }
+        }
+        const n = heldN[i];
         if (n > 0) {
           const out = ports[1 - i];
           const k = out.txBurst(0, pkts, n);
-          for (let j = k; j < n; j++) pool.free(pkts[j]);
-          out.stats.txDropped += n - k;
-          flowed = true;
-          lastFrame = -1; // refreshed at the next clock check
+          if (retry) {
+            // Back-pressure: keep the rest for the next round (the RX ring absorbs the stall).
+            if (k < n) pkts.copyWithin(0, k, n);
+            heldN[i] = n - k;
+          } else {
+            for (let j = k; j < n; j++) pool.free(pkts[j]);
+            out.stats.txDropped += n - k;
+            heldN[i] = 0;
+          }
         }
         ports[i].poll();
       }
@@ -79,6 +100,7 @@ function main(): number {
         if (now > end || (idleMs > 0 && flowed && now - lastFrame > idleMs)) break;
       }
     }
+    for (let i = 0; i < 2; i++) for (let j = 0; j < heldN[i]; j++) pool.free(held[i][j]);
     const seconds = (performance.now() - start) / 1000;
     console.log(JSON.stringify({ ports: ports.map((p) => p.stats), seconds }));
     return 0;

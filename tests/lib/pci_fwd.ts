@@ -48,7 +48,7 @@ function main(): number {
   });
   if (positionals.length !== 2) throw new Error("two PCI port specs wanted");
   const pool = new MbufPool({ count: 4096, kind: "physical", name: "pci-fwd" });
-  const ports = positionals.map((s, i) => openPort(i, s));
+  const ports: Port[] = positionals.map((s: string, i: number) => openPort(i, s));
   try {
     for (const p of ports) {
       p.configure({ pool, rxd: Number(values.rxd), txd: Number(values.txd) });

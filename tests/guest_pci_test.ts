@@ -224,6 +224,11 @@ guestTest("pci: vpmd devices / bind / unbind round trip", async (g) => {
   assert.match(notNet.output, /0000:00:00\.0 is not a virtio-net device/);
   assert.equal((await pciCommand(g, "bind", [])).code, 2);
 
+  // bind loads uio_pci_generic itself when it is missing.
+  assert.equal(
+    (await g.exec("rmmod uio_pci_generic && ! [ -d /sys/bus/pci/drivers/uio_pci_generic ]")).code,
+    0,
+  );
   const bound = await pciCommand(g, "bind", ["--force", ...addrs]);
   assert.equal(bound.code, 0, bound.output);
   const mid = await listing();

@@ -147,6 +147,15 @@ export interface GenerateOptions {
   src?: Uint8Array;
   /** Give up after this many seconds (default: count / rate + 30). */
   timeoutSec?: number;
+  /**
+   * Flow control for correctness tests: never have more than `window` (default 64) frames sent
+   * but not yet counted valid by this checker (on the wire the frames come out of). A stalled
+   * guest then pauses the sender instead of overflowing QEMU's socket buffer or the guest's ring.
+   * After `stallMs` (default 1000) without progress the frames in flight are given up as lost.
+   */
+  flow?: FrameChecker;
+  window?: number;
+  stallMs?: number;
 }
 
 /** Parse "52:54:00:12:34:56" into 6 bytes. */
@@ -162,13 +171,14 @@ const BROADCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 const HOST_MAC = new Uint8Array([0x02, 0, 0, 0, 0, 1]);
 
 /**
- * Send `count` test frames into `wire` at `rate` frames/s (sequence numbers firstSeq..).
- * Resolves with the number sent and the seconds it took.
+ * Send `count` test frames into `wire` at `rate` frames/s (sequence numbers firstSeq..), open
+ * loop or, with `flow`, windowed. Resolves with the number sent, the seconds it took and how often
+ * the window was given up after a stall.
  */
 export async function generate(
   wire: UdpWire,
   opts: GenerateOptions,
-): Promise<{ sent: number; seconds: number }> {
+): Promise<{ sent: number; seconds: number; stalls: number }> {
   const rate = opts.rate ?? 5000;
   const sizes = opts.sizes ?? [64];
   const stream = opts.stream ?? 0;
@@ -184,17 +194,45 @@ export async function generate(
   const t0 = performance.now();
   const deadline = t0 + (opts.timeoutSec ?? opts.count / rate + 30) * 1000;
   let sent = 0;
+  const flow = opts.flow;
+  const window = opts.window ?? 64;
+  const okAtStart = flow ? flow.counts.ok : 0;
+  let givenUp = 0; // frames of the window declared lost after a stall
+  let stalls = 0;
+  let lastOk = okAtStart;
+  let lastProgress = t0;
+  let credit = 1;
+  let last = t0;
   while (sent < opts.count) {
     const now = performance.now();
     if (now > deadline) break;
-    const due = Math.min(opts.count, Math.floor(((now - t0) / 1000) * rate) + 1);
-    for (; sent < due; sent++) {
+    // Token bucket: the rate holds across timer jitter, but a host stall does not cause a burst
+    // of more than 50 ms worth of frames.
+    credit = Math.min(credit + ((now - last) / 1000) * rate, Math.max(1, rate * 0.05));
+    last = now;
+    let n = Math.min(Math.floor(credit), opts.count - sent);
+    if (flow) {
+      const ok = flow.counts.ok;
+      if (ok !== lastOk) {
+        lastOk = ok;
+        lastProgress = now;
+      }
+      const inFlight = sent - (ok - okAtStart) - givenUp;
+      if (inFlight >= window && now - lastProgress > (opts.stallMs ?? 1000)) {
+        givenUp += inFlight; // lost on the way: stop waiting for them
+        stalls++;
+        lastProgress = now;
+      }
+      n = Math.min(n, window - (sent - (ok - okAtStart) - givenUp));
+    }
+    for (let i = 0; i < n; i++, sent++) {
       const len = writeTestFrame(buf, 0, sizes[sent % sizes.length], stream, seq0 + sent, dst, src);
       wire.send(buf.subarray(0, len));
     }
+    if (n > 0) credit -= n;
     await new Promise((r) => setTimeout(r, 1));
   }
-  return { sent, seconds: (performance.now() - t0) / 1000 };
+  return { sent, seconds: (performance.now() - t0) / 1000, stalls };
 }
 
 /** What a {@link FrameChecker} saw. */
@@ -234,7 +272,14 @@ export class FrameChecker {
   readonly frames: Uint8Array[] = [];
   #out = new Uint32Array(4);
 
-  constructor(readonly wire: UdpWire, readonly opts: { record?: boolean } = {}) {
+  /**
+   * `record`: keep a copy of every frame. `firstSeq`: the sequence number every stream starts at,
+   * so frames lost before the first arrival count as a gap too (default: the first one seen).
+   */
+  constructor(
+    readonly wire: UdpWire,
+    readonly opts: { record?: boolean; firstSeq?: number } = {},
+  ) {
     wire.onFrame = (f) => this.#take(f);
   }
 
@@ -250,7 +295,7 @@ export class FrameChecker {
       c.okBytes += f.length;
       const stream = this.#out[0];
       const seq = this.#out[1];
-      const want = this.nextSeq.get(stream);
+      const want = this.nextSeq.get(stream) ?? this.opts.firstSeq;
       if (want !== undefined && seq !== want) {
         if (seq > want) c.seqGaps++;
         else c.reordered++;

@@ -19,8 +19,11 @@
  *   g.spawn(script) -> p; p.waitForOutput(/re/), p.output(), p.wait(timeoutSec) -> { code, output }
  *   g.monitor("set_link n1 off") -> HMP reply text
  *   g.nics[i]: { id, kind, pciAddress, mac, qemuPort, hostPort, wire }
- *   traffic: generate(wire, { count, rate, sizes, stream, dst, src }) sends paced test frames;
- *            new FrameChecker(wire, { record }) counts ok/foreign/bad/seqGaps/reordered,
+ *   traffic: generate(wire, { count, rate, sizes, stream, dst, src, flow }) sends paced test
+ *            frames; with `flow: checker` at most `window` (64) frames are in flight, so a stalled
+ *            guest pauses the sender instead of overflowing the UDP link (use it in correctness
+ *            tests; warm up first: a forwarder may print "ready" before its rings take frames);
+ *            new FrameChecker(wire, { record, firstSeq }) counts ok/foreign/bad/seqGaps/reordered,
  *            waitFor(n, timeoutSec, idleSec?) (false early once the wire is idle idleSec),
  *            settle(quietMs); frames (copies, when recording); detach() before the next checker
  *            on the same wire; expectedFrame(seq, opts) gives the exact bytes for comparisons;

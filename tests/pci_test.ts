@@ -437,3 +437,18 @@ Deno.test("pci interrupts: the polling fallback reads the clock rarely and is du
   assert.equal(due, 2);
   assert.equal(TransportEvent.CONFIG_CHANGED, 1);
 });
+
+Deno.test("pci transport: a closed transport never touches its old mappings", () => {
+  const { sysfs, cleanup } = fakeSysfs();
+  try {
+    const modern = PciTransport.fromSpec("0000:00:05.0", {}, sysfs);
+    modern.close();
+    modern.notify(0); // ordinary memory now: no crash
+    modern.reset();
+    const legacy = PciTransport.fromSpec("0000:00:06.0", { portio: "sysfs" }, sysfs);
+    legacy.close();
+    assert.throws(() => legacy.notify(0), /EBADF|Bad file descriptor/);
+  } finally {
+    cleanup();
+  }
+});

@@ -7,7 +7,7 @@
  *   a 1, 2 or 4 byte access into one `in`/`out` (drivers/pci/pci-sysfs.c). One system call per
  *   access: slower, but needs no IO privilege.
  */
-import { portIoStubs, releasePorts, requestPorts } from "../../ffi/portio.ts";
+import { type PortIoStubs, portIoStubs, releasePorts, requestPorts } from "../../ffi/portio.ts";
 import { close, errno, O_RDWR, open, raw, SysError } from "../../ffi/libc.ts";
 
 export type PortIoMethod = "ioperm" | "sysfs";
@@ -23,12 +23,24 @@ export interface IoBar {
   close(): void;
 }
 
+const closed = (): never => {
+  throw new Error("port IO on a closed PCI transport");
+};
+const CLOSED_PORTS: PortIoStubs = {
+  vpmd_inb: closed,
+  vpmd_inw: closed,
+  vpmd_inl: closed,
+  vpmd_outb: closed,
+  vpmd_outw: closed,
+  vpmd_outl: closed,
+};
+
 /** Port IO with ioperm and in/out stubs. Throws a SysError when ioperm is refused. */
 export class IopermBar implements IoBar {
   readonly method = "ioperm";
   readonly #base: number;
   readonly #size: number;
-  readonly #io = portIoStubs();
+  #io: PortIoStubs = portIoStubs();
 
   constructor(base: number, size: number) {
     requestPorts(base, size);
@@ -55,6 +67,8 @@ export class IopermBar implements IoBar {
     this.#io.vpmd_outl(this.#base + offset, value);
   }
   close(): void {
+    // Without the permission an in/out instruction kills the process: later calls throw instead.
+    this.#io = CLOSED_PORTS;
     releasePorts(this.#base, this.#size);
   }
 }
@@ -62,7 +76,7 @@ export class IopermBar implements IoBar {
 /** Register access through pread/pwrite on sysfs `resourceN` of an I/O BAR. */
 export class SysfsIoBar implements IoBar {
   readonly method = "sysfs";
-  readonly #fd: number;
+  #fd: number;
   readonly #path: string;
   // One scratch buffer per width: the kernel uses the count to choose inb/inw/inl.
   readonly #b1 = new Uint8Array(1);
@@ -115,6 +129,8 @@ export class SysfsIoBar implements IoBar {
     this.#pwrite(this.#b4u8, offset);
   }
   close(): void {
-    close(this.#fd);
+    const fd = this.#fd;
+    this.#fd = -1; // later accesses fail with EBADF instead of reaching a reused descriptor
+    close(fd);
   }
 }

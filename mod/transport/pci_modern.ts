@@ -59,9 +59,11 @@ const RESET_TIMEOUT_MS = 1000;
 /** One BAR mmap'd from sysfs, with one view per access width (created once). */
 class BarMapping {
   readonly ptr: Deno.PointerObject;
-  readonly u8: Uint8Array<ArrayBuffer>;
-  readonly u16: Uint16Array<ArrayBuffer>;
-  readonly u32: Uint32Array<ArrayBuffer>;
+  // Views over the mapping; after close they are ordinary memory (touching unmapped memory would
+  // kill the process), so a late access from a port that outlived its transport is harmless.
+  u8: Uint8Array<ArrayBuffer>;
+  u16: Uint16Array<ArrayBuffer>;
+  u32: Uint32Array<ArrayBuffer>;
 
   constructor(path: string, readonly size: number) {
     const fd = open(path, O_RDWR | O_CLOEXEC);
@@ -77,6 +79,10 @@ class BarMapping {
   }
 
   close(): void {
+    const spare = new ArrayBuffer(this.size);
+    this.u8 = new Uint8Array(spare);
+    this.u16 = new Uint16Array(spare);
+    this.u32 = new Uint32Array(spare);
     munmap(this.ptr, this.size);
   }
 }
@@ -103,8 +109,8 @@ export class ModernPciTransport implements VirtioTransport {
   readonly #notifyMultiplier: number;
   /** Per queue index: the u16 element of the notify BAR to write (set up by setupQueue). */
   readonly #notifySlot: number[] = [];
-  /** The notify BAR's 16-bit view (hot path). */
-  readonly #notify16: Uint16Array<ArrayBuffer>;
+  /** The notify BAR's 16-bit view (hot path; replaced by ordinary memory on close). */
+  #notify16: Uint16Array<ArrayBuffer>;
   #closed = false;
 
   constructor(
@@ -299,7 +305,7 @@ export class ModernPciTransport implements VirtioTransport {
     } finally {
       this.interrupts.close();
       for (const m of this.#bars.values()) m.close();
-      this.#bars.clear();
+      this.#notify16 = this.#notify.bar.u16;
     }
   }
 }

@@ -57,7 +57,16 @@ function interruptsFor(fn: PciFunction, irq: string | undefined): ConfigChangeSo
   if (irq === "uio" && uio === null) {
     throw new Error(`PCI port ${fn.address}: irq=uio but no /dev/uio device (not bound to uio)`);
   }
-  if (uio !== null && irq !== "poll") return new UioInterrupts(fn, uio);
+  if (uio !== null && irq !== "poll") {
+    try {
+      return new UioInterrupts(fn, uio);
+    } catch (e) {
+      if (irq === "uio") {
+        throw new Error(`PCI port ${fn.address}: irq=uio: ${(e as Error).message}`);
+      }
+      // Interrupts are a convenience: without them the ISR is polled (module comment).
+    }
+  }
   return new PolledConfigChange(fn);
 }
 

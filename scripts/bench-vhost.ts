@@ -94,8 +94,10 @@ function frameTemplate(): Uint8Array {
 /** One burst of the test's work; returns packets moved. */
 function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
   const pkts = new Uint32Array(BURST);
-  const tpl = frameTemplate();
-  const bytes = pool.bytes;
+  // The frame as 16 words: data starts 4-byte aligned (64-byte buffers, headroom 128), so a copy
+  // is 16 word stores (testpmd's txonly copies its header template per packet too).
+  const tpl = new Uint32Array(frameTemplate().buffer);
+  const words = pool.region.u32;
   if (test === "rxonly") {
     return () => {
       const n = port.rxBurst(0, pkts, BURST);
@@ -108,7 +110,8 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
       if (!pool.allocBulk(pkts, BURST)) return 0;
       for (let i = 0; i < BURST; i++) {
         const m = pkts[i];
-        bytes.set(tpl, pool.dataStart(m));
+        const w = pool.dataStart(m) >>> 2;
+        for (let k = 0; k < FRAME / 4; k++) words[w + k] = tpl[k];
         pool.dataLen[m] = FRAME;
         pool.pktLen[m] = FRAME;
       }

@@ -8,6 +8,7 @@
  * data (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
  */
 import { DmaRegion } from "../ffi/dma.ts";
+import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
 import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
 import {
@@ -44,6 +45,11 @@ export interface PortConfig {
   ctrlVq?: boolean;
   /** Default 1500 (frames up to mtu + 18); larger needs the device's MTU and big enough buffers. */
   mtu?: number;
+  /**
+   * Negotiate CTRL_VLAN (default true). With it a device that filters (QEMU) drops tagged frames
+   * of every VLAN not added with addVlan() unless promiscuous; false lets every VLAN through.
+   */
+  vlanFilter?: boolean;
   /** Software VLAN strip on RX (TCI -> pool.vlanTci, MbufFlag.VLAN_STRIPPED). */
   vlanStrip?: boolean;
   /** Software insert of this TCI on every TX frame (an mbuf's VLAN_INSERT flag uses its own). */
@@ -210,6 +216,7 @@ export class Port {
     if (cfg.mrgRxbuf ?? true) want |= bit(NetFeature.MRG_RXBUF);
     if (cfg.eventIdx ?? false) want |= bit(Feature.EVENT_IDX);
     if (cfg.ctrlVq ?? true) { for (const f of CTRL_FEATURES) want |= bit(f); }
+    if (cfg.vlanFilter === false) want &= ~bit(NetFeature.CTRL_VLAN);
     if (queues > 1) want |= bit(NetFeature.MQ);
     let features = offered & want;
     // Features that depend on the control queue are void without it (5.1.3.1).
@@ -527,10 +534,12 @@ export class Port {
     return (this.#readU16(NetConfig.STATUS) & NetConfig.S_LINK_UP) !== 0;
   }
 
-  /** 5.1.6.5.4: acknowledge a gratuitous-announce request. */
+  /** 5.1.6.5.4: send a gratuitous packet (mod/announce.ts), then acknowledge the request. */
   #announce(): void {
     if (!this.#ctrl || !has(this.features, NetFeature.GUEST_ANNOUNCE)) return;
     if ((this.#readU16(NetConfig.STATUS) & NetConfig.S_ANNOUNCE) === 0) return;
+    const err = sendAnnounce(this, this.#plan!.cfg.pool);
+    this.#log(`port ${this.id}: announce requested: ${err ?? "RARP sent"}`);
     try {
       this.#ctrl.command(Ctrl.ANNOUNCE, Ctrl.ANNOUNCE_ACK, [], "announce ack");
     } catch (e) {
@@ -546,8 +555,13 @@ export class Port {
     const ok = has(f, NetFeature.CTRL_VQ) && has(f, NetFeature[feature]);
     if (ok) return;
     const missing = has(f, NetFeature.CTRL_VQ) ? `VIRTIO_NET_F_${feature}` : "VIRTIO_NET_F_CTRL_VQ";
-    const usable = has(this.transport.getDeviceFeatures(), NetFeature.CTRL_VQ) &&
-      !(this.#cfg?.ctrlVq ?? true);
+    const dev = this.transport.getDeviceFeatures();
+    const usable = has(dev, NetFeature.CTRL_VQ) && !(this.#cfg?.ctrlVq ?? true);
+    if (
+      feature === "CTRL_VLAN" && has(dev, NetFeature.CTRL_VLAN) && this.#cfg?.vlanFilter === false
+    ) {
+      this.#fail(`VLAN filtering is turned off (vlanFilter: false), so ${what}`);
+    }
     this.#fail(
       usable
         ? `the control queue is turned off (ctrlVq: false), so ${what}; run without ${flag}`

@@ -14,6 +14,12 @@ import type { VirtioTransport } from "../transport/transport.ts";
 import { Avail, Ctrl, Desc } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
 
+/**
+ * The device refused a command, wrote no ack or did not answer in time: a device-side failure,
+ * unlike a missing feature or a bad argument (which callers report as usage errors).
+ */
+export class CtrlCommandError extends Error {}
+
 /** Bytes of DMA memory a control queue needs for its command buffer. */
 export const CTRL_BUFFER_BYTES = 4096;
 /** Offsets inside the command buffer: header, ack, then the data parts one after another. */
@@ -110,7 +116,7 @@ export class CtrlQueue {
       this.#transport.poll();
       if (performance.now() > deadline) {
         this.#stuck = true;
-        throw new Error(
+        throw new CtrlCommandError(
           `${this.#label}: ${what}: the device did not answer on the control queue within ` +
             `${this.#timeoutMs} ms`,
         );
@@ -119,7 +125,7 @@ export class CtrlQueue {
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
     const ack = u8[base + ACK_OFF];
     if (ack === Ctrl.OK) return;
-    throw new Error(
+    throw new CtrlCommandError(
       ack === ACK_UNSET
         ? `${this.#label}: ${what}: the device returned the command without writing its ack`
         : `${this.#label}: ${what}: the device refused the command (ack ${ack})`,

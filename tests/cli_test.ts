@@ -1,0 +1,206 @@
+/**
+ * The CLI as a user runs it: `deno run -A main.ts ...` in a subprocess, with a hard timeout.
+ */
+import assert from "assert";
+import { peerTest } from "./lib/peers.ts";
+import { socketPath, Testpmd, testpmdPeer } from "./lib/testpmd.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const SUMMARY_KEYS = [
+  "rxPackets",
+  "txPackets",
+  "rxBytes",
+  "txBytes",
+  "rxDropped",
+  "txDropped",
+  "rxNoMbuf",
+  "rxErrors",
+];
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run vpmd with `args`; `sigintAfterMs` sends SIGINT once the first stats line appeared. */
+async function vpmd(args: string[], sigintAfterMs = 0, timeoutMs = 30000): Promise<Run> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const killer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  let sigint: ReturnType<typeof setTimeout> | undefined;
+  if (sigintAfterMs > 0) sigint = setTimeout(() => child.kill("SIGINT"), sigintAfterMs);
+  try {
+    const out = await child.output();
+    return {
+      code: out.code,
+      stdout: new TextDecoder().decode(out.stdout),
+      stderr: new TextDecoder().decode(out.stderr),
+    };
+  } finally {
+    clearTimeout(killer);
+    clearTimeout(sigint);
+  }
+}
+
+function lastJson(stdout: string) {
+  const lines = stdout.trim().split("\n");
+  return JSON.parse(lines[lines.length - 1]);
+}
+
+function checkSummary(s: Record<string, unknown>, names: string[], mode: string) {
+  assert.equal(s.mode, mode);
+  assert.equal(typeof s.durationSec, "number");
+  const ports = s.ports as Record<string, unknown>[];
+  assert.deepEqual(ports.map((p) => p.name), names);
+  assert.deepEqual(ports.map((p) => p.port), names.map((_, i) => i));
+  const totals = s.totals as Record<string, number>;
+  for (const k of SUMMARY_KEYS) {
+    for (const p of ports) assert.equal(typeof p[k], "number", `ports[].${k}`);
+    assert.equal(totals[k], ports.reduce((a, p) => a + (p[k] as number), 0), `totals.${k}`);
+  }
+}
+
+Deno.test("cli: fwd io between two sims for 1 s: exit 0, JSON summary consistent with the wire", async () => {
+  const r = await vpmd(["fwd", "sim:a", "sim:b", "--mode", "io", "--duration", "1", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const s = lastJson(r.stdout);
+  checkSummary(s, ["sim:a", "sim:b"], "io");
+  const [a, b] = s.ports;
+  assert.ok(a.rxPackets > 1000 && b.rxPackets > 1000, `rx ${a.rxPackets} / ${b.rxPackets}`);
+  // Each wire saw exactly what the other port received and its own port sent.
+  assert.equal(b.wire.txFrames, b.txPackets);
+  assert.equal(a.wire.txFrames, a.txPackets);
+  assert.equal(b.wire.checkedOk, a.rxPackets - a.rxDropped - b.txDropped);
+  assert.equal(a.wire.badFrames + b.wire.badFrames, 0);
+  assert.equal(s.accounting.ok, true, s.accounting.message);
+  assert.equal(s.accounting.contentVerified, true);
+  assert.equal(s.poolAvailable, s.poolSize, "all buffers returned");
+  // Periodic lines come first (stats period 1 s: at least none, at most a few).
+  for (const line of r.stdout.trim().split("\n").slice(0, -1)) {
+    assert.ok(Array.isArray(JSON.parse(line).ports));
+  }
+});
+
+Deno.test("cli: plain output (not a terminal) ends with the accounting line", async () => {
+  const r = await vpmd(["fwd", "sim:x", "sim:y", "--duration", "1", "--stats-period", "0.3"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^t=0\.\d+s port 0 rx \d+ tx \d+/m);
+  assert.match(r.stdout, /all \d+ frames accounted for, content verified/);
+});
+
+Deno.test("cli: bad flag -> exit 2 with a one-line error", async () => {
+  for (
+    const args of [
+      ["fwd", "sim:a", "--colour", "red"],
+      ["fwd", "sim:a", "--burst", "0"],
+      ["fwd", "sim:a", "--mode", "fast"],
+      ["fwd", "sim:a", "--txpkts", "64,x"],
+      ["fwd", "sim:a", "--eth-peer", "3,02:00:00:00:00:01"],
+      ["fwd"],
+      ["frobnicate"],
+    ]
+  ) {
+    const r = await vpmd(args);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(
+      r.stderr.trim().split("\n").length,
+      1,
+      `one line for ${args.join(" ")}: ${r.stderr}`,
+    );
+    assert.match(r.stderr, /^vpmd/);
+    assert.equal(r.stdout, "");
+  }
+});
+
+Deno.test("cli: bad port spec -> exit 2", async () => {
+  for (const spec of ["p0", "sim:", "sim:a,rate=fast", "vhost-user:/nonexistent/vpmd.sock,x=1"]) {
+    const r = await vpmd(["fwd", spec, "--duration", "1"]);
+    assert.equal(r.code, 2, `${spec}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `${spec}: ${r.stderr}`);
+  }
+});
+
+Deno.test("cli: SIGINT -> clean exit 0 with the summary", async () => {
+  const r = await vpmd(["fwd", "sim:a", "sim:b", "--json", "--stats-period", "0.2"], 2500);
+  assert.equal(r.code, 0, r.stderr);
+  const s = lastJson(r.stdout);
+  checkSummary(s, ["sim:a", "sim:b"], "io");
+  assert.equal(s.stoppedBy, "SIGINT");
+  assert.ok(s.totals.rxPackets > 0);
+  assert.equal(s.accounting.ok, true, s.accounting.message);
+});
+
+Deno.test("cli: help", async () => {
+  const r = await vpmd(["help"]);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /vpmd fwd PORT/);
+});
+
+// Against a real peer: DPDK's vhost PMD in testpmd (skipped with a hint when it is missing).
+
+peerTest(
+  testpmdPeer,
+  "cli: fwd rxonly from DPDK vhost txonly: every frame testpmd sent is counted",
+  async () => {
+    const sock = socketPath("cli-rx");
+    const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "txonly" });
+    try {
+      await pmd.cmd("start");
+      const r = await vpmd(
+        ["fwd", `vhost-user:${sock}`, "--mode", "rxonly", "--duration", "2", "--json"],
+      );
+      assert.equal(r.code, 0, r.stderr);
+      const s = lastJson(r.stdout);
+      checkSummary(s, [`vhost-user:${sock}`], "rxonly");
+      const p = s.ports[0];
+      await pmd.cmd("stop");
+      const st = pmd.stats(0);
+      assert.ok(p.rxPackets > 10000, `received ${p.rxPackets}`);
+      assert.equal(p.rxErrors, 0);
+      // What testpmd enqueued was received, except at most one ring of frames left at the stop.
+      assert.ok(st.opackets >= p.rxPackets, `testpmd sent ${st.opackets}, vpmd got ${p.rxPackets}`);
+      assert.ok(st.opackets - p.rxPackets <= 256, `testpmd ${st.opackets} vs vpmd ${p.rxPackets}`);
+      assert.equal(p.rxBytes / p.rxPackets, st.obytes / st.opackets, "same frame size");
+    } finally {
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(testpmdPeer, "cli: fwd txonly --txpkts 64,64 into DPDK vhost rxonly", async () => {
+  const sock = socketPath("cli-tx");
+  const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "rxonly" });
+  try {
+    await pmd.cmd("start");
+    const r = await vpmd(
+      [
+        "fwd",
+        `vhost-user:${sock}`,
+        "--mode",
+        "txonly",
+        "--txpkts",
+        "64,64",
+        "--duration",
+        "2",
+        "--json",
+      ],
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const p = lastJson(r.stdout).ports[0];
+    await pmd.cmd("stop");
+    const st = pmd.stats(0);
+    assert.ok(p.txPackets > 10000, `sent ${p.txPackets}`);
+    assert.equal(p.txBytes, 128 * p.txPackets);
+    assert.ok(st.ipackets <= p.txPackets, `testpmd got ${st.ipackets} of ${p.txPackets}`);
+    assert.ok(st.ipackets >= p.txPackets - p.txDropped, `testpmd got ${st.ipackets}`);
+    assert.equal(st.ibytes, 128 * st.ipackets, "two 64-byte segments arrive as one 128-byte frame");
+  } finally {
+    await pmd.stop();
+  }
+});

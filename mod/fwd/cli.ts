@@ -14,6 +14,8 @@ import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engi
 import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
+import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
+import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
 export class UsageError extends Error {}
@@ -33,6 +35,8 @@ export interface FwdOptions {
   vlanStrip: boolean;
   vlanInsert: number | undefined;
   mbufs: number | undefined;
+  /** --promisc/--no-promisc, --allmulti, --mac, --mcast, --vlan-filter, --mtu (./filters.ts). */
+  filters: FilterOptions;
 }
 
 const BUFFER_ROOM = 2048;
@@ -77,6 +81,7 @@ function parseFlags(args: string[]) {
         "vlan-strip": { type: "boolean" },
         "vlan-insert": { type: "string" },
         mbufs: { type: "string" },
+        ...FILTER_FLAGS,
       },
     });
   } catch (e) {
@@ -149,7 +154,16 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       ? undefined
       : int("vlan-insert", v["vlan-insert"], 0, 4095, 0),
     mbufs: v.mbufs === undefined ? undefined : int("mbufs", v.mbufs, 64, 1 << 22, 0),
+    filters: usage(() => parseFilterFlags(v, specs.length)),
   };
+}
+
+function usage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 /** The best memory kind every transport can reach (the first transport's order). */
@@ -218,13 +232,18 @@ export async function runForwarder(args: string[]): Promise<number> {
           txd: o.txd,
           vlanStrip: o.vlanStrip,
           vlanInsert: o.vlanInsert,
+          mtu: o.filters.mtu,
+          vlanFilter: o.filters.vlans.length > 0,
         });
+        applyFilters(port, i, o.filters);
       } catch (e) {
         throw new UsageError((e as Error).message);
       }
       try {
         port.start();
       } catch (e) {
+        // A device that refuses a control command is a failure (exit 1), not bad usage.
+        if (e instanceof CtrlCommandError) throw new Error(`${names[i]}: ${e.message}`);
         throw new UsageError(`${names[i]}: ${(e as Error).message}`);
       }
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);

@@ -5,8 +5,9 @@
  *   vpmd devices [--json] | bind [--force] ADDR... | unbind ADDR...   virtio-net PCI functions
  *   vpmd help
  *
- * Exit codes: 0 success (also a clean stop on SIGINT or --duration), 1 a failure while running,
- * 2 bad usage (flag, port spec, missing device): one line on stderr.
+ * Exit codes: 0 success (also a clean stop on SIGINT or --duration), 1 a failure while running
+ * (also a device refusing a control command), 2 bad usage (flag, port spec, missing device, a
+ * flag the device has no feature for): one line on stderr.
  */
 import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
 import { runPciCommand } from "./mod/pci/commands.ts";
@@ -42,6 +43,12 @@ fwd flags:
   --vlan-strip        strip 802.1Q tags on receive (TCI kept in the packet metadata)
   --vlan-insert VID   insert an 802.1Q tag with this VLAN id on transmit
   --mbufs N           buffers in the shared pool (default: enough for every ring)
+  --promisc, --no-promisc  promiscuous mode (default on when the device can filter)
+  --allmulti          receive every multicast frame
+  --mac [N,]ADDR      set port N's MAC address (default port 0)
+  --mcast ADDR,...    multicast addresses to receive (MAC filter table)
+  --vlan-filter VID,...  receive tagged frames of these VLANs only (device filter)
+  --mtu N             port MTU (default 1500)
 
 Example:
   vpmd fwd sim:p0 sim:p1 --mode io --duration 5

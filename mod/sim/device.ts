@@ -99,6 +99,16 @@ export interface DeviceErrors {
   ctrlErrors: number;
 }
 
+/**
+ * Misbehaviour on purpose (for the driver's robustness tests): every `EVIL_EVERY`th received
+ * frame gets a used entry with an id out of range (`bad-id`), a length beyond the buffer
+ * (`bad-len`), a num_buffers larger than the buffers used (`bad-num-buffers`), or the used index
+ * is published more than a ring ahead once (`idx-jump`). Good frames keep flowing in between.
+ */
+export type EvilMode = "bad-id" | "bad-len" | "bad-num-buffers" | "idx-jump";
+export const EVIL_MODES: readonly EvilMode[] = ["bad-id", "bad-len", "bad-num-buffers", "idx-jump"];
+const EVIL_EVERY = 7;
+
 /** Most frames delivered to one receive queue per poll. */
 const RX_BATCH = 1024;
 
@@ -117,6 +127,12 @@ export class SimDevice {
   needsReset = false;
   /** The driver acknowledged an announce (5.1.6.5.4). */
   announceAcked = 0;
+  /** Deliberate misbehaviour (null: a correct device), and how many times it struck. */
+  evil: EvilMode | null = null;
+  evilCount = 0;
+  #evilTick = 0;
+  #jump = false;
+  #jumped = false;
 
   #hdr: number = NetHdr.SIZE;
   #mrg = false;
@@ -260,6 +276,11 @@ export class SimDevice {
   // 5.1.6.3 / 5.1.6.4: fill receive buffers from the wire.
   #receive(q: DeviceQueue): void {
     const wire = this.wire;
+    if (this.#jumped) {
+      // The wrong index stood for one poll; the true one comes back.
+      this.#jumped = false;
+      q.publish();
+    }
     let avail = q.pending();
     let frames = wire.due(avail);
     if (frames === 0 || avail === 0) return;
@@ -290,7 +311,9 @@ export class SimDevice {
         }
         const w = this.#writeFrame(q, head, hdr);
         if (w < 0) return this.#bad();
-        q.putUsed(head, w);
+        if (this.evil !== null && ++this.#evilTick % EVIL_EVERY === 0) {
+          this.#misbehave(q, head, w, room);
+        } else q.putUsed(head, w);
       } else {
         const r = this.#receiveMerged(q, head, room, total, avail);
         if (r < 0) return;
@@ -300,6 +323,39 @@ export class SimDevice {
       delivered++;
     }
     q.publish();
+    if (this.#jump) {
+      this.#jump = false;
+      this.#jumped = true;
+      q.u16[(q.used + Used.IDX) >> 1] = (q.usedIdx + q.size + 3) & 0xffff;
+    }
+  }
+
+  /** Write a wrong used entry (or publish a wrong index) for the frame just written at `head`. */
+  #misbehave(q: DeviceQueue, head: number, written: number, room: number): void {
+    this.evilCount++;
+    switch (this.evil) {
+      case "bad-id":
+        q.putUsed(q.size + head, written);
+        break;
+      case "bad-len":
+        q.putUsed(head, room + 64);
+        break;
+      case "bad-num-buffers":
+        // The header is at the start of the buffer (written in place by #writeFrame).
+        // More buffers than the driver ever posted (the ring size plus one).
+        if (this.#hdr === NetHdr.SIZE && this.#map(q.descAddr(head), NetHdr.SIZE)) {
+          const n = q.size + 1;
+          this.#mapU8[this.#mapOff + NetHdr.NUM_BUFFERS] = n & 0xff;
+          this.#mapU8[this.#mapOff + NetHdr.NUM_BUFFERS + 1] = n >> 8;
+        }
+        q.putUsed(head, written);
+        break;
+      case "idx-jump":
+        // Published at the end of this poll instead of the true index.
+        q.putUsed(head, written);
+        this.#jump = true;
+        break;
+    }
   }
 
   #filterPasses(f: Uint8Array): boolean {

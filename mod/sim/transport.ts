@@ -8,7 +8,8 @@
  * inside `poll()`, which the forwarding loop calls between bursts.
  *
  * Spec options (`sim:NAME,k=v,...`): gen=on|off, rate=PPS, size=N[+N...], mrg=0|1, qsize=N,
- * mtu=N, ctrl=0|1, ctrl_vlan=0|1, legacy=0|1, link=up|down, mac=XX:XX:XX:XX:XX:XX.
+ * mtu=N, ctrl=0|1, ctrl_vlan=0|1, legacy=0|1, link=up|down, mac=XX:XX:XX:XX:XX:XX,
+ * evil=bad-id|bad-len|bad-num-buffers|idx-jump.
  */
 import type { DmaKind, DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory, RingLayout, VirtioTransport } from "../transport/transport.ts";
@@ -24,7 +25,7 @@ import {
   NetQueue,
   Status,
 } from "../virtio/constants.ts";
-import { SimDevice } from "./device.ts";
+import { EVIL_MODES, type EvilMode, SimDevice } from "./device.ts";
 import { type GeneratorOptions, SimWire } from "./wire.ts";
 
 export interface SimOptions {
@@ -43,6 +44,8 @@ export interface SimOptions {
   legacy?: boolean;
   linkUp?: boolean;
   gen?: GeneratorOptions | false;
+  /** Deliberate misbehaviour (mod/sim/device.ts). */
+  evil?: EvilMode | null;
 }
 
 const SPEC_OPTIONS = [
@@ -57,6 +60,7 @@ const SPEC_OPTIONS = [
   "legacy",
   "link",
   "mac",
+  "evil",
 ];
 
 let instances = 0;
@@ -89,6 +93,7 @@ export class SimTransport implements VirtioTransport {
     this.wire = new SimWire(opts.gen ?? {}, n);
     this.wire.dst.set(mac);
     this.device = new SimDevice(this.wire, mac);
+    this.device.evil = opts.evil ?? null;
     this.#maxQueue = opts.maxQueueSize ?? 1024;
     this.#mtu = opts.mtu ?? 0;
     this.#link = opts.linkUp ?? true;
@@ -145,6 +150,9 @@ export class SimTransport implements VirtioTransport {
       }
       mac = Uint8Array.from(parts.map((p) => parseInt(p, 16)));
     }
+    if (o.evil !== undefined && !EVIL_MODES.includes(o.evil as EvilMode)) {
+      throw new Error(`${where}: evil=${o.evil}: expected one of ${EVIL_MODES.join(", ")}`);
+    }
     const gen = flag("gen", "on", "off");
     const rate = int("rate", 0, 1e9);
     return new SimTransport({
@@ -158,6 +166,7 @@ export class SimTransport implements VirtioTransport {
       ctrlVlan: flag("ctrl_vlan", "1", "0"),
       legacy: flag("legacy", "1", "0"),
       linkUp: flag("link", "up", "down"),
+      evil: (o.evil as EvilMode | undefined) ?? null,
     });
   }
 

@@ -2,13 +2,16 @@
  * Port: the initialization sequence, feature negotiation, configuration checks, link handling
  * and control-command errors, against a transport that records what the driver does and plays a
  * small device (status register, config space, control queue answered from `poll()`).
- * The data path is covered by tests/ring_test.ts (rings played by hand) and, through this Port,
- * by tests/vhost_user_test.ts against DPDK's vhost PMD.
+ * Then the data path through the Port against the simulated device (mod/sim/, written apart from
+ * the driver): frames through its wire, byte-exact. tests/ring_test.ts plays the rings by hand;
+ * tests/vhost_user_test.ts runs this Port against DPDK's vhost PMD.
  */
 import assert from "assert";
 import type { DmaKind, DmaRegion } from "../ffi/dma.ts";
-import { MbufPool } from "../mod/mbuf.ts";
-import { Port } from "../mod/port.ts";
+import { MbufFlag, MbufPool, NONE } from "../mod/mbuf.ts";
+import { Port, type PortConfig } from "../mod/port.ts";
+import { SimTransport } from "../mod/sim/transport.ts";
+import { checkTestFrame, FrameCheck, writeTestFrame } from "../mod/testframe.ts";
 import {
   type QueueMemory,
   type RingLayout,
@@ -454,4 +457,364 @@ Deno.test("port: without VIRTIO_NET_F_MAC the address is random, unicast, locall
     assert.equal(port.mac[0] & 0x03, 0x02);
     assert.ok(port.mac.some((b, i) => i > 0 && b !== 0));
   });
+});
+
+// ---- against the simulated device (mod/sim/): frames through its wire, byte-exact ----
+
+const PEER = Uint8Array.of(0x02, 0, 0, 0, 0, 0x99);
+
+interface Rig {
+  t: SimTransport;
+  pool: MbufPool;
+  port: Port;
+  sent: Uint8Array[];
+  logs: string[];
+  close(): void;
+}
+
+type SimOpts = ConstructorParameters<typeof SimTransport>[0];
+
+function rig(
+  sim: Partial<SimOpts> = {},
+  cfg: Partial<PortConfig> = {},
+  poolOpts: { count?: number; dataRoom?: number; headroom?: number } = {},
+  start = true,
+): Rig {
+  const t = new SimTransport({ name: "p0", gen: false, ...sim } as SimOpts);
+  const pool = new MbufPool({ count: poolOpts.count ?? 2048, kind: t.dmaKinds[0], ...poolOpts });
+  const logs: string[] = [];
+  const port = new Port(0, t, { log: (m) => logs.push(m) });
+  const sent: Uint8Array[] = [];
+  t.wire.onTransmit = (f) => sent.push(f.slice());
+  const r: Rig = {
+    t,
+    pool,
+    port,
+    sent,
+    logs,
+    close() {
+      port.close();
+      t.close();
+      pool.close();
+    },
+  };
+  try {
+    port.configure({ pool, ...cfg });
+    if (start) port.start();
+  } catch (e) {
+    r.close();
+    throw e;
+  }
+  return r;
+}
+
+function testFrame(len: number, seq: number, stream = 1): Uint8Array {
+  const f = new Uint8Array(len);
+  writeTestFrame(f, 0, len, stream, seq, PEER, Uint8Array.of(2, 0, 0, 0, 0, 1));
+  return f;
+}
+
+/** Poll the port (the sim runs inside) and receive until `want` frames or `tries` polls. */
+function receive(r: Rig, want: number, tries = 1000): number[] {
+  const pkts = new Uint32Array(64);
+  const out: number[] = [];
+  for (let i = 0; i < tries && out.length < want; i++) {
+    r.port.poll();
+    const n = r.port.rxBurst(0, pkts, Math.min(64, want - out.length));
+    for (let k = 0; k < n; k++) out.push(pkts[k]);
+  }
+  return out;
+}
+
+function bytesOf(pool: MbufPool, m: number): Uint8Array {
+  const out = new Uint8Array(pool.pktLen[m]);
+  assert.equal(pool.read(m, out), out.length);
+  return out;
+}
+
+/** Transmit `pkts` fully (retrying while the ring is full) and let the sim take them. */
+function transmit(r: Rig, pkts: number[]): void {
+  const arr = Uint32Array.from(pkts);
+  let done = 0;
+  for (let i = 0; i < 1000 && done < arr.length; i++) {
+    done += r.port.txBurst(0, arr.subarray(done), arr.length - done);
+    r.port.poll();
+  }
+  assert.equal(done, arr.length, "txBurst never took every packet");
+  for (let i = 0; i < 5; i++) {
+    r.port.txBurst(0, arr, 0); // reclaim
+    r.port.poll();
+  }
+}
+
+Deno.test("port + sim: starts, reports MAC, link and negotiated features", () => {
+  const mac = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
+  const r = rig({ mac });
+  try {
+    assert.equal(r.port.started, true);
+    assert.deepEqual([...r.port.mac], [...mac]);
+    assert.equal(r.port.linkUp, true);
+    assert.ok(r.port.features !== 0n);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: a single frame in and out, byte-exact", () => {
+  const r = rig();
+  try {
+    const f = testFrame(60, 7);
+    assert.equal(r.t.wire.inject(f), true);
+    const got = receive(r, 1);
+    assert.equal(got.length, 1);
+    assert.deepEqual(bytesOf(r.pool, got[0]), f);
+    assert.equal(r.pool.port[got[0]], 0);
+    transmit(r, got);
+    assert.equal(r.sent.length, 1);
+    assert.deepEqual(r.sent[0], f);
+    assert.equal(r.port.stats.rxPackets, 1);
+    assert.equal(r.port.stats.txPackets, 1);
+    assert.equal(r.port.stats.rxBytes, 60);
+    assert.equal(r.port.stats.txBytes, 60);
+    assert.equal(r.port.queueStats.rx[0].rxPackets, 1);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: bursts of every frame size from 60 to 1518 keep order and content", () => {
+  const r = rig();
+  try {
+    const sizes = [60, 61, 64, 127, 128, 256, 511, 512, 1000, 1499, 1500, 1514, 1518];
+    const frames = sizes.map((s, i) => testFrame(s, i));
+    for (const f of frames) assert.equal(r.t.wire.inject(f), true);
+    const got = receive(r, frames.length);
+    assert.equal(got.length, frames.length);
+    got.forEach((m, i) => assert.deepEqual(bytesOf(r.pool, m), frames[i]));
+    transmit(r, got);
+    assert.deepEqual(r.sent, frames);
+    assert.equal(r.pool.available, 2048 - 256);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: more than 65536 frames through 256-entry rings (index wrap-around)", () => {
+  const r = rig({}, { rxd: 256, txd: 256 });
+  let checked = 0;
+  let bad = 0;
+  const res = new Uint32Array(4);
+  r.t.wire.onTransmit = (f) => {
+    if (checkTestFrame(f, 0, f.length, res) !== FrameCheck.OK || res[1] !== checked) bad++;
+    checked++;
+  };
+  try {
+    const total = 70_000;
+    const pkts = new Uint32Array(32);
+    const f = new Uint8Array(64);
+    let injected = 0;
+    let forwarded = 0;
+    for (let guard = 0; forwarded < total && guard < 100_000; guard++) {
+      while (injected < total && injected - forwarded < 128) {
+        writeTestFrame(f, 0, 64, 1, injected, PEER, PEER);
+        if (!r.t.wire.inject(f)) break;
+        injected++;
+      }
+      r.port.poll();
+      const n = r.port.rxBurst(0, pkts, 32);
+      let k = 0;
+      while (k < n) k += r.port.txBurst(0, pkts.subarray(k), n - k);
+      forwarded += n;
+    }
+    for (let i = 0; i < 10; i++) {
+      r.port.poll();
+      r.port.txBurst(0, pkts, 0);
+    }
+    assert.equal(forwarded, total);
+    assert.equal(checked, total);
+    assert.equal(bad, 0);
+    assert.equal(r.port.stats.rxErrors + r.port.stats.txErrors, 0);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: mergeable RX assembles a 9000-byte frame from 2 KiB buffers", () => {
+  const r = rig({ mtu: 9000, mrgRxbuf: true }, { mtu: 9000 });
+  try {
+    assert.ok((r.port.features & (1n << 15n)) !== 0n, "MRG_RXBUF negotiated");
+    const f = testFrame(9018, 3);
+    assert.equal(r.t.wire.inject(f), true);
+    const got = receive(r, 1);
+    assert.equal(got.length, 1);
+    const m = got[0];
+    assert.ok(r.pool.nbSegs[m] >= 5, `segments: ${r.pool.nbSegs[m]}`);
+    assert.equal(r.pool.pktLen[m], 9018);
+    assert.deepEqual(bytesOf(r.pool, m), f);
+    // and back out as a descriptor chain
+    transmit(r, [m]);
+    assert.deepEqual(r.sent, [f]);
+    assert.equal(r.pool.available, 2048 - 256);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: without mergeable buffers a large MTU needs a large data room", () => {
+  assert.throws(
+    () => rig({ mtu: 9000, mrgRxbuf: false }, { mtu: 9000 }),
+    /port 0: MTU 9000 needs 9018-byte frames in one buffer.*dataRoom >= 9018/,
+  );
+  const r = rig({ mtu: 9000, mrgRxbuf: false }, { mtu: 9000, rxd: 64, txd: 64 }, {
+    count: 256,
+    dataRoom: 9018,
+  });
+  try {
+    const f = testFrame(9018, 4);
+    assert.equal(r.t.wire.inject(f), true);
+    const got = receive(r, 1);
+    assert.equal(r.pool.nbSegs[got[0]], 1);
+    assert.deepEqual(bytesOf(r.pool, got[0]), f);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: multi-segment TX leaves as one frame, content exact", () => {
+  const r = rig();
+  try {
+    const f = testFrame(1400, 9);
+    const m = r.pool.fromBytes(f, 300);
+    assert.equal(r.pool.nbSegs[m], 5);
+    transmit(r, [m]);
+    assert.deepEqual(r.sent, [f]);
+    assert.equal(r.port.stats.txBytes, 1400);
+    assert.equal(r.pool.available, 2048 - 256);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: software VLAN strip on RX and insert on TX, byte-exact", () => {
+  const r = rig({}, { vlanStrip: true, vlanInsert: 0x6005 });
+  try {
+    const plain = testFrame(100, 1);
+    const tagged = new Uint8Array(104);
+    tagged.set(plain.subarray(0, 12));
+    tagged.set([0x81, 0x00, 0x20, 0x0a], 12);
+    tagged.set(plain.subarray(12), 16);
+    assert.equal(r.t.wire.inject(tagged), true);
+    const got = receive(r, 1);
+    assert.equal(got.length, 1);
+    const m = got[0];
+    assert.equal(r.pool.flags[m] & MbufFlag.VLAN_STRIPPED, MbufFlag.VLAN_STRIPPED);
+    assert.equal(r.pool.vlanTci[m], 0x200a);
+    assert.deepEqual(bytesOf(r.pool, m), plain);
+    // port-wide insert uses the configured TCI...
+    transmit(r, [m]);
+    const out = new Uint8Array(104);
+    out.set(plain.subarray(0, 12));
+    out.set([0x81, 0x00, 0x60, 0x05], 12);
+    out.set(plain.subarray(12), 16);
+    assert.deepEqual(r.sent[0], out);
+    // ...and a per-mbuf VLAN_INSERT uses the mbuf's own TCI
+    const m2 = r.pool.fromBytes(plain);
+    r.pool.flags[m2] = MbufFlag.VLAN_INSERT;
+    r.pool.vlanTci[m2] = 0x0123;
+    transmit(r, [m2]);
+    out.set([0x81, 0x00, 0x01, 0x23], 12);
+    assert.deepEqual(r.sent[1], out);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: every buffer is back in the pool after stop, with frames in flight both ways", () => {
+  const r = rig();
+  try {
+    for (let i = 0; i < 20; i++) r.t.wire.inject(testFrame(64 + i, i));
+    const got = receive(r, 10); // 10 taken, 10 still in the RX ring
+    assert.equal(got.length, 10);
+    const arr = Uint32Array.from(got);
+    assert.equal(r.port.txBurst(0, arr, 10), 10); // in the TX ring, not yet completed
+    const more = r.pool.fromBytes(testFrame(200, 99), 100);
+    r.port.txBurst(0, Uint32Array.of(more), 1);
+    r.port.stop();
+    assert.equal(r.pool.available, 2048);
+    assert.equal(r.port.rxBurst(0, arr, 10), 0);
+    r.port.start();
+    r.port.stop();
+    assert.equal(r.pool.available, 2048);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: an empty pool drops frames as rxNoMbuf and recovers", () => {
+  const r = rig({}, { rxd: 64, txd: 64 }, { count: 64 + 4 });
+  try {
+    const held: number[] = [];
+    for (let m = r.pool.alloc(); m !== NONE; m = r.pool.alloc()) held.push(m);
+    for (let i = 0; i < 5; i++) r.t.wire.inject(testFrame(64, i));
+    assert.equal(receive(r, 5, 20).length, 0);
+    assert.ok(r.port.stats.rxNoMbuf >= 1);
+    for (const m of held) r.pool.free(m);
+    r.t.wire.inject(testFrame(70, 100));
+    const got = receive(r, 1);
+    assert.equal(got.length, 1);
+    assert.equal(r.pool.pktLen[got[0]], 70);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: link down and up from the device reach onLinkChange", () => {
+  const r = rig();
+  try {
+    const seen: boolean[] = [];
+    r.port.onLinkChange = (up) => seen.push(up);
+    r.t.setLink(false);
+    for (let i = 0; i < 10; i++) r.port.poll();
+    assert.equal(r.port.linkUp, false);
+    r.t.setLink(true);
+    for (let i = 0; i < 10; i++) r.port.poll();
+    assert.equal(r.port.linkUp, true);
+    assert.deepEqual(seen, [false, true]);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: a device that starts with the link down reports it", () => {
+  const r = rig({ linkUp: false });
+  try {
+    assert.equal(r.port.linkUp, false);
+  } finally {
+    r.close();
+  }
+});
+
+Deno.test("port + sim: the device polls (VRING_USED_F_NO_NOTIFY), so traffic makes no kicks", () => {
+  const r = rig();
+  try {
+    let kicks = 0;
+    const notify = r.t.notify.bind(r.t);
+    r.t.notify = (q: number) => {
+      kicks++;
+      notify(q);
+    };
+    const pkts = new Uint32Array(32);
+    let moved = 0;
+    for (let round = 0; round < 50; round++) {
+      for (let i = 0; i < 8; i++) r.t.wire.inject(testFrame(64, round * 8 + i));
+      r.port.poll();
+      const n = r.port.rxBurst(0, pkts, 32);
+      moved += r.port.txBurst(0, pkts, n);
+    }
+    r.port.setPromiscuous(true); // the control queue too
+    assert.ok(moved >= 300, `moved ${moved}`);
+    assert.equal(kicks, 0);
+  } finally {
+    r.close();
+  }
 });

@@ -157,7 +157,8 @@ guestTest("pci: transitional used as legacy; HMP set_link seen as link events", 
   });
   await t.step("set_link off/on: uio interrupt (modern) and ISR polling (legacy)", async () => {
     const p = await g.spawn(
-      `exec ${FWD} --duration 40 ${legacy.pciAddress},irq=poll ${modern.pciAddress}`,
+      `rm -f /tmp/stop-fwd; exec ${FWD} --duration 90 --stop-file /tmp/stop-fwd ` +
+        `${legacy.pciAddress},irq=poll ${modern.pciAddress}`,
     );
     await p.waitForOutput(/^ready$/m, 90);
     assert.match(await p.output(), /Port 0: .*poll link events\) link up/);
@@ -181,8 +182,9 @@ guestTest("pci: transitional used as legacy; HMP set_link seen as link events", 
     }
     const out = await p.output();
     assert.equal((out.match(/link state change event/g) ?? []).length, 6, out);
-    await g.exec("killall -KILL deno 2>/dev/null; true");
-    await p.wait(30).catch(() => undefined);
+    await g.exec("touch /tmp/stop-fwd");
+    const end = await p.wait(30);
+    assert.equal(end.code, 0, end.output);
   });
 });
 

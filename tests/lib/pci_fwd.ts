@@ -3,7 +3,8 @@
  * two PCI ports in both directions (port 0 RX -> port 1 TX and back) with the driver's Port, and
  * prints `Port N: link state change event (up|down)` on link changes.
  *
- *   deno run -A tests/lib/pci_fwd.ts [--duration S] [--idle S] [--rxd N] [--txd N] [--retry]
+ *   deno run -A tests/lib/pci_fwd.ts [--duration S] [--idle S] [--stop-file PATH] [--rxd N]
+ *       [--txd N] [--retry]
  *       0000:00:04.0[,portio=sysfs] 0000:00:05.0[,mode=modern]
  *
  * A frame the other port's TX ring cannot take is dropped (counted in txDropped), as testpmd's io
@@ -12,7 +13,8 @@
  *
  * Prints `ready` once both ports are started, and a final JSON line `{"ports":[stats, stats],
  * "seconds": S}`. Stops after `--duration` seconds, or `--idle` seconds without a frame once
- * frames have flowed (the loop is synchronous: no signals are handled).
+ * frames have flowed, or once PATH exists (checked every 200 ms; the loop is synchronous, so no
+ * signals are handled). Ports are stopped (device reset) before the process exits.
  */
 import { parseArgs } from "cli-args";
 import { MbufPool } from "../../mod/mbuf.ts";
@@ -34,6 +36,15 @@ function openPort(id: number, spec: string): Port {
   return port;
 }
 
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function main(): number {
   const { values, positionals } = parseArgs({
     args: Deno.args,
@@ -44,6 +55,7 @@ function main(): number {
       rxd: { type: "string", default: "256" },
       txd: { type: "string", default: "256" },
       retry: { type: "boolean", default: false },
+      "stop-file": { type: "string" },
     },
   });
   if (positionals.length !== 2) throw new Error("two PCI port specs wanted");
@@ -68,6 +80,8 @@ function main(): number {
     let lastFrame = start;
     let flowed = false;
     let iter = 0;
+    const stopFile = values["stop-file"];
+    let nextStopCheck = 0;
     for (;;) {
       for (let i = 0; i < 2; i++) {
         const pkts = held[i];
@@ -98,6 +112,10 @@ function main(): number {
         const now = performance.now();
         if (lastFrame < 0) lastFrame = now;
         if (now > end || (idleMs > 0 && flowed && now - lastFrame > idleMs)) break;
+        if (stopFile !== undefined && now > nextStopCheck) {
+          nextStopCheck = now + 200;
+          if (exists(stopFile)) break;
+        }
       }
     }
     for (let i = 0; i < 2; i++) for (let j = 0; j < heldN[i]; j++) pool.free(held[i][j]);

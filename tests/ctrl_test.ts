@@ -6,6 +6,10 @@
 import assert from "assert";
 import { DmaRegion } from "../ffi/dma.ts";
 import type { DmaKind } from "../ffi/dma.ts";
+import { MbufPool } from "../mod/mbuf.ts";
+import { Port } from "../mod/port.ts";
+import { SimTransport } from "../mod/sim/transport.ts";
+import { writeTestFrame } from "../mod/testframe.ts";
 import type { QueueMemory, VirtioTransport } from "../mod/transport/transport.ts";
 import { Avail, Ctrl, Desc, Used } from "../mod/virtio/constants.ts";
 import { CtrlQueue } from "../mod/virtio/ctrl_queue.ts";
@@ -130,5 +134,109 @@ Deno.test("ctrl queue: a device that never answers times out, and the queue stay
     );
   } finally {
     h.close();
+  }
+});
+
+// ---- through the Port, against the simulated device's receive filter ----
+
+function simPort(opts: Partial<ConstructorParameters<typeof SimTransport>[0]> = {}) {
+  const t = new SimTransport({ name: "c0", gen: false, ...opts });
+  const pool = new MbufPool({ count: 512, kind: t.dmaKinds[0] });
+  const port = new Port(0, t, { log: () => {} });
+  const close = () => {
+    port.close();
+    t.close();
+    pool.close();
+  };
+  return { t, pool, port, close };
+}
+
+function frameTo(dst: Uint8Array, vid = -1): Uint8Array {
+  const f = new Uint8Array(vid >= 0 ? 64 : 60);
+  writeTestFrame(f, 0, 60, 1, 0, dst, Uint8Array.of(2, 0, 0, 0, 0, 9));
+  if (vid >= 0) {
+    f.copyWithin(16, 12, 60);
+    f.set([0x81, 0x00, vid >> 8, vid & 0xff], 12);
+  }
+  return f;
+}
+
+/** Inject `frames`, run the device, and return how many reached the driver (freed). */
+function deliver(s: ReturnType<typeof simPort>, frames: Uint8Array[]): number {
+  for (const f of frames) s.t.wire.inject(f);
+  const pkts = new Uint32Array(64);
+  let got = 0;
+  for (let i = 0; i < 20; i++) {
+    s.port.poll();
+    const n = s.port.rxBurst(0, pkts, 64);
+    for (let k = 0; k < n; k++) s.pool.free(pkts[k]);
+    got += n;
+  }
+  return got;
+}
+
+Deno.test("ctrl + sim: RX mode, MAC table, MAC address and VLAN filters reach the device", () => {
+  const s = simPort({ mac: Uint8Array.of(2, 0, 0, 0, 0, 1) });
+  try {
+    s.port.configure({ pool: s.pool });
+    s.port.start();
+    const flt = s.t.device.filter;
+    const other = Uint8Array.of(2, 0, 0, 0, 0, 0x77);
+    const mcast = Uint8Array.of(1, 0, 0x5e, 0, 0, 5);
+    s.port.setPromiscuous(false);
+    s.port.setAllMulticast(false);
+    assert.equal(flt.promisc, false);
+    assert.equal(flt.allmulti, false);
+    // the device now drops unicast to other addresses and unlisted multicast
+    assert.equal(deliver(s, [frameTo(s.port.mac), frameTo(other), frameTo(mcast)]), 1);
+    s.port.setMacTable([other], [mcast]);
+    assert.deepEqual(flt.unicast.map((m) => [...m]), [[...other]]);
+    assert.deepEqual(flt.multicast.map((m) => [...m]), [[...mcast]]);
+    assert.equal(deliver(s, [frameTo(other), frameTo(mcast)]), 2);
+    const mine = Uint8Array.of(2, 0, 0, 0, 0, 0x42);
+    s.port.setMacAddress(mine);
+    assert.deepEqual([...s.port.mac], [...mine]);
+    assert.equal(deliver(s, [frameTo(mine)]), 1);
+    s.port.addVlan(10);
+    s.port.addVlan(20);
+    s.port.removeVlan(10);
+    assert.deepEqual([...flt.vlans], [20]);
+    assert.equal(deliver(s, [frameTo(mine, 10), frameTo(mine, 20)]), 1);
+    assert.equal(s.t.device.errors.ctrlErrors, 0);
+    // a restart (device reset clears its filter) sends the remembered state again
+    s.port.stop();
+    s.port.start();
+    assert.equal(flt.promisc, false);
+    assert.deepEqual([...flt.vlans], [20]);
+    assert.deepEqual(flt.unicast.map((m) => [...m]), [[...other]]);
+  } finally {
+    s.close();
+  }
+});
+
+Deno.test("ctrl + sim: a device without CTRL_VLAN or without a control queue gives the named error", () => {
+  const a = simPort({ ctrlVlan: false });
+  try {
+    a.port.configure({ pool: a.pool });
+    a.port.start();
+    assert.throws(
+      () => a.port.addVlan(7),
+      /^Error: port 0: the device does not offer VIRTIO_NET_F_CTRL_VLAN, so VLAN filters cannot be set; run without --vlan-filter$/,
+    );
+    a.port.setPromiscuous(true); // the rest of the control path still works
+    assert.equal(a.t.device.filter.promisc, true);
+  } finally {
+    a.close();
+  }
+  const b = simPort({ ctrlVq: false });
+  try {
+    b.port.configure({ pool: b.pool });
+    b.port.start();
+    assert.throws(
+      () => b.port.setPromiscuous(false),
+      /the device does not offer VIRTIO_NET_F_CTRL_VQ, so promiscuous mode cannot be set; run without --no-promisc/,
+    );
+  } finally {
+    b.close();
   }
 });

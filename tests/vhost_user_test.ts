@@ -164,7 +164,7 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
       frames += f;
       bytes += b;
     };
-    spin(1000, take);
+    until(5000, take, () => frames >= 50_000);
     await pmd.cmd("stop");
     spin(200, take);
     const sent = pmd.stats();
@@ -177,9 +177,9 @@ peerTest(testpmdPeer, "vhost-user: handshake, config and bare rings both ways", 
     await pmd.cmd("clear port stats all");
     await pmd.cmd("start");
     let queued = 0;
-    spin(500, () => {
+    until(5000, () => {
       queued += rings!.send(32);
-    });
+    }, () => queued > 20_000);
     await untilReceived(pmd, queued, () => rings!.send(0));
     await pmd.cmd("stop");
     const got = pmd.stats();
@@ -360,11 +360,20 @@ function openPort(
 }
 
 /** Receive for `ms`; frees every frame and returns [frames, bytes]. */
-function rxFor(s: Side, ms: number, check?: (m: number) => void): [number, number] {
+/**
+ * Receive for `ms` (or, with `enough`, until that many frames came, within `ms`); frees every
+ * frame and returns [frames, bytes].
+ */
+function rxFor(
+  s: Side,
+  ms: number,
+  check?: (m: number) => void,
+  enough = Infinity,
+): [number, number] {
   const pkts = new Uint32Array(32);
   let frames = 0;
   let bytes = 0;
-  spin(ms, () => {
+  until(ms, () => {
     const n = s.port.rxBurst(0, pkts, 32);
     for (let i = 0; i < n; i++) {
       check?.(pkts[i]);
@@ -373,7 +382,7 @@ function rxFor(s: Side, ms: number, check?: (m: number) => void): [number, numbe
     }
     frames += n;
     s.port.poll();
-  });
+  }, () => frames >= enough);
   return [frames, bytes];
 }
 
@@ -394,16 +403,16 @@ function forwardAtLeast(s: Side, n: number): boolean {
 }
 
 /** io-forward frames back out of the same port for `ms`; returns frames forwarded. */
-function forwardFor(s: Side, ms: number): number {
+function forwardFor(s: Side, ms: number, enough = Infinity): number {
   const pkts = new Uint32Array(32);
   let moved = 0;
-  spin(ms, () => {
+  until(ms, () => {
     const n = s.port.rxBurst(0, pkts, 32);
     const k = n > 0 ? s.port.txBurst(0, pkts, n) : 0;
     for (let i = k; i < n; i++) s.pool.free(pkts[i]);
     moved += k;
     s.port.poll();
-  });
+  }, () => moved >= enough);
   return moved;
 }
 
@@ -420,7 +429,7 @@ for (const mrg of [true, false]) {
         assert.equal(side.port.linkUp, true);
         assert.equal(has(side.port.features, NetFeature.MRG_RXBUF), mrg);
         await pmd.cmd("start");
-        let [frames, bytes] = rxFor(side, 1000);
+        let [frames, bytes] = rxFor(side, 5000, undefined, 50_000);
         await pmd.cmd("stop");
         const [f2, b2] = rxFor(side, 200);
         frames += f2;
@@ -454,7 +463,7 @@ for (const mrg of [true, false]) {
         let sent = 0;
         let bytes = 0;
         let seq = 0;
-        spin(1000, () => {
+        until(5000, () => {
           let n = 0;
           while (n < 32) {
             const m = pool.alloc();
@@ -471,7 +480,7 @@ for (const mrg of [true, false]) {
           seq -= n - k;
           sent += k;
           port.poll();
-        });
+        }, () => sent >= 50_000);
         await untilReceived(pmd, sent, () => port.txBurst(0, pkts, 0));
         await pmd.cmd("stop");
         const s = pmd.stats();
@@ -497,7 +506,7 @@ peerTest(
     try {
       side = openPort(sock);
       await pmd.cmd("start tx_first");
-      const moved = forwardFor(side, 1500);
+      const moved = forwardFor(side, 5000, 50_000);
       await pmd.cmd("stop");
       forwardFor(side, 200);
       const s = pmd.stats();
@@ -530,7 +539,7 @@ peerTest(
       const frame = new Uint8Array(8192);
       let bad = 0;
       let multi = 0;
-      const [frames, bytes] = rxFor(side, 800, (m) => {
+      const [frames, bytes] = rxFor(side, 5000, (m) => {
         const len = side!.pool.read(m, frame);
         if (side!.pool.nbSegs[m] > 1) multi++;
         // Ethernet/IPv4/UDP headers of testpmd's txonly frame, with lengths of the whole frame.
@@ -540,7 +549,7 @@ peerTest(
           len !== 5000 || side!.pool.pktLen[m] !== 5000 || frame[12] !== 0x08 ||
           frame[13] !== 0x00 || ipLen !== 5000 - 14 || udpLen !== 5000 - 34
         ) bad++;
-      });
+      }, 20_000);
       await pmd.cmd("stop");
       const [f2, b2] = rxFor(side, 200);
       const s = pmd.stats();
@@ -671,7 +680,7 @@ peerTest(testpmdPeer, "vhost-user port: two queue pairs (MQ), frames arrive on b
       }
       port!.poll();
     };
-    spin(800, take);
+    until(5000, take, () => perQueue[0] > 20_000 && perQueue[1] > 20_000);
     await pmd.cmd("stop");
     spin(200, take);
     const s = pmd.stats();

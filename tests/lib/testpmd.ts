@@ -47,6 +47,8 @@ export interface EthStats {
 }
 
 let counter = 0;
+/** Where scripts/setup-dpdk.sh mounts hugetlbfs (DPDK's default). */
+const HUGETLBFS = "/dev/hugepages";
 const SOCK_SEQPACKET = 5;
 
 export class Testpmd {
@@ -206,7 +208,7 @@ export class Testpmd {
   }
 
   /** Quit (killing it if it does not exit within `timeoutMs`) and remove its runtime files. */
-  async stop(timeoutMs = 3000): Promise<void> {
+  async stop(timeoutMs = 10_000): Promise<void> {
     if (!this.#exited) {
       try {
         await this.#stdin.write(new TextEncoder().encode("stop\nquit\n"));
@@ -229,6 +231,14 @@ export class Testpmd {
       Deno.removeSync(`/var/run/dpdk/${this.prefix}`, { recursive: true });
     } catch {
       // nothing left behind
+    }
+    // A killed testpmd leaves its hugepage files behind (holding the pages): remove them.
+    try {
+      for (const e of Deno.readDirSync(HUGETLBFS)) {
+        if (e.name.startsWith(`${this.prefix}map_`)) Deno.removeSync(`${HUGETLBFS}/${e.name}`);
+      }
+    } catch {
+      // no hugetlbfs mounted there
     }
     if (!Deno.env.get("VPMD_KEEP_LOGS")) {
       try {

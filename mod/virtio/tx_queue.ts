@@ -109,8 +109,9 @@ export class TxQueue {
     while (used !== usedIdx) {
       let id = u32[usedRing + 2 * (used & mask)];
       if (id >= size || mbuf[id] === NONE) {
-        // Not the head of a chain in flight. Devices complete transmissions in avail order, so
-        // this entry stood for the chain published at the same position: take that one back.
+        // Not the head of a chain in flight: only a misbehaving device gets here. Devices
+        // complete transmissions in avail order, so this entry stood for the chain published at
+        // the same position: take that one back rather than lose its descriptors for good.
         errors++;
         id = availHead[used & mask];
         if (mbuf[id] === NONE) {

@@ -836,3 +836,43 @@ Deno.test("vhost-user: a reply to the wrong request is an error naming both", as
     );
   });
 });
+
+peerTest(testpmdPeer, "vhost-user CLI: vpmd fwd vhost-user:PATH --mode rxonly --json", async () => {
+  const sock = socketPath("cli");
+  const pmd = await Testpmd.start({
+    vdev: `net_vhost0,iface=${sock},queues=1`,
+    fwd: "txonly",
+    autoStart: true,
+  });
+  try {
+    const main = new URL("../main.ts", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        main,
+        "fwd",
+        `vhost-user:${sock}`,
+        "--mode",
+        "rxonly",
+        "--duration",
+        "2",
+        "--json",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    const last = new TextDecoder().decode(out.stdout).trim().split("\n").pop()!;
+    const summary = JSON.parse(last);
+    const p = summary.ports[0];
+    assert.match(p.name, /vhost-user:/);
+    assert.ok(p.rxPackets > 1000, `only ${p.rxPackets} frames`);
+    assert.ok(p.rxPackets <= pmd.stats().opackets); // never more than the backend delivered
+    assert.equal(p.rxErrors, 0);
+    assert.equal(p.rxBytes, p.rxPackets * 64); // testpmd's txonly frames are 64 bytes
+  } finally {
+    await pmd.stop();
+  }
+});

@@ -147,9 +147,9 @@ Deno.test("sim: link down/up is reported through onLinkChange", () => {
     const seen: boolean[] = [];
     port.onLinkChange = (up) => seen.push(up);
     assert.equal(port.linkUp, true);
-    t.setLink(false);
+    t.device.setLink(false);
     port.poll();
-    t.setLink(true);
+    t.device.setLink(true);
     port.poll();
     assert.deepEqual(seen, [false, true]);
   } finally {

@@ -4,117 +4,80 @@
  * code so that a misreading is not mirrored on both sides.
  *
  * Transmit queues (5.1.6.2): each available chain is a device-readable net header followed by the
- * frame; the frame goes to the wire, the used entry gets length 0. Receive queues (5.1.6.3/4):
- * a frame is written as header + data into one available chain, or with MRG_RXBUF into as many
- * chains (buffers) as needed, `num_buffers` telling how many; each used entry carries the bytes
- * written. The control queue (5.1.6.5) acknowledges RX mode, MAC table/address, VLAN and
- * announce commands. Every descriptor the driver gives is checked (index, flags, address range):
- * a bad one sets DEVICE_NEEDS_RESET and the queue stops, memory outside the driver's regions is
- * never touched.
+ * frame; the frame goes to the wire (dropped while the link is down), the used entry gets length
+ * 0. Receive queues (5.1.6.3/4): a frame is written as header + data into one available chain, or
+ * with MRG_RXBUF into as many chains (buffers) as needed, `num_buffers` telling how many; each
+ * used entry carries the bytes written. The control queue (5.1.6.5) handles RX mode, MAC
+ * table/address, VLAN, announce and multiqueue commands, each only when its feature was
+ * negotiated (else the ack is ERR). Every descriptor the driver gives is checked (index, flags,
+ * address range): a bad one sets DEVICE_NEEDS_RESET and the device stops; memory outside the
+ * driver's regions is never touched.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory } from "../transport/transport.ts";
-import { Avail, Ctrl, Desc, Eth, NetHdr, Used } from "../virtio/constants.ts";
-import { SimWire, WIRE_MAX_FRAME } from "./wire.ts";
-
-/** One virtqueue as the device sees it. */
-class DeviceQueue {
-  readonly size: number;
-  readonly u8: Uint8Array;
-  readonly u16: Uint16Array;
-  readonly u32: Uint32Array;
-  readonly desc: number;
-  readonly avail: number;
-  readonly used: number;
-  /** Next avail ring slot to read (free-running 16-bit). */
-  lastAvail = 0;
-  /** Next used ring slot to write (free-running 16-bit). */
-  usedIdx = 0;
-
-  constructor(q: QueueMemory) {
-    this.size = q.size;
-    this.u8 = q.region.u8;
-    this.u16 = q.region.u16;
-    this.u32 = q.region.u32;
-    this.desc = q.descOffset;
-    this.avail = q.availOffset;
-    this.used = q.usedOffset;
-    // 2.7.10: we poll; the driver need not kick.
-    this.u16[(this.used + Used.FLAGS) >> 1] = Used.F_NO_NOTIFY;
-  }
-
-  /** Chains the driver made available and we have not taken. */
-  pending(): number {
-    return (this.u16[(this.avail + Avail.IDX) >> 1] - this.lastAvail) & 0xffff;
-  }
-
-  /** Take the next available head (caller checked pending() > 0). */
-  take(): number {
-    const slot = this.lastAvail % this.size;
-    this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    return this.u16[(this.avail + Avail.RING) / 2 + slot];
-  }
-
-  putUsed(id: number, len: number): void {
-    const e = (this.used + Used.RING + (this.usedIdx % this.size) * Used.ELEM_SIZE) >> 2;
-    this.u32[e] = id;
-    this.u32[e + 1] = len;
-    this.usedIdx = (this.usedIdx + 1) & 0xffff;
-  }
-
-  publish(): void {
-    this.u16[(this.used + Used.IDX) >> 1] = this.usedIdx;
-  }
-
-  descAddr(d: number): number {
-    const w = (this.desc + d * Desc.SIZE) >> 2;
-    return this.u32[w] + this.u32[w + 1] * 2 ** 32;
-  }
-  descLen(d: number): number {
-    return this.u32[(this.desc + d * Desc.SIZE + Desc.LEN) >> 2];
-  }
-  descFlags(d: number): number {
-    return this.u16[(this.desc + d * Desc.SIZE + Desc.FLAGS) >> 1];
-  }
-  descNext(d: number): number {
-    return this.u16[(this.desc + d * Desc.SIZE + Desc.NEXT) >> 1];
-  }
-}
+import {
+  Ctrl,
+  Desc,
+  Eth,
+  Feature,
+  has,
+  NetFeature,
+  NetHdr,
+  netHdrSize,
+  NetQueue,
+} from "../virtio/constants.ts";
+import { DeviceQueue } from "./queue.ts";
+import { type SimWire, WIRE_MAX_FRAME } from "./wire.ts";
 
 /** Receive filter state as the control queue set it (5.1.6.5.1 - 5.1.6.5.3). */
 export interface RxFilter {
+  /** Promiscuous: every frame passes (the reset state, as on QEMU). */
   promisc: boolean;
   allmulti: boolean;
   unicast: Uint8Array[];
   multicast: Uint8Array[];
+  /** VLAN ids added; with CTRL_VLAN negotiated, tagged frames of other VLANs are dropped. */
   vlans: Set<number>;
 }
 
 export interface DeviceErrors {
   /** Descriptors with a bad index, flags, length or address: the device needed a reset. */
   badDescriptors: number;
-  /** RX frames that did not fit the buffers available (without MRG_RXBUF: one chain). */
-  rxTooBig: number;
+  /** Transmit chains shorter than the net header, or frames longer than 64 KiB: dropped. */
+  txMalformed: number;
   /** Control commands answered with ERR. */
   ctrlErrors: number;
 }
 
 /**
  * Misbehaviour on purpose (for the driver's robustness tests): every `EVIL_EVERY`th received
- * frame gets a used entry with an id out of range (`bad-id`), a length beyond the buffer
- * (`bad-len`), a num_buffers larger than the buffers used (`bad-num-buffers`), or the used index
- * is published more than a ring ahead once (`idx-jump`). Good frames keep flowing in between.
+ * frame gets a used entry with an id out of range (`bad-id`), a length beyond the buffer posted
+ * (`bad-len`), a num_buffers larger than the ring (`bad-num-buffers`), or the used index is
+ * published more than a ring ahead for one poll (`idx-jump`). Good frames keep flowing in between.
  */
 export type EvilMode = "bad-id" | "bad-len" | "bad-num-buffers" | "idx-jump";
 export const EVIL_MODES: readonly EvilMode[] = ["bad-id", "bad-len", "bad-num-buffers", "idx-jump"];
-const EVIL_EVERY = 7;
+export const EVIL_EVERY = 7;
 
 /** Most frames delivered to one receive queue per poll. */
-const RX_BATCH = 1024;
+const RX_BATCH = 512;
+
+export interface SimDeviceOptions {
+  mac: Uint8Array;
+  /** Queue pairs the device has (max_virtqueue_pairs). */
+  queuePairs: number;
+  /** The device wants kicks and works on a queue only after one (else it polls). */
+  notify: boolean;
+  linkUp: boolean;
+  evil: EvilMode | null;
+}
 
 export class SimDevice {
   readonly wire: SimWire;
+  /** The device's MAC address (config space; MAC_ADDR_SET changes it). */
   readonly mac: Uint8Array;
+  readonly queuePairs: number;
+  readonly notifyMode: boolean;
   readonly filter: RxFilter = {
     promisc: true,
     allmulti: true,
@@ -122,43 +85,105 @@ export class SimDevice {
     multicast: [],
     vlans: new Set(),
   };
-  readonly errors: DeviceErrors = { badDescriptors: 0, rxTooBig: 0, ctrlErrors: 0 };
+  readonly errors: DeviceErrors = { badDescriptors: 0, txMalformed: 0, ctrlErrors: 0 };
   /** Set when a descriptor was invalid: the transport reports DEVICE_NEEDS_RESET. */
   needsReset = false;
-  /** The driver acknowledged an announce (5.1.6.5.4). */
+  /** Link state (5.1.4 status VIRTIO_NET_S_LINK_UP). */
+  linkUp: boolean;
+  /** VIRTIO_NET_S_ANNOUNCE: set by `announce()`, cleared by the driver's ANNOUNCE_ACK. */
+  announcing = false;
   announceAcked = 0;
+  /** The configuration changed since the transport last looked (link, announce, needs reset). */
+  configChanged = false;
+  /** Queue pairs the driver enabled with VQ_PAIRS_SET (1 until then, 5.1.6.5.5). */
+  activePairs = 1;
   /** Deliberate misbehaviour (null: a correct device), and how many times it struck. */
-  evil: EvilMode | null = null;
+  readonly evil: EvilMode | null;
   evilCount = 0;
   #evilTick = 0;
-  #jump = false;
-  #jumped = false;
+  /** idx-jump: the true used.idx is published again on the next poll. */
+  #jumpedQueue: DeviceQueue | null = null;
 
+  #features = 0n;
   #hdr: number = NetHdr.SIZE;
   #mrg = false;
-  #rx: DeviceQueue | null = null;
-  #tx: DeviceQueue | null = null;
+  #eventIdx = false;
+  #vlanFiltering = false;
+  readonly #rx: (DeviceQueue | null)[];
+  readonly #tx: (DeviceQueue | null)[];
   #ctrl: DeviceQueue | null = null;
+  #rxTurn = 0;
   /** Driver memory: regions and their iova ranges (like a vhost-user memory table). */
-  #regions: DmaRegion[] = [];
+  readonly #regions: DmaRegion[] = [];
   readonly #scratch = new Uint8Array(WIRE_MAX_FRAME + 64);
   /** Translation result of `#map`: region bytes and offset. */
   #mapU8: Uint8Array = new Uint8Array(0);
   #mapOff = 0;
+  /** Mergeable RX: heads and sizes of the chains one frame uses (preallocated). */
+  #heads = new Uint16Array(0);
+  #rooms = new Uint32Array(0);
 
-  constructor(wire: SimWire, mac: Uint8Array) {
+  constructor(wire: SimWire, opts: SimDeviceOptions) {
     this.wire = wire;
-    this.mac = mac;
+    this.mac = Uint8Array.from(opts.mac);
+    this.wire.dst.set(this.mac);
+    this.queuePairs = opts.queuePairs;
+    this.notifyMode = opts.notify;
+    this.linkUp = opts.linkUp;
+    this.evil = opts.evil;
+    this.#rx = new Array(opts.queuePairs).fill(null);
+    this.#tx = new Array(opts.queuePairs).fill(null);
+  }
+
+  /** Change the link (5.1.4 status); the transport's next poll reports CONFIG_CHANGED. */
+  setLink(up: boolean): void {
+    if (up === this.linkUp) return;
+    this.linkUp = up;
+    this.configChanged = true;
+  }
+
+  /** Ask the driver to announce itself (VIRTIO_NET_S_ANNOUNCE, 5.1.6.5.4). */
+  announce(): void {
+    this.announcing = true;
+    this.configChanged = true;
+  }
+
+  /** Kicks, kicks the device had not asked for, and interrupts it would have sent (all queues). */
+  get kicks(): number {
+    return this.#sumQueues((q) => q.kicks);
+  }
+  get unaskedKicks(): number {
+    return this.#sumQueues((q) => q.unaskedKicks);
+  }
+  get interrupts(): number {
+    return this.#sumQueues((q) => q.interrupts);
+  }
+
+  #sumQueues(f: (q: DeviceQueue) => number): number {
+    let n = 0;
+    for (const q of [...this.#rx, ...this.#tx, this.#ctrl]) if (q !== null) n += f(q);
+    return n;
   }
 
   addMemory(region: DmaRegion): void {
+    if (region.pagePhys !== null) {
+      throw new Error(
+        `${region.name}: a simulated device reaches memfd or anonymous memory, not physical memory`,
+      );
+    }
     if (!this.#regions.includes(region)) this.#regions.push(region);
   }
 
-  /** Reset (2.1): forget queues and filters; memory stays known (the driver re-adds it). */
+  /** Reset (2.1): forget queues, features and filters; memory stays known (re-added anyway). */
   reset(): void {
-    this.#rx = this.#tx = this.#ctrl = null;
+    this.#rx.fill(null);
+    this.#tx.fill(null);
+    this.#ctrl = null;
+    this.#jumpedQueue = null;
     this.needsReset = false;
+    this.configChanged = false;
+    this.activePairs = 1;
+    this.#features = 0n;
     this.filter.promisc = true;
     this.filter.allmulti = true;
     this.filter.unicast = [];
@@ -166,17 +191,44 @@ export class SimDevice {
     this.filter.vlans.clear();
   }
 
-  /** Set the negotiated layout: header size (5.1.6.1) and mergeable RX buffers. */
-  negotiated(hdrSize: number, mrg: boolean): void {
-    this.#hdr = hdrSize;
-    this.#mrg = mrg;
+  /** The features the driver accepted (FEATURES_OK): header size (5.1.6.1), MRG_RXBUF, ... */
+  negotiated(features: bigint): void {
+    this.#features = features;
+    this.#hdr = netHdrSize(features);
+    this.#mrg = has(features, NetFeature.MRG_RXBUF);
+    this.#eventIdx = has(features, Feature.EVENT_IDX);
+    this.#vlanFiltering = has(features, NetFeature.CTRL_VLAN);
   }
 
-  setupQueue(role: "rx" | "tx" | "ctrl", q: QueueMemory): void {
-    const dq = new DeviceQueue(q);
-    if (role === "rx") this.#rx = dq;
-    else if (role === "tx") this.#tx = dq;
-    else this.#ctrl = dq;
+  /** Queue index of the control queue under the negotiated features (5.1.2). */
+  get ctrlIndex(): number {
+    return NetQueue.ctrl(has(this.#features, NetFeature.MQ) ? this.queuePairs : 1);
+  }
+
+  /** Whether queue `index` exists under the negotiated features. */
+  hasQueue(index: number): boolean {
+    const pairs = has(this.#features, NetFeature.MQ) ? this.queuePairs : 1;
+    if (index < 2 * pairs) return true;
+    return has(this.#features, NetFeature.CTRL_VQ) && index === this.ctrlIndex;
+  }
+
+  setupQueue(q: QueueMemory): void {
+    if (!this.hasQueue(q.index)) throw new Error(`queue ${q.index} does not exist`);
+    const dq = new DeviceQueue(q, this.#eventIdx, this.notifyMode);
+    if (q.index === this.ctrlIndex && has(this.#features, NetFeature.CTRL_VQ)) this.#ctrl = dq;
+    else if (q.index % 2 === 0) this.#rx[q.index >> 1] = dq;
+    else this.#tx[q.index >> 1] = dq;
+    if (q.size > this.#heads.length) {
+      this.#heads = new Uint16Array(q.size);
+      this.#rooms = new Uint32Array(q.size);
+    }
+  }
+
+  /** The driver notified queue `index` (2.7.13.3). */
+  kick(index: number): void {
+    if (index === this.ctrlIndex && this.#ctrl !== null) return this.#ctrl.kick();
+    const q = index % 2 === 0 ? this.#rx[index >> 1] : this.#tx[index >> 1];
+    q?.kick();
   }
 
   /** Translate [iova, iova+len) into `#mapU8`/`#mapOff`; false when outside every region. */
@@ -185,7 +237,7 @@ export class SimDevice {
     for (let i = 0; i < rs.length; i++) {
       const r = rs[i];
       const off = iova - r.iovaBase;
-      if (off >= 0 && off + len <= r.size && r.pagePhys === null) {
+      if (off >= 0 && off + len <= r.size) {
         this.#mapU8 = r.u8;
         this.#mapOff = off;
         return true;
@@ -196,15 +248,38 @@ export class SimDevice {
 
   #bad(): void {
     this.errors.badDescriptors++;
-    this.needsReset = true;
+    if (!this.needsReset) {
+      // 2.1.2: DEVICE_NEEDS_RESET comes with a configuration change notification.
+      this.needsReset = true;
+      this.configChanged = true;
+    }
   }
 
   /** Run the device once: transmit, control, receive. */
   run(): void {
     if (this.needsReset) return;
-    if (this.#tx !== null) this.#transmit(this.#tx);
-    if (this.#ctrl !== null) this.#control(this.#ctrl);
-    if (this.#rx !== null) this.#receive(this.#rx);
+    if (this.#jumpedQueue !== null) {
+      // idx-jump: the wrong index stood for one poll; the true one comes back.
+      this.#jumpedQueue.publish();
+      this.#jumpedQueue = null;
+    }
+    for (let p = 0; p < this.queuePairs; p++) {
+      const q = this.#tx[p];
+      if (q !== null && q.awake()) this.#transmit(q);
+      if (this.needsReset) return;
+    }
+    if (this.#ctrl !== null && this.#ctrl.awake()) this.#control(this.#ctrl);
+    if (this.needsReset || !this.linkUp) return;
+    const wire = this.wire;
+    wire.beginPoll();
+    const active = this.activePairs;
+    const first = this.#rxTurn++ % active;
+    for (let k = 0; k < active && !this.needsReset; k++) {
+      const p = (first + k) % active;
+      const q = this.#rx[p];
+      if (q !== null && q.awake()) this.#receive(q, p);
+    }
+    wire.endPoll();
   }
 
   // 2.7.13 / 5.1.6.2: consume transmit chains.
@@ -212,14 +287,17 @@ export class SimDevice {
     let n = q.pending();
     if (n === 0) return;
     const scratch = this.#scratch;
+    const max = WIRE_MAX_FRAME;
     while (n-- > 0) {
       const head = q.take();
       if (head >= q.size) return this.#bad();
       let d = head;
       let skip = this.#hdr;
       let len = 0;
+      /** Offset of the frame when it lies whole in one descriptor (checked in place), else -1. */
       let single = -1;
       let singleU8: Uint8Array = scratch;
+      let tooLong = false;
       for (let hops = 0;; hops++) {
         const flags = q.descFlags(d);
         const dl = q.descLen(d);
@@ -228,16 +306,17 @@ export class SimDevice {
         const s = Math.min(skip, dl);
         skip -= s;
         const part = dl - s;
-        if (part > 0) {
-          if (len + part > WIRE_MAX_FRAME) return this.#bad();
-          if (len === 0 && single === -1) {
-            // Maybe the whole frame is in this one descriptor: check it in place.
+        if (part > 0 && !tooLong) {
+          if (len + part > max) {
+            tooLong = true;
+          } else if (len === 0) {
             single = this.#mapOff + s;
             singleU8 = this.#mapU8;
           } else {
             if (single >= 0) {
+              // The frame continues in a further descriptor: gather it into the scratch buffer.
               scratch.set(singleU8.subarray(single, single + len), 0);
-              single = -2;
+              single = -1;
             }
             scratch.set(this.#mapU8.subarray(this.#mapOff + s, this.#mapOff + dl), len);
           }
@@ -247,119 +326,154 @@ export class SimDevice {
         d = q.descNext(d);
         if (d >= q.size) return this.#bad();
       }
-      if (single >= 0) this.wire.transmitted(singleU8, single, len);
-      else this.wire.transmitted(scratch, 0, len);
       q.putUsed(head, 0);
+      if (skip > 0 || tooLong) this.errors.txMalformed++;
+      else if (!this.linkUp) this.wire.droppedLinkDown();
+      else if (single >= 0) this.wire.transmitted(singleU8, single, len);
+      else this.wire.transmitted(scratch, 0, len);
     }
     q.publish();
   }
 
-  /** Receive filter (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table, 5.1.6.5.3 VLAN). */
+  /** Receive filter (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table, 5.1.6.5.3 VLAN), QEMU's order. */
   #accepts(f: Uint8Array): boolean {
     const flt = this.filter;
-    if (flt.vlans.size > 0 && f.length >= Eth.HDR + Eth.VLAN_TAG) {
-      if (
-        ((f[12] << 8) | f[13]) === Eth.TYPE_VLAN && !flt.vlans.has(((f[14] << 8) | f[15]) & 0xfff)
-      ) {
-        return false;
-      }
+    if (flt.promisc || f.length < Eth.HDR) return true;
+    if (
+      this.#vlanFiltering && f.length >= Eth.HDR + Eth.VLAN_TAG &&
+      ((f[Eth.TYPE] << 8) | f[Eth.TYPE + 1]) === Eth.TYPE_VLAN &&
+      !flt.vlans.has(((f[14] << 8) | f[15]) & 0xfff)
+    ) {
+      return false;
     }
-    if (flt.promisc) return true;
-    const multicast = (f[0] & 1) !== 0;
-    if (multicast) {
-      if (f.subarray(0, 6).every((b) => b === 0xff)) return true;
-      return flt.allmulti || flt.multicast.some((m) => sameMac(m, f));
+    if ((f[0] & 1) !== 0) {
+      if (isBroadcast(f)) return true;
+      if (flt.allmulti) return true;
+      for (const m of flt.multicast) if (sameMac(m, f)) return true;
+      return false;
     }
-    return sameMac(this.mac, f) || flt.unicast.some((m) => sameMac(m, f));
+    if (sameMac(this.mac, f)) return true;
+    for (const m of flt.unicast) if (sameMac(m, f)) return true;
+    return false;
   }
 
   // 5.1.6.3 / 5.1.6.4: fill receive buffers from the wire.
-  #receive(q: DeviceQueue): void {
+  #receive(q: DeviceQueue, pair: number): void {
     const wire = this.wire;
-    if (this.#jumped) {
-      // The wrong index stood for one poll; the true one comes back.
-      this.#jumped = false;
-      q.publish();
-    }
-    let avail = q.pending();
-    let frames = wire.due(avail);
-    if (frames === 0 || avail === 0) return;
+    let frames = wire.due(q.pending());
+    if (frames === 0) return;
+    if (frames > RX_BATCH) frames = RX_BATCH;
     const hdr = this.#hdr;
-    let delivered = 0;
-    while (frames-- > 0 && avail > 0 && delivered < RX_BATCH) {
+    let wrote = false;
+    while (frames-- > 0) {
       const inj = wire.nextInjected();
-      if (inj !== null && !this.#filterPasses(inj)) {
-        wire.dropNext();
+      if (inj !== null && !this.#accepts(inj)) {
+        wire.dropNext(pair, "filtered");
         continue;
       }
-      const len = wire.nextLength();
-      const total = hdr + len;
-      // Find the buffers: one chain, or with MRG_RXBUF as many chains as needed.
+      const total = hdr + wire.nextLength();
+      if (q.pending() === 0) break;
       const head = q.take();
-      avail--;
       if (head >= q.size) return this.#bad();
       const room = this.#chainRoom(q, head);
       if (room < 0) return this.#bad();
-      if (room >= total || !this.#mrg) {
-        if (room < total) {
+      let chains = 1;
+      this.#heads[0] = head;
+      this.#rooms[0] = room;
+      if (room < total) {
+        if (!this.#mrg) {
           // Without MRG_RXBUF the frame must fit one chain (5.1.6.3.1): drop it, keep the buffer.
-          this.errors.rxTooBig++;
-          wire.dropNext();
-          q.lastAvail = (q.lastAvail - 1) & 0xffff;
-          avail++;
+          q.untake(1);
+          wire.dropNext(pair, "tooBig");
           continue;
         }
-        const w = this.#writeFrame(q, head, hdr);
-        if (w < 0) return this.#bad();
-        if (this.evil !== null && ++this.#evilTick % EVIL_EVERY === 0) {
-          this.#misbehave(q, head, w, room);
-        } else q.putUsed(head, w);
-      } else {
-        const r = this.#receiveMerged(q, head, room, total, avail);
-        if (r < 0) return;
-        if (r === 0) break;
-        avail = q.pending();
-      }
-      delivered++;
-    }
-    q.publish();
-    if (this.#jump) {
-      this.#jump = false;
-      this.#jumped = true;
-      q.u16[(q.used + Used.IDX) >> 1] = (q.usedIdx + q.size + 3) & 0xffff;
-    }
-  }
-
-  /** Write a wrong used entry (or publish a wrong index) for the frame just written at `head`. */
-  #misbehave(q: DeviceQueue, head: number, written: number, room: number): void {
-    this.evilCount++;
-    switch (this.evil) {
-      case "bad-id":
-        q.putUsed(q.size + head, written);
-        break;
-      case "bad-len":
-        q.putUsed(head, room + 64);
-        break;
-      case "bad-num-buffers":
-        // The header is at the start of the buffer (written in place by #writeFrame).
-        // More buffers than the driver ever posted (the ring size plus one).
-        if (this.#hdr === NetHdr.SIZE && this.#map(q.descAddr(head), NetHdr.SIZE)) {
-          const n = q.size + 1;
-          this.#mapU8[this.#mapOff + NetHdr.NUM_BUFFERS] = n & 0xff;
-          this.#mapU8[this.#mapOff + NetHdr.NUM_BUFFERS + 1] = n >> 8;
+        let have = room;
+        while (have < total && q.pending() > 0) {
+          const h = q.take();
+          const r = h < q.size ? this.#chainRoom(q, h) : -1;
+          if (r < 0) return this.#bad();
+          this.#heads[chains] = h;
+          this.#rooms[chains++] = r;
+          have += r;
         }
-        q.putUsed(head, written);
-        break;
-      case "idx-jump":
-        // Published at the end of this poll instead of the true index.
-        q.putUsed(head, written);
-        this.#jump = true;
-        break;
+        if (have < total) {
+          q.untake(chains);
+          if (chains < q.size) break; // wait for more buffers
+          wire.dropNext(pair, "tooBig"); // even a full ring cannot hold it
+          continue;
+        }
+      }
+      if (!this.#deliver(q, pair, chains, total)) return this.#bad();
+      wrote = true;
     }
+    if (!wrote) return;
+    const jump = this.#jumpedQueue === q;
+    q.publish();
+    if (jump) q.publishIndex((q.usedIdx + q.size + 3) & 0xffff);
   }
 
-  #filterPasses(f: Uint8Array): boolean {
-    return f.length < Eth.HDR || this.#accepts(f);
+  /**
+   * Write header + next frame over `#heads[0..chains)` and their used entries (one per chain,
+   * 5.1.6.4.2). False when a descriptor address is outside the driver's memory.
+   */
+  #deliver(q: DeviceQueue, pair: number, chains: number, total: number): boolean {
+    const hdr = this.#hdr;
+    const head = this.#heads[0];
+    const dl = q.descLen(head);
+    let hdrU8: Uint8Array;
+    let hdrOff: number;
+    if (chains === 1 && dl >= total) {
+      // Common case: header and frame in the first descriptor, written in place.
+      if (!this.#map(q.descAddr(head), total)) return false;
+      hdrU8 = this.#mapU8;
+      hdrOff = this.#mapOff;
+      hdrU8.fill(0, hdrOff, hdrOff + hdr);
+      this.wire.writeNext(pair, hdrU8, hdrOff + hdr);
+    } else {
+      // Over several descriptors or chains: build in scratch, then scatter.
+      const s = this.#scratch;
+      s.fill(0, 0, hdr);
+      this.wire.writeNext(pair, s, hdr);
+      let done = 0;
+      for (let i = 0; i < chains; i++) {
+        const part = Math.min(this.#rooms[i], total - done);
+        if (!this.#scatter(q, this.#heads[i], done, part)) return false;
+        done += part;
+      }
+      if (!this.#map(q.descAddr(head), hdr)) return false;
+      hdrU8 = this.#mapU8;
+      hdrOff = this.#mapOff;
+    }
+    // 5.1.6.4: num_buffers (12-byte header only): chains used; 1 without MRG_RXBUF.
+    if (hdr === NetHdr.SIZE) {
+      hdrU8[hdrOff + NetHdr.NUM_BUFFERS] = chains & 0xff;
+      hdrU8[hdrOff + NetHdr.NUM_BUFFERS + 1] = chains >> 8;
+    }
+    const evil = this.evil !== null && ++this.#evilTick % EVIL_EVERY === 0;
+    if (evil) this.#misbehave(q, hdrU8, hdrOff);
+    let done = 0;
+    for (let i = 0; i < chains; i++) {
+      const part = Math.min(this.#rooms[i], total - done);
+      let id = this.#heads[i];
+      let len = part;
+      if (evil && i === 0 && this.evil === "bad-id") id = q.size + id;
+      if (evil && i === 0 && this.evil === "bad-len") len = this.#rooms[0] + 64;
+      q.putUsed(id, len);
+      done += part;
+    }
+    return true;
+  }
+
+  /** Header-level misbehaviour for the frame being delivered (entries are bent by the caller). */
+  #misbehave(q: DeviceQueue, hdrU8: Uint8Array, hdrOff: number): void {
+    this.evilCount++;
+    if (this.evil === "bad-num-buffers" && this.#hdr === NetHdr.SIZE) {
+      const n = q.size + 1; // more buffers than the driver could ever have posted
+      hdrU8[hdrOff + NetHdr.NUM_BUFFERS] = n & 0xff;
+      hdrU8[hdrOff + NetHdr.NUM_BUFFERS + 1] = n >> 8;
+    } else if (this.evil === "idx-jump") {
+      this.#jumpedQueue = q;
+    }
   }
 
   /** Writable bytes in the chain at `head`; -1 when the chain is malformed. */
@@ -371,99 +485,17 @@ export class SimDevice {
       if (hops >= q.size || (flags & Desc.F_WRITE) === 0 || (flags & Desc.F_INDIRECT) !== 0) {
         return -1;
       }
-      room += q.descLen(d);
+      const len = q.descLen(d);
+      if (!this.#map(q.descAddr(d), len)) return -1;
+      room += len;
       if ((flags & Desc.F_NEXT) === 0) return room;
       d = q.descNext(d);
       if (d >= q.size) return -1;
     }
   }
 
-  /** Header (num_buffers 1) + the next frame into one chain; returns bytes written or -1. */
-  #writeFrame(q: DeviceQueue, head: number, hdr: number): number {
-    const dl = q.descLen(head);
-    const len = this.wire.nextLength();
-    if ((q.descFlags(head) & Desc.F_NEXT) === 0 || dl >= hdr + len) {
-      // Common case: header and frame in the first descriptor, written in place.
-      if (!this.#map(q.descAddr(head), hdr + len)) return -1;
-      const u8 = this.#mapU8;
-      const off = this.#mapOff;
-      u8.fill(0, off, off + hdr);
-      if (hdr === NetHdr.SIZE) u8[off + NetHdr.NUM_BUFFERS] = 1;
-      this.wire.writeNext(u8, off + hdr);
-      return hdr + len;
-    }
-    // Spread over the chain: build in scratch, then scatter.
-    const s = this.#scratch;
-    s.fill(0, 0, hdr);
-    if (hdr === NetHdr.SIZE) s[NetHdr.NUM_BUFFERS] = 1;
-    this.wire.writeNext(s, hdr);
-    return this.#scatter(q, head, hdr + len) ? hdr + len : -1;
-  }
-
-  /** Copy scratch[0..total) over the chain at `head`. */
-  #scatter(q: DeviceQueue, head: number, total: number): boolean {
-    let done = 0;
-    let d = head;
-    while (done < total) {
-      const part = Math.min(q.descLen(d), total - done);
-      if (!this.#map(q.descAddr(d), part)) return false;
-      this.#mapU8.set(this.#scratch.subarray(done, done + part), this.#mapOff);
-      done += part;
-      if (done < total) {
-        if ((q.descFlags(d) & Desc.F_NEXT) === 0) return false;
-        d = q.descNext(d);
-      }
-    }
-    return true;
-  }
-
-  /**
-   * MRG_RXBUF (5.1.6.4): the frame over several buffers. Returns 1 when delivered, 0 when too few
-   * buffers are available yet (nothing consumed), -1 when the queue went bad.
-   */
-  #receiveMerged(q: DeviceQueue, head: number, room: number, total: number, avail: number): number {
-    // Enough buffers? Each further buffer is one more chain.
-    const heads: number[] = [head];
-    const rooms: number[] = [room];
-    let have = room;
-    const save = q.lastAvail;
-    while (have < total && avail > 0) {
-      const h = q.take();
-      avail--;
-      const r = h < q.size ? this.#chainRoom(q, h) : -1;
-      if (r < 0) {
-        this.#bad();
-        return -1;
-      }
-      heads.push(h);
-      rooms.push(r);
-      have += r;
-    }
-    if (have < total) {
-      // Not enough buffers now: give them back (not consumed) and wait for more.
-      q.lastAvail = (save - 1) & 0xffff;
-      return 0;
-    }
-    const s = this.#scratch;
-    const hdr = this.#hdr;
-    s.fill(0, 0, hdr);
-    s[NetHdr.NUM_BUFFERS] = heads.length & 0xff;
-    s[NetHdr.NUM_BUFFERS + 1] = heads.length >> 8;
-    this.wire.writeNext(s, hdr);
-    let done = 0;
-    for (let i = 0; i < heads.length; i++) {
-      const part = Math.min(rooms[i], total - done);
-      if (!this.#scatterFrom(q, heads[i], done, part)) {
-        this.#bad();
-        return -1;
-      }
-      q.putUsed(heads[i], part);
-      done += part;
-    }
-    return 1;
-  }
-
-  #scatterFrom(q: DeviceQueue, head: number, from: number, n: number): boolean {
+  /** Copy scratch[from..from+n) over the chain at `head` (validated by #chainRoom). */
+  #scatter(q: DeviceQueue, head: number, from: number, n: number): boolean {
     let d = head;
     let done = 0;
     while (done < n) {
@@ -479,7 +511,7 @@ export class SimDevice {
     return true;
   }
 
-  // 5.1.6.5: control commands: readable {class, command, data...}, writable {ack}.
+  // 5.1.6.5: control commands: readable {class, command, data...}, then writable {ack}.
   #control(q: DeviceQueue): void {
     let n = q.pending();
     if (n === 0) return;
@@ -494,11 +526,14 @@ export class SimDevice {
       for (let hops = 0;; hops++) {
         const flags = q.descFlags(d);
         const dl = q.descLen(d);
-        if (hops >= q.size || !this.#map(q.descAddr(d), dl) || len + dl > 4096) return this.#bad();
+        if (hops >= q.size || (flags & Desc.F_INDIRECT) !== 0) return this.#bad();
+        if (!this.#map(q.descAddr(d), dl)) return this.#bad();
         if ((flags & Desc.F_WRITE) === 0) {
+          // 2.7.4.2: readable descriptors come before writable ones.
+          if (ackU8 !== null || len + dl > cmd.length) return this.#bad();
           cmd.set(this.#mapU8.subarray(this.#mapOff, this.#mapOff + dl), len);
           len += dl;
-        } else if (dl >= 1) {
+        } else if (ackU8 === null && dl >= 1) {
           ackU8 = this.#mapU8;
           ackOff = this.#mapOff;
         }
@@ -506,8 +541,8 @@ export class SimDevice {
         d = q.descNext(d);
         if (d >= q.size) return this.#bad();
       }
-      if (ackU8 === null || len < 2) return this.#bad();
-      const ok = this.#command(cmd[0], cmd[1], cmd.subarray(2, len));
+      if (ackU8 === null) return this.#bad();
+      const ok = len >= 2 && this.#command(cmd[0], cmd[1], cmd.subarray(2, len));
       if (!ok) this.errors.ctrlErrors++;
       ackU8[ackOff] = ok ? Ctrl.OK : Ctrl.ERR;
       q.putUsed(head, 1);
@@ -515,34 +550,37 @@ export class SimDevice {
     q.publish();
   }
 
+  /** One control command (5.1.6.5.1 - 5.1.6.5.5); false = VIRTIO_NET_ERR. */
   #command(cls: number, cmd: number, data: Uint8Array): boolean {
     const f = this.filter;
-    if (cls === Ctrl.RX) {
+    const feat = this.#features;
+    if (cls === Ctrl.RX && has(feat, NetFeature.CTRL_RX)) {
+      // PROMISC and ALLMULTI take one byte; the others need CTRL_RX_EXTRA, which is not offered.
       if (data.length !== 1) return false;
       if (cmd === Ctrl.RX_PROMISC) f.promisc = data[0] !== 0;
       else if (cmd === Ctrl.RX_ALLMULTI) f.allmulti = data[0] !== 0;
       else return false;
       return true;
     }
-    if (cls === Ctrl.MAC) {
-      if (cmd === Ctrl.MAC_ADDR_SET) {
-        if (data.length !== 6) return false;
-        this.mac.set(data);
-        this.wire.dst.set(data);
-        return true;
-      }
-      if (cmd !== Ctrl.MAC_TABLE_SET) return false;
-      // Two tables: le32 entries + entries * 6 bytes (unicast, then multicast).
+    if (cls === Ctrl.MAC && cmd === Ctrl.MAC_ADDR_SET && has(feat, NetFeature.CTRL_MAC_ADDR)) {
+      if (data.length !== Eth.ADDR) return false;
+      this.mac.set(data);
+      this.wire.dst.set(data);
+      return true;
+    }
+    if (cls === Ctrl.MAC && cmd === Ctrl.MAC_TABLE_SET && has(feat, NetFeature.CTRL_RX)) {
+      // Two tables, unicast then multicast: le32 entries, then entries * 6 bytes.
       const tables: Uint8Array[][] = [];
       let off = 0;
       for (let t = 0; t < 2; t++) {
         if (off + 4 > data.length) return false;
-        const n = data[off] | (data[off + 1] << 8) | (data[off + 2] << 16) | (data[off + 3] << 24);
+        const n = (data[off] | (data[off + 1] << 8) | (data[off + 2] << 16) |
+          (data[off + 3] << 24)) >>> 0;
         off += 4;
-        if (n < 0 || off + n * 6 > data.length) return false;
+        if (off + n * Eth.ADDR > data.length) return false;
         const macs: Uint8Array[] = [];
         for (let i = 0; i < n; i++) macs.push(data.slice(off + i * 6, off + i * 6 + 6));
-        off += n * 6;
+        off += n * Eth.ADDR;
         tables.push(macs);
       }
       if (off !== data.length) return false;
@@ -550,16 +588,28 @@ export class SimDevice {
       f.multicast = tables[1];
       return true;
     }
-    if (cls === Ctrl.VLAN) {
+    if (cls === Ctrl.VLAN && has(feat, NetFeature.CTRL_VLAN)) {
       if (data.length !== 2) return false;
-      const vid = (data[0] | (data[1] << 8)) & 0xfff;
+      const vid = data[0] | (data[1] << 8);
+      if (vid >= 4096) return false;
       if (cmd === Ctrl.VLAN_ADD) f.vlans.add(vid);
       else if (cmd === Ctrl.VLAN_DEL) f.vlans.delete(vid);
       else return false;
       return true;
     }
-    if (cls === Ctrl.ANNOUNCE && cmd === Ctrl.ANNOUNCE_ACK) {
+    if (
+      cls === Ctrl.ANNOUNCE && cmd === Ctrl.ANNOUNCE_ACK && has(feat, NetFeature.GUEST_ANNOUNCE)
+    ) {
+      if (data.length !== 0) return false;
+      this.announcing = false;
       this.announceAcked++;
+      return true;
+    }
+    if (cls === Ctrl.MQ && cmd === Ctrl.MQ_VQ_PAIRS_SET && has(feat, NetFeature.MQ)) {
+      if (data.length !== 2) return false;
+      const pairs = data[0] | (data[1] << 8);
+      if (pairs < Ctrl.MQ_VQ_PAIRS_MIN || pairs > this.queuePairs) return false;
+      this.activePairs = pairs;
       return true;
     }
     return false;
@@ -568,5 +618,10 @@ export class SimDevice {
 
 function sameMac(a: Uint8Array, f: Uint8Array): boolean {
   for (let i = 0; i < 6; i++) if (a[i] !== f[i]) return false;
+  return true;
+}
+
+function isBroadcast(f: Uint8Array): boolean {
+  for (let i = 0; i < 6; i++) if (f[i] !== 0xff) return false;
   return true;
 }

@@ -3,10 +3,16 @@
  * of self-describing test frames, mod/testframe.ts, and frames injected by tests) and where
  * transmitted frames go (a checker, and an optional `onTransmit` callback).
  *
- * The generator runs "as fast as the driver takes them" (rate 0: every posted RX buffer gets a
- * frame on each device poll, up to a batch bound) or paced at `rate` frames per second; a paced
- * frame that finds no RX buffer is counted as `missed`. Sizes cycle through `sizes`. Counters are
- * plain numbers; nothing is allocated per frame.
+ * Generator: "as fast as the driver takes them" (rate 0: every posted RX buffer gets a frame on
+ * each device poll, up to a batch bound) or paced at `rate` frames per second (a frame due that
+ * finds no RX buffer is counted as `missed`). Sizes cycle through `sizes`. Each receive queue has
+ * its own stream (`stream + 65536 * queue`) so sequence numbers stay in order per queue, as a
+ * flow-hashing NIC keeps a flow on one queue. Injected frames go first, to the first queue
+ * served.
+ *
+ * Checker: every transmitted frame is checked with checkTestFrame; per stream the sequence is
+ * tracked (in order, gaps = frames skipped, late = a skipped one arriving after all, duplicates
+ * within the last 1024 numbers). Counters are plain numbers; nothing is allocated per frame.
  */
 import { checkTestFrame, FrameCheck, writeTestFrame } from "../testframe.ts";
 
@@ -15,12 +21,14 @@ export interface GeneratorOptions {
   rate?: number;
   /** Frame lengths, used in turn (default [64]). */
   sizes?: number[];
-  /** Stream number written into the frames (default: chosen per device). */
+  /** Stream number of receive queue 0 (default: chosen per device). */
   stream?: number;
+  /** Generate from the start (default true); else only after `startGenerator()`. */
+  start?: boolean;
 }
 
 export interface WireCounters {
-  /** Frames the generator produced (delivered or missed). */
+  /** Frames the generator produced (delivered, missed or filtered). */
   generated: number;
   /** Frames (generated or injected) written into the driver's RX buffers. */
   delivered: number;
@@ -28,23 +36,41 @@ export interface WireCounters {
   missed: number;
   /** Frames the receive filter (promiscuous mode, MAC table, VLAN table) dropped. */
   filtered: number;
+  /** Frames too big for the buffers posted (without MRG_RXBUF: for one chain), dropped. */
+  tooBig: number;
   /** Frames the driver transmitted, and their bytes (without the virtio-net header). */
   txFrames: number;
   txBytes: number;
+  /** Transmitted frames dropped because the link was down. */
+  txLinkDown: number;
   /** Transmitted test frames that passed the check. */
   checkedOk: number;
-  /** Transmitted test frames that failed it (corrupt, wrong length, bad IP checksum). */
+  /** Transmitted test frames that failed it, in total and by kind. */
   badFrames: number;
+  badLength: number;
+  badIpChecksum: number;
+  badPattern: number;
   /** Transmitted frames that are not test frames. */
   foreign: number;
-  /** Sequence numbers skipped within a stream (frames lost on the way), and ones seen late. */
+  /** Sequence numbers skipped within a stream when seen (lost, unless they come late). */
   seqGaps: number;
+  /** Frames older than the newest seen of their stream that filled a gap (reordered). */
   reordered: number;
+  /** Frames whose sequence number was seen already (within the last 1024 of the stream). */
+  duplicates: number;
 }
 
 /** Largest frame the wire handles (64 KiB). */
 export const WIRE_MAX_FRAME = 65536;
 const INJECT_QUEUE = 4096;
+/** Sequence numbers remembered per stream for duplicate detection (a power of two). */
+const SEEN_WINDOW = 1024;
+
+/** Per-stream checker state: next expected sequence and a bitmap of the last numbers seen. */
+interface StreamState {
+  next: number;
+  seen: Uint32Array;
+}
 
 export class SimWire {
   readonly counters: WireCounters = {
@@ -52,39 +78,51 @@ export class SimWire {
     delivered: 0,
     missed: 0,
     filtered: 0,
+    tooBig: 0,
     txFrames: 0,
     txBytes: 0,
+    txLinkDown: 0,
     checkedOk: 0,
     badFrames: 0,
+    badLength: 0,
+    badIpChecksum: 0,
+    badPattern: 0,
     foreign: 0,
     seqGaps: 0,
     reordered: 0,
+    duplicates: 0,
   };
   /** Called with every frame the driver transmits (a view valid only during the call). */
   onTransmit: ((frame: Uint8Array) => void) | null = null;
 
   readonly rate: number;
-  readonly sizes: number[];
+  readonly sizes: readonly number[];
   readonly stream: number;
-  #generating: boolean;
-  #seq = 0;
-  #sizeIndex = 0;
-  /** Paced generator: frames due but not yet produced (fractional), and the last clock read. */
-  #credit = 0;
-  #lastMs = 0;
-  readonly #injected: Uint8Array[] = [];
-  /** Next expected sequence number per stream (checker). */
-  readonly #expect = new Map<number, number>();
-  readonly #check = new Uint32Array(4);
-  /** Destination/source written into generated frames (the device's MAC). */
+  /** Destination written into generated frames (the device's MAC, kept in step by the device). */
   readonly dst = new Uint8Array(6);
   readonly src = Uint8Array.of(0x02, 0x5e, 0x57, 0x1e, 0x00, 0x01);
+  #generating: boolean;
+  /** Next sequence number per receive queue. */
+  readonly #seq: Uint32Array;
+  #sizeIndex = 0;
+  /** Paced generator: frames due (fractional) and the last clock reading. */
+  #credit = 0;
+  #lastMs = 0;
+  /** Frames still due in this poll (paced: whole credit; as fast as taken: unbounded). */
+  #dueNow = 0;
+  /** Injected frames: a fixed ring of copies. */
+  readonly #injected: (Uint8Array | null)[] = new Array(INJECT_QUEUE).fill(null);
+  #injHead = 0;
+  #injCount = 0;
+  readonly #streams = new Map<number, StreamState>();
+  readonly #check = new Uint32Array(4);
 
-  constructor(gen: GeneratorOptions | false, stream: number) {
+  constructor(gen: GeneratorOptions | false, stream: number, queues = 1) {
     this.rate = gen ? gen.rate ?? 0 : 0;
-    this.sizes = gen && gen.sizes && gen.sizes.length > 0 ? gen.sizes : [64];
+    this.sizes = gen && gen.sizes && gen.sizes.length > 0 ? gen.sizes.slice() : [64];
     this.stream = gen ? gen.stream ?? stream : stream;
-    this.#generating = gen !== false;
+    this.#generating = gen !== false && (gen.start ?? true);
+    this.#seq = new Uint32Array(queues);
   }
 
   get generating(): boolean {
@@ -94,85 +132,124 @@ export class SimWire {
   startGenerator(): void {
     this.#generating = true;
     this.#lastMs = 0;
+    this.#credit = 0;
   }
 
   stopGenerator(): void {
     this.#generating = false;
   }
 
+  /** Stream number of the frames generated for receive queue `queue`. */
+  streamOf(queue: number): number {
+    return (this.stream + queue * 65536) >>> 0;
+  }
+
   /** Queue a frame (copied) for delivery to the driver; false (and counted missed) when full. */
   inject(frame: Uint8Array): boolean {
-    if (this.#injected.length >= INJECT_QUEUE || frame.length > WIRE_MAX_FRAME) {
+    if (this.#injCount >= INJECT_QUEUE || frame.length > WIRE_MAX_FRAME) {
       this.counters.missed++;
       return false;
     }
-    this.#injected.push(frame.slice());
+    this.#injected[(this.#injHead + this.#injCount) % INJECT_QUEUE] = frame.slice();
+    this.#injCount++;
     return true;
+  }
+
+  /** Injected frames not yet delivered. */
+  get injectedPending(): number {
+    return this.#injCount;
   }
 
   // ---- device-facing side (mod/sim/device.ts) ----
 
-  /**
-   * How many frames may be offered to the driver now (injected first, then generated). With
-   * `buffers` RX buffers posted; a paced generator's frames beyond that are counted missed.
-   */
-  due(buffers: number): number {
-    let n = this.#injected.length;
-    if (!this.#generating) return n;
-    if (this.rate === 0) return n + buffers;
+  /** Start of a device poll: work out how many generated frames are due. */
+  beginPoll(): void {
+    if (!this.#generating) {
+      this.#dueNow = 0;
+      return;
+    }
+    if (this.rate === 0) {
+      this.#dueNow = Number.MAX_SAFE_INTEGER;
+      return;
+    }
     const now = performance.now();
     if (this.#lastMs === 0) this.#lastMs = now;
-    this.#credit = Math.min(this.#credit + (now - this.#lastMs) * this.rate / 1000, 65536);
+    // At most one second of frames builds up (a stalled loop does not cause a flood later).
+    this.#credit = Math.min(this.#credit + (now - this.#lastMs) * this.rate / 1000, this.rate);
     this.#lastMs = now;
-    const gen = Math.floor(this.#credit);
-    n += gen;
-    const room = Math.max(0, buffers - this.#injected.length);
-    if (gen > room) {
-      this.counters.generated += gen - room;
-      this.counters.missed += gen - room;
-      this.#credit -= gen - room;
+    this.#dueNow = Math.floor(this.#credit);
+  }
+
+  /** Frames that may be offered now to a queue with `buffers` RX buffers posted. */
+  due(buffers: number): number {
+    return Math.min(buffers, this.#injCount + this.#dueNow);
+  }
+
+  /** End of a device poll: paced frames that found no buffer are missed. */
+  endPoll(): void {
+    if (this.rate === 0 || !this.#generating) return;
+    const left = this.#dueNow;
+    if (left > 0) {
+      this.counters.generated += left;
+      this.counters.missed += left;
+      this.#credit -= left;
+      for (let q = 0; q < this.#seq.length; q++) this.#seq[q] = (this.#seq[q] + left) >>> 0;
     }
-    return Math.min(n, this.#injected.length + room);
+    this.#dueNow = 0;
   }
 
-  /** Length of the next frame to offer (an injected one first). */
-  nextLength(): number {
-    if (this.#injected.length > 0) return this.#injected[0].length;
-    return Math.max(60, this.sizes[this.#sizeIndex]);
-  }
-
-  /** Whether the next frame is an injected one (the filter checks its destination). */
+  /** The next injected frame, or null when the next frame is a generated one. */
   nextInjected(): Uint8Array | null {
-    return this.#injected.length > 0 ? this.#injected[0] : null;
+    return this.#injCount > 0 ? this.#injected[this.#injHead] : null;
   }
 
-  /** Write the next frame at `b[off..]` (room for `nextLength()` bytes is the caller's job). */
-  writeNext(b: Uint8Array, off: number): number {
-    const inj = this.#injected.shift();
-    if (inj !== undefined) {
-      b.set(inj, off);
-      this.counters.delivered++;
-      return inj.length;
+  /** Length of the next frame (an injected one first). */
+  nextLength(): number {
+    if (this.#injCount > 0) return this.#injected[this.#injHead]!.length;
+    return this.sizes[this.#sizeIndex];
+  }
+
+  /** Write the next frame for receive queue `queue` at `b[off..]` (room is the caller's job). */
+  writeNext(queue: number, b: Uint8Array, off: number): number {
+    const c = this.counters;
+    c.delivered++;
+    if (this.#injCount > 0) {
+      const f = this.#popInjected();
+      b.set(f, off);
+      return f.length;
     }
-    const len = this.nextLength();
-    this.#sizeIndex = (this.#sizeIndex + 1) % this.sizes.length;
-    writeTestFrame(b, off, len, this.stream, this.#seq, this.dst, this.src);
-    this.#seq = (this.#seq + 1) >>> 0;
-    this.#credit = Math.max(0, this.#credit - 1);
-    this.counters.generated++;
-    this.counters.delivered++;
+    const len = this.#consumeGenerated();
+    writeTestFrame(b, off, len, this.streamOf(queue), this.#seq[queue], this.dst, this.src);
+    this.#seq[queue] = (this.#seq[queue] + 1) >>> 0;
     return len;
   }
 
-  /** Drop the next frame (filtered by the device's receive filter). */
-  dropNext(): void {
-    if (this.#injected.shift() === undefined) {
-      this.#sizeIndex = (this.#sizeIndex + 1) % this.sizes.length;
-      this.#seq = (this.#seq + 1) >>> 0;
-      this.#credit = Math.max(0, this.#credit - 1);
-      this.counters.generated++;
+  /** Drop the next frame (receive filter, or too big): counted under `why`. */
+  dropNext(queue: number, why: "filtered" | "tooBig"): void {
+    this.counters[why]++;
+    if (this.#injCount > 0) {
+      this.#popInjected();
+      return;
     }
-    this.counters.filtered++;
+    this.#consumeGenerated();
+    this.#seq[queue] = (this.#seq[queue] + 1) >>> 0;
+  }
+
+  #popInjected(): Uint8Array {
+    const f = this.#injected[this.#injHead]!;
+    this.#injected[this.#injHead] = null;
+    this.#injHead = (this.#injHead + 1) % INJECT_QUEUE;
+    this.#injCount--;
+    return f;
+  }
+
+  #consumeGenerated(): number {
+    const len = this.sizes[this.#sizeIndex];
+    this.#sizeIndex = this.#sizeIndex + 1 === this.sizes.length ? 0 : this.#sizeIndex + 1;
+    this.counters.generated++;
+    this.#dueNow--;
+    if (this.rate !== 0) this.#credit -= 1;
+    return len;
   }
 
   /** A frame the driver transmitted, at `b[off..off+len)`: check it and hand it on. */
@@ -183,19 +260,55 @@ export class SimWire {
     const r = checkTestFrame(b, off, len, this.#check);
     if (r === FrameCheck.OK) {
       c.checkedOk++;
-      const stream = this.#check[0];
-      const seq = this.#check[1];
-      const want = this.#expect.get(stream);
-      if (want !== undefined && seq !== want) {
-        if (seq > want) c.seqGaps += seq - want;
-        else c.reordered++;
-      }
-      if (want === undefined || seq >= want) this.#expect.set(stream, seq + 1);
+      this.#sequence(this.#check[0], this.#check[1]);
     } else if (r === FrameCheck.FOREIGN) {
       c.foreign++;
     } else {
       c.badFrames++;
+      if (r === FrameCheck.BAD_LENGTH) c.badLength++;
+      else if (r === FrameCheck.BAD_IP_CHECKSUM) c.badIpChecksum++;
+      else c.badPattern++;
     }
     if (this.onTransmit !== null) this.onTransmit(b.subarray(off, off + len));
+  }
+
+  /** A frame the driver transmitted while the link was down: dropped on the floor. */
+  droppedLinkDown(): void {
+    this.counters.txLinkDown++;
+  }
+
+  #sequence(stream: number, seq: number): void {
+    const c = this.counters;
+    let s = this.#streams.get(stream);
+    if (s === undefined) {
+      // First frame of a stream (cold): whatever number it starts at is in order.
+      s = { next: seq, seen: new Uint32Array(SEEN_WINDOW / 32) };
+      this.#streams.set(stream, s);
+    }
+    const ahead = (seq - s.next) | 0;
+    if (ahead >= 0) {
+      // In order or after a gap: forget the bits of the numbers skipped (they may come late).
+      c.seqGaps += ahead;
+      for (let k = 0, n = Math.min(ahead, SEEN_WINDOW); k < n; k++) {
+        const x = (s.next + k) & (SEEN_WINDOW - 1);
+        s.seen[x >>> 5] &= ~(1 << (x & 31));
+      }
+      s.next = (seq + 1) >>> 0;
+      const x = seq & (SEEN_WINDOW - 1);
+      s.seen[x >>> 5] |= 1 << (x & 31);
+      return;
+    }
+    if (-ahead > SEEN_WINDOW) {
+      c.reordered++;
+      return;
+    }
+    const x = seq & (SEEN_WINDOW - 1);
+    const bitMask = 1 << (x & 31);
+    if ((s.seen[x >>> 5] & bitMask) !== 0) {
+      c.duplicates++;
+    } else {
+      c.reordered++;
+      s.seen[x >>> 5] |= bitMask;
+    }
   }
 }

@@ -1,0 +1,134 @@
+/**
+ * Options of a simulated device, and the parser of the `sim:NAME,k=v,...` port spec options
+ * (one-line errors for unknown options and bad values).
+ */
+import { MAX_QUEUE_SIZE } from "../virtio/constants.ts";
+import { EVIL_MODES, type EvilMode } from "./device.ts";
+import type { GeneratorOptions } from "./wire.ts";
+
+export interface SimOptions {
+  name: string;
+  mac?: Uint8Array;
+  /** Queue pairs (default 1); more than 1 offers VIRTIO_NET_F_MQ (needs the control queue). */
+  queuePairs?: number;
+  /** Largest queue size offered (default 1024). */
+  maxQueueSize?: number;
+  /** The device decides queue sizes (like legacy PCI): only `maxQueueSize` is accepted. */
+  queueSizeFixed?: boolean;
+  mrgRxbuf?: boolean;
+  ctrlVq?: boolean;
+  ctrlRx?: boolean;
+  ctrlVlan?: boolean;
+  /** Offer VIRTIO_NET_F_MTU with this MTU. */
+  mtu?: number;
+  /** Offer no VERSION_1 (a legacy device: 10-byte header without MRG_RXBUF). */
+  legacy?: boolean;
+  /** Offer VIRTIO_F_EVENT_IDX. */
+  eventIdx?: boolean;
+  /** The device wants kicks and works on a queue only after one (default: it polls). */
+  notify?: boolean;
+  linkUp?: boolean;
+  gen?: GeneratorOptions | false;
+  /** Deliberate misbehaviour (mod/sim/device.ts). */
+  evil?: EvilMode | null;
+}
+
+/** Most queue pairs a simulated device offers. */
+export const SIM_MAX_PAIRS = 16;
+
+const SPEC_OPTIONS: Record<string, string> = {
+  gen: "on|off",
+  rate: "PPS",
+  size: "N[+N...]",
+  mrg: "0|1",
+  qsize: "N",
+  qfixed: "0|1",
+  queues: "N",
+  mtu: "N",
+  ctrl: "0|1",
+  ctrl_rx: "0|1",
+  ctrl_vlan: "0|1",
+  legacy: "0|1",
+  event_idx: "0|1",
+  notify: "0|1",
+  link: "up|down",
+  evil: EVIL_MODES.join("|"),
+  mac: "XX:XX:XX:XX:XX:XX",
+  stream: "N",
+};
+
+/** Parse `sim:NAME` spec options into SimOptions; throws one-line errors. */
+export function parseSimSpec(name: string, o: Record<string, string>): SimOptions {
+  const where = `sim:${name}`;
+  if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
+    throw new Error(`${where}: a sim port needs a name of letters, digits, '_', '.' or '-'`);
+  }
+  for (const k of Object.keys(o)) {
+    if (!(k in SPEC_OPTIONS)) {
+      const known = Object.entries(SPEC_OPTIONS).map(([n, v]) => `${n}=${v}`).join(", ");
+      throw new Error(`${where}: unknown option '${k}' (known: ${known})`);
+    }
+  }
+  const flag = (k: string, yes: string, no: string): boolean | undefined => {
+    if (o[k] === undefined) return undefined;
+    if (o[k] === yes || o[k] === "") return true; // a bare `key` turns it on
+    if (o[k] === no) return false;
+    throw new Error(`${where}: ${k}=${o[k]}: expected ${yes} or ${no}`);
+  };
+  const int = (k: string, min: number, max: number): number | undefined => {
+    if (o[k] === undefined) return undefined;
+    if (!/^\d+$/.test(o[k]) || Number(o[k]) < min || Number(o[k]) > max) {
+      throw new Error(`${where}: ${k}=${o[k]}: expected an integer from ${min} to ${max}`);
+    }
+    return Number(o[k]);
+  };
+  let sizes: number[] | undefined;
+  if (o.size !== undefined) {
+    sizes = o.size.split("+").map((s) => {
+      if (!/^\d+$/.test(s) || Number(s) < 60 || Number(s) > 65535) {
+        throw new Error(
+          `${where}: size=${o.size}: expected frame lengths from 60 to 65535 joined by +`,
+        );
+      }
+      return Number(s);
+    });
+  }
+  let mac: Uint8Array | undefined;
+  if (o.mac !== undefined) {
+    const parts = o.mac.split(":");
+    if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
+      throw new Error(`${where}: mac=${o.mac}: expected six hex bytes like 02:00:00:00:00:01`);
+    }
+    mac = Uint8Array.from(parts.map((p) => parseInt(p, 16)));
+    if ((mac[0] & 1) !== 0) throw new Error(`${where}: mac=${o.mac}: a multicast address`);
+  }
+  if (o.evil !== undefined && !EVIL_MODES.includes(o.evil as EvilMode)) {
+    throw new Error(`${where}: evil=${o.evil}: expected one of ${EVIL_MODES.join(", ")}`);
+  }
+  const qsize = int("qsize", 1, MAX_QUEUE_SIZE);
+  if (qsize !== undefined && (qsize & (qsize - 1)) !== 0) {
+    throw new Error(`${where}: qsize=${qsize}: expected a power of two (2.7: split ring sizes)`);
+  }
+  const gen = flag("gen", "on", "off");
+  const rate = int("rate", 0, 1e9);
+  const stream = int("stream", 0, 0xffff);
+  return {
+    name,
+    mac,
+    // gen=off keeps rate/size/stream for a generator started later (wire.startGenerator()).
+    gen: { rate, sizes, stream, start: gen ?? true },
+    mrgRxbuf: flag("mrg", "1", "0"),
+    maxQueueSize: qsize,
+    queueSizeFixed: flag("qfixed", "1", "0"),
+    queuePairs: int("queues", 1, SIM_MAX_PAIRS),
+    mtu: int("mtu", 68, 65535),
+    ctrlVq: flag("ctrl", "1", "0"),
+    ctrlRx: flag("ctrl_rx", "1", "0"),
+    ctrlVlan: flag("ctrl_vlan", "1", "0"),
+    legacy: flag("legacy", "1", "0"),
+    eventIdx: flag("event_idx", "1", "0"),
+    notify: flag("notify", "1", "0"),
+    linkUp: flag("link", "up", "down"),
+    evil: (o.evil as EvilMode | undefined) ?? null,
+  };
+}

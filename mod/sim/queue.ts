@@ -1,0 +1,176 @@
+/**
+ * One split virtqueue as the *device* sees it (OASIS virtio 1.2, 2.7 "Split Virtqueues"), written
+ * from the spec independently of the driver's ring code (mod/virtio/split_ring.ts) so that a
+ * misreading is not mirrored on both sides.
+ *
+ * The device reads the descriptor table (2.7.5) and the available ring (2.7.6), writes the used
+ * ring (2.7.8), and handles notification suppression both ways (2.7.7, 2.7.10):
+ * - driver -> device ("kicks"): in polling mode the device sets VRING_USED_F_NO_NOTIFY (or, with
+ *   EVENT_IDX, keeps avail_event one behind what it has consumed so no new index crosses it); in
+ *   notify mode it sleeps when the queue is empty, asks for a kick, and works only after one.
+ * - device -> driver ("interrupts"): counted, not delivered, following VRING_AVAIL_F_NO_INTERRUPT
+ *   or, with EVENT_IDX, used_event.
+ */
+import type { QueueMemory } from "../transport/transport.ts";
+import { Avail, Desc, needEvent, Used } from "../virtio/constants.ts";
+
+export class DeviceQueue {
+  readonly index: number;
+  readonly size: number;
+  readonly u16: Uint16Array;
+  readonly u32: Uint32Array;
+  /** 32-bit word index of the descriptor table. */
+  readonly #desc32: number;
+  /** 16-bit word indexes of avail.flags, avail.idx, avail.ring[0], used_event. */
+  readonly #availFlags16: number;
+  readonly #availIdx16: number;
+  readonly #availRing16: number;
+  readonly #usedEvent16: number;
+  /** used.flags, used.idx, avail_event (16-bit words) and used.ring[0] (32-bit word). */
+  readonly #usedFlags16: number;
+  readonly #usedIdx16: number;
+  readonly #availEvent16: number;
+  readonly #usedRing32: number;
+  readonly #eventIdx: boolean;
+  /** Notify mode: the device wants kicks and works only after one. */
+  readonly #notifyMode: boolean;
+
+  /** Next avail ring slot to read (free-running 16-bit). */
+  lastAvail = 0;
+  /** Next used ring slot to write (free-running 16-bit). */
+  usedIdx = 0;
+  /** used.idx at the last interrupt decision (2.7.10: "old" index). */
+  #signalled = 0;
+  /** Notify mode: the queue ran empty and waits for a kick. */
+  asleep = false;
+  /** Kicks received; kicks received while the device had not asked for one. */
+  kicks = 0;
+  unaskedKicks = 0;
+  /** Interrupts the device would have sent. */
+  interrupts = 0;
+
+  constructor(q: QueueMemory, eventIdx: boolean, notifyMode: boolean) {
+    if (q.region.pagePhys !== null) {
+      throw new Error(`queue ${q.index}: the simulated device cannot reach physical memory`);
+    }
+    this.index = q.index;
+    this.size = q.size;
+    this.u16 = q.region.u16;
+    this.u32 = q.region.u32;
+    if (q.descOffset % 16 !== 0 || q.availOffset % 2 !== 0 || q.usedOffset % 4 !== 0) {
+      throw new Error(`queue ${q.index}: ring parts are not aligned as 2.7 requires`);
+    }
+    this.#desc32 = q.descOffset >> 2;
+    this.#availFlags16 = (q.availOffset + Avail.FLAGS) >> 1;
+    this.#availIdx16 = (q.availOffset + Avail.IDX) >> 1;
+    this.#availRing16 = (q.availOffset + Avail.RING) >> 1;
+    this.#usedEvent16 = (q.availOffset + Avail.usedEvent(q.size)) >> 1;
+    this.#usedFlags16 = (q.usedOffset + Used.FLAGS) >> 1;
+    this.#usedIdx16 = (q.usedOffset + Used.IDX) >> 1;
+    this.#availEvent16 = (q.usedOffset + Used.availEvent(q.size)) >> 1;
+    this.#usedRing32 = (q.usedOffset + Used.RING) >> 2;
+    this.#eventIdx = eventIdx;
+    this.#notifyMode = notifyMode;
+    // 2.7.8: the device starts with used.idx 0 and its own flags.
+    this.u16[this.#usedIdx16] = 0;
+    if (notifyMode) this.#sleep();
+    else this.#stopKicks();
+  }
+
+  /** Polling mode: the driver need not kick (2.7.7.2 / 2.7.10). */
+  #stopKicks(): void {
+    this.u16[this.#usedFlags16] = Used.F_NO_NOTIFY;
+    if (this.#eventIdx) this.u16[this.#availEvent16] = (this.lastAvail - 1) & 0xffff;
+  }
+
+  /** Ask for a kick when the driver adds the next buffer and wait for it. */
+  #sleep(): void {
+    this.asleep = true;
+    this.u16[this.#usedFlags16] = 0;
+    if (this.#eventIdx) this.u16[this.#availEvent16] = this.lastAvail;
+  }
+
+  /** The driver notified this queue. */
+  kick(): void {
+    this.kicks++;
+    if (!this.asleep) this.unaskedKicks++;
+    if (this.#notifyMode && this.asleep) {
+      this.asleep = false;
+      this.#stopKicks();
+    }
+  }
+
+  /**
+   * Whether the device works on this queue now. In notify mode an empty queue goes to sleep (and
+   * asks for a kick); in polling mode it is always awake.
+   */
+  awake(): boolean {
+    if (!this.#notifyMode) {
+      if (this.#eventIdx) this.u16[this.#availEvent16] = (this.lastAvail - 1) & 0xffff;
+      return true;
+    }
+    if (this.asleep) return false;
+    if (this.pending() === 0) {
+      this.#sleep();
+      return false;
+    }
+    return true;
+  }
+
+  /** Chains the driver made available that the device has not taken (2.7.6: idx - last). */
+  pending(): number {
+    return (this.u16[this.#availIdx16] - this.lastAvail) & 0xffff;
+  }
+
+  /** Take the next available head (caller checked `pending() > 0`); may be out of range. */
+  take(): number {
+    const head = this.u16[this.#availRing16 + (this.lastAvail % this.size)];
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    return head;
+  }
+
+  /** Put back the last `n` heads taken (not consumed: no used entries written for them). */
+  untake(n: number): void {
+    this.lastAvail = (this.lastAvail - n) & 0xffff;
+  }
+
+  /** Write one used element {id, len} (2.7.8); visible after `publish()`. */
+  putUsed(id: number, len: number): void {
+    const w = this.#usedRing32 + (this.usedIdx % this.size) * (Used.ELEM_SIZE >> 2);
+    this.u32[w] = id >>> 0;
+    this.u32[w + 1] = len >>> 0;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+  }
+
+  /** Publish used.idx (2.7.8.2) and decide whether an interrupt would be sent (2.7.7, 2.7.10). */
+  publish(): void {
+    this.publishIndex(this.usedIdx);
+  }
+
+  /** Write `idx` as used.idx (the evil idx-jump mode publishes a wrong one). */
+  publishIndex(idx: number): void {
+    const old = this.#signalled;
+    this.u16[this.#usedIdx16] = idx & 0xffff;
+    if (idx === old) return;
+    this.#signalled = idx & 0xffff;
+    const want = this.#eventIdx
+      ? needEvent(this.u16[this.#usedEvent16], idx & 0xffff, old)
+      : (this.u16[this.#availFlags16] & Avail.F_NO_INTERRUPT) === 0;
+    if (want) this.interrupts++;
+  }
+
+  /** Descriptor fields (2.7.5). The address is split in two u32 halves, joined exactly. */
+  descAddr(d: number): number {
+    const w = this.#desc32 + d * (Desc.SIZE >> 2);
+    return this.u32[w] + this.u32[w + 1] * 2 ** 32;
+  }
+  descLen(d: number): number {
+    return this.u32[this.#desc32 + d * (Desc.SIZE >> 2) + (Desc.LEN >> 2)];
+  }
+  descFlags(d: number): number {
+    return this.u16[(this.#desc32 << 1) + d * (Desc.SIZE >> 1) + (Desc.FLAGS >> 1)];
+  }
+  descNext(d: number): number {
+    return this.u16[(this.#desc32 << 1) + d * (Desc.SIZE >> 1) + (Desc.NEXT >> 1)];
+  }
+}

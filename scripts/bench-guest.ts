@@ -26,13 +26,15 @@ const vpmd: Forwarder = {
   name: "vpmd",
   async start(g, a, b) {
     const p = await g.spawn(
-      `exec deno run -A tests/lib/pci_fwd.ts --duration 600 --idle 5 ${a.pciAddress} ${b.pciAddress}`,
+      `exec deno run -A main.ts fwd ${a.pciAddress} ${b.pciAddress} --mode io --json ` +
+        `--stats-period 1`,
     );
-    await p.waitForOutput(/^ready$/m, 120);
+    await p.waitForOutput(/^\{"t":/m, 120); // the first statistics line: forwarding runs
     return async () => {
+      await g.exec("killall -INT deno");
       const end = await p.wait(60);
-      const last = end.output.trim().split("\n").pop() ?? "";
-      console.error(`vpmd: ${last}`);
+      const last = end.output.split("\n").filter((l) => l.startsWith('{"ports":')).pop();
+      console.error(`vpmd: ${last ?? end.output}`);
     };
   },
 };
@@ -80,10 +82,7 @@ async function main(): Promise<void> {
     await g.ready();
     const [legacy, modern] = g.nics;
     const bind = await g.exec(
-      `deno run -A main.ts bind --force ${legacy.pciAddress} ${modern.pciAddress} || ` +
-        `deno eval 'import { runPciCommand } from "/vpmd/mod/pci/commands.ts"; ` +
-        `Deno.exit(await runPciCommand("bind", ["--force", "${legacy.pciAddress}", ` +
-        `"${modern.pciAddress}"]))'`,
+      `deno run -A main.ts bind --force ${legacy.pciAddress} ${modern.pciAddress}`,
       120,
     );
     if (bind.code !== 0) throw new Error(`bind failed: ${bind.output}`);

@@ -73,8 +73,10 @@ export class DeviceQueue {
     this.#notifyMode = notifyMode;
     // 2.7.8: the device starts with used.idx 0 and its own flags.
     this.u16[this.#usedIdx16] = 0;
-    if (notifyMode) this.#sleep();
-    else this.#stopKicks();
+    // Both modes start awake: the device looks at every queue once when it goes live (buffers
+    // made available before DRIVER_OK need no kick); in notify mode it sleeps when it finds one
+    // empty.
+    this.#stopKicks();
   }
 
   /** Polling mode: the driver need not kick (2.7.7.2 / 2.7.10). */

@@ -4,7 +4,8 @@
  *
  *   --promisc / --no-promisc   promiscuous mode (default on, as testpmd; only sent when the
  *                              device has VIRTIO_NET_F_CTRL_RX unless asked for explicitly)
- *   --allmulti                 receive every multicast frame
+ *   --allmulti                 receive every multicast frame (default off, also sent when the
+ *                              device has CTRL_RX)
  *   --mac [N,]ADDR             set port N's MAC address (default port 0; CTRL_MAC_ADDR)
  *   --mcast ADDR,...           multicast MAC table of every port (CTRL_RX)
  *   --vlan-filter VID,...      accept tagged frames of these VLANs only (CTRL_VLAN); without it
@@ -115,9 +116,12 @@ export function parseFilterFlags(v: FilterValues, ports: number): FilterOptions 
  * feature (an Error naming it and the flag otherwise) and is sent when the port starts.
  */
 export function applyFilters(port: Port, i: number, f: FilterOptions): void {
-  const promisc = f.promisc ?? (has(port.features, NetFeature.CTRL_RX) ? true : null);
+  // Not asked: promiscuous on and all-multicast off (testpmd's defaults), sent whenever the
+  // device can take them, so that a device's own reset state does not decide.
+  const rx = has(port.features, NetFeature.CTRL_RX);
+  const promisc = f.promisc ?? (rx ? true : null);
   if (promisc !== null) port.setPromiscuous(promisc);
-  if (f.allmulti) port.setAllMulticast(true);
+  if (f.allmulti || rx) port.setAllMulticast(f.allmulti);
   if (f.mcast !== null) port.setMacTable([], f.mcast);
   const m = f.macs[i];
   if (m !== undefined) port.setMacAddress(m);

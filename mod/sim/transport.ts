@@ -86,6 +86,11 @@ export class SimTransport implements VirtioTransport {
     return new SimTransport(parseSimSpec(name, options));
   }
 
+  /** Change the link (the same as `device.setLink`): the next poll reports CONFIG_CHANGED. */
+  setLink(up: boolean): void {
+    this.device.setLink(up);
+  }
+
   reset(): void {
     this.#status = 0;
     this.#accepted = 0n;

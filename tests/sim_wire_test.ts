@@ -384,44 +384,67 @@ Deno.test("sim wire: injecting beyond the queue counts missed frames", () => {
   assert.ok(ok >= 1024);
 });
 
+/**
+ * A hand-made driver for what the Port never does: rings of 4 in one region (RX queue 0, TX
+ * queue 1), the device brought up with `features`; `send` makes one TX chain available.
+ */
+function rawDevice(spec: Record<string, string>, features: bigint) {
+  const t = SimTransport.fromSpec("raw", { gen: "off", ctrl: "0", mrg: "0", ...spec });
+  const ring = DmaRegion.create({ size: 8192, kind: "anon", name: "raw-ring" });
+  const size = 4;
+  const q = (index: number, base: number) => ({
+    index,
+    size,
+    region: ring,
+    descOffset: base,
+    availOffset: base + 64,
+    usedOffset: base + 128,
+    descIova: ring.iova(base),
+    availIova: ring.iova(base + 64),
+    usedIova: ring.iova(base + 128),
+  });
+  const txq = q(1, 256);
+  const dv = new DataView(ring.buffer);
+  t.reset();
+  t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
+  t.setDriverFeatures(features);
+  t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
+  assert.ok((t.getStatus() & Status.FEATURES_OK) !== 0);
+  t.setupQueue(q(0, 0));
+  t.setupQueue(txq);
+  t.addMemory(ring);
+  t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+  let avail = 0;
+  /** Make a one-descriptor chain of `len` bytes at `iova` available (descriptor avail % 4). */
+  const send = (iova: number, len: number) => {
+    const d = 256 + (avail % size) * Desc.SIZE;
+    dv.setUint32(d + Desc.ADDR, iova % 2 ** 32, true);
+    dv.setUint32(d + Desc.ADDR + 4, Math.floor(iova / 2 ** 32), true);
+    dv.setUint32(d + Desc.LEN, len, true);
+    dv.setUint16(d + Desc.FLAGS, 0, true);
+    dv.setUint16(txq.availOffset + Avail.RING + 2 * (avail % size), avail % size, true);
+    avail = (avail + 1) & 0xffff;
+    dv.setUint16(txq.availOffset + Avail.IDX, avail, true);
+  };
+  /** A 64-byte test frame after a 12-byte zero header, at offset 4096 of the ring region. */
+  const frameIova = ring.iova(4096);
+  ring.u8.fill(0, 4096, 4096 + 12);
+  writeTestFrame(ring.u8, 4096 + 12, 64, 5, 0, PEER, PEER);
+  const close = () => {
+    t.close();
+    ring.close();
+  };
+  return { t, ring, txq, dv, send, frameIova, close };
+}
+
 Deno.test("sim: a descriptor outside the driver's memory sets DEVICE_NEEDS_RESET", () => {
-  // A hand-made driver: one TX queue of 4, a chain pointing outside every region.
-  const t = SimTransport.fromSpec("raw", { gen: "off", ctrl: "0", mrg: "0" });
-  const ring = DmaRegion.create({ size: 4096, kind: "anon", name: "raw-ring" });
+  const r = rawDevice({}, 1n << BigInt(Feature.VERSION_1));
   const outside = DmaRegion.create({ size: 4096, kind: "anon", name: "not-added" });
   try {
-    t.reset();
-    t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER);
-    t.setDriverFeatures(1n << BigInt(Feature.VERSION_1));
-    t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK);
-    assert.ok((t.getStatus() & Status.FEATURES_OK) !== 0);
-    const size = 4;
-    const q = (index: number, base: number) => ({
-      index,
-      size,
-      region: ring,
-      descOffset: base,
-      availOffset: base + 64,
-      usedOffset: base + 128,
-      descIova: ring.iova(base),
-      availIova: ring.iova(base + 64),
-      usedIova: ring.iova(base + 128),
-    });
-    t.setupQueue(q(0, 0));
-    const txq = q(1, 256);
-    t.setupQueue(txq);
-    t.addMemory(ring);
-    t.setStatus(Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK | Status.DRIVER_OK);
+    const { t, dv, txq } = r;
     assert.equal(t.poll(), 0);
-    const dv = new DataView(ring.buffer);
-    const iova = outside.iova(0);
-    dv.setUint32(256 + Desc.ADDR, iova % 2 ** 32, true);
-    dv.setUint32(256 + Desc.ADDR + 4, Math.floor(iova / 2 ** 32), true);
-    dv.setUint32(256 + Desc.LEN, 76, true);
-    dv.setUint16(256 + Desc.FLAGS, 0, true);
-    dv.setUint16(txq.availOffset + Avail.RING, 0, true);
-    dv.setUint16(txq.availOffset + Avail.IDX, 1, true);
     outside.u8.fill(0xab);
+    r.send(outside.iova(0), 76);
     const ev = t.poll();
     assert.ok((ev & TransportEvent.DEVICE_LOST) !== 0, "reported as lost");
     assert.ok((ev & TransportEvent.CONFIG_CHANGED) !== 0, "with a config change (2.1.2)");
@@ -433,9 +456,82 @@ Deno.test("sim: a descriptor outside the driver's memory sets DEVICE_NEEDS_RESET
     t.reset();
     assert.equal(t.getStatus(), 0, "a reset clears it");
   } finally {
-    t.close();
-    ring.close();
+    r.close();
     outside.close();
+  }
+  // A descriptor running past the end of a region is just as bad.
+  const r2 = rawDevice({}, 1n << BigInt(Feature.VERSION_1));
+  try {
+    r2.send(r2.ring.iova(r2.ring.size - 16), 76);
+    r2.t.poll();
+    assert.ok((r2.t.getStatus() & Status.DEVICE_NEEDS_RESET) !== 0);
+    assert.equal(r2.t.wire.counters.txFrames, 0);
+  } finally {
+    r2.close();
+  }
+});
+
+Deno.test("sim: a TX chain shorter than the net header is dropped and counted, not fatal", () => {
+  const r = rawDevice({}, 1n << BigInt(Feature.VERSION_1));
+  try {
+    r.send(r.frameIova, 8);
+    r.send(r.frameIova, 76);
+    r.t.poll();
+    assert.equal(r.t.device.errors.txMalformed, 1);
+    assert.equal(r.t.wire.counters.checkedOk, 1, "the next frame went out");
+    assert.equal(r.dv.getUint16(r.txq.usedOffset + Used.IDX, true), 2, "both chains used");
+  } finally {
+    r.close();
+  }
+});
+
+for (const eventIdx of [false, true]) {
+  Deno.test(`sim: interrupts follow ${eventIdx ? "used_event" : "VRING_AVAIL_F_NO_INTERRUPT"}`, () => {
+    const f = (1n << BigInt(Feature.VERSION_1)) | (eventIdx ? 1n << BigInt(Feature.EVENT_IDX) : 0n);
+    const r = rawDevice(eventIdx ? { event_idx: "1" } : {}, f);
+    try {
+      const { t, dv, txq } = r;
+      const usedEvent = txq.availOffset + Avail.usedEvent(txq.size);
+      // Interrupts wanted: flags 0, or used_event 0 (interrupt when used.idx passes 0).
+      r.send(r.frameIova, 76);
+      t.poll();
+      assert.equal(t.device.interrupts, 1);
+      // Suppressed: NO_INTERRUPT, or used_event parked far behind.
+      if (eventIdx) dv.setUint16(usedEvent, 0x8000, true);
+      else dv.setUint16(txq.availOffset + Avail.FLAGS, Avail.F_NO_INTERRUPT, true);
+      r.send(r.frameIova, 76);
+      r.send(r.frameIova, 76);
+      t.poll();
+      assert.equal(t.device.interrupts, 1, "suppressed");
+      assert.equal(t.wire.counters.checkedOk, 3);
+      if (eventIdx) {
+        // used_event = 3: the entry that makes used.idx 4 crosses it.
+        dv.setUint16(usedEvent, 3, true);
+        r.send(r.frameIova, 76);
+        t.poll();
+        assert.equal(t.device.interrupts, 2);
+      }
+    } finally {
+      r.close();
+    }
+  });
+}
+
+Deno.test("sim: qfixed=1 makes the port use the device's queue size", () => {
+  const logs: string[] = [];
+  const t = SimTransport.fromSpec("fixed", { gen: "off", qfixed: "1", qsize: "256" });
+  const pool = new MbufPool({ count: 2048, kind: t.dmaKinds[0] });
+  const port = new Port(0, t, { log: (m) => logs.push(m) });
+  try {
+    assert.equal(t.queueSizeFixed, true);
+    port.configure({ pool, rxd: 512, txd: 128 });
+    port.start();
+    assert.ok(logs.some((m) => /fixed/.test(m)), logs.join("; "));
+    assert.equal(pool.available, pool.count - 256, "256 RX buffers posted");
+  } finally {
+    port.close();
+    t.close();
+    pool.close();
   }
 });
 

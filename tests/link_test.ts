@@ -126,3 +126,31 @@ Deno.test("link: an announce request gets a RARP for the port's address, then an
     close();
   }
 });
+
+Deno.test("link: a paced generator sends nothing while down and no burst when back up", async () => {
+  const { t, pool, port, close } = setup({ rate: "10000" });
+  try {
+    t.device.setLink(false);
+    drain(port, pool, 1);
+    const before = t.wire.counters.generated;
+    for (let i = 0; i < 20; i++) {
+      drain(port, pool, 1);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(t.wire.counters.generated, before, "nothing generated while down");
+    t.device.setLink(true);
+    drain(port, pool, 1);
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, 10));
+    drain(port, pool, 1);
+    const ms = performance.now() - t0;
+    const burst = t.wire.counters.generated - before;
+    assert.ok(
+      burst <= 10 * ms + 16,
+      `${burst} frames in ${ms.toFixed(1)} ms after the link came up`,
+    );
+    assert.equal(t.wire.counters.missed, 0);
+  } finally {
+    close();
+  }
+});

@@ -269,8 +269,9 @@ export class SimDevice {
       if (this.needsReset) return;
     }
     if (this.#ctrl !== null && this.#ctrl.awake()) this.#control(this.#ctrl);
-    if (this.needsReset || !this.linkUp) return;
     const wire = this.wire;
+    if (!this.linkUp) wire.pause();
+    if (this.needsReset || !this.linkUp) return;
     wire.beginPoll();
     const active = this.activePairs;
     const first = this.#rxTurn++ % active;

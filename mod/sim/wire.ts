@@ -32,7 +32,11 @@ export interface WireCounters {
   generated: number;
   /** Frames (generated or injected) written into the driver's RX buffers. */
   delivered: number;
-  /** Frames lost at the device: no RX buffer posted (paced generator, full inject queue). */
+  /**
+   * Frames lost at the device, for any reason: no RX buffer posted (paced generator), full
+   * inject queue, and the `filtered` and `tooBig` ones below. generated = delivered + missed
+   * for the generator's frames.
+   */
   missed: number;
   /** Frames the receive filter (promiscuous mode, MAC table, VLAN table) dropped. */
   filtered: number;
@@ -162,6 +166,12 @@ export class SimWire {
 
   // ---- device-facing side (mod/sim/device.ts) ----
 
+  /** The link is down: no frames are due, and none build up until it comes back. */
+  pause(): void {
+    this.#lastMs = 0;
+    this.#credit = 0;
+  }
+
   /** Start of a device poll: work out how many generated frames are due. */
   beginPoll(): void {
     if (!this.#generating) {
@@ -227,6 +237,7 @@ export class SimWire {
   /** Drop the next frame (receive filter, or too big): counted under `why`. */
   dropNext(queue: number, why: "filtered" | "tooBig"): void {
     this.counters[why]++;
+    this.counters.missed++;
     if (this.#injCount > 0) {
       this.#popInjected();
       return;

@@ -3,7 +3,8 @@
  * checked and applied through the port against the simulated device (whose receive filter drops
  * injected frames like QEMU's), CTRL_VLAN negotiated only for --vlan-filter, queue-size rules,
  * stopped-only configuration and the library flow stop/configure/start, the announce frame's
- * bytes, and the CLI's exit codes for a device without the feature.
+ * bytes, the CLI's exit code for a device without the feature, and the error class (exit 1) for a
+ * device that refuses a command.
  */
 import assert from "assert";
 import { ANNOUNCE_FRAME_BYTES, writeAnnounce } from "../mod/announce.ts";
@@ -13,7 +14,9 @@ import { Port, type PortConfig } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { parseMac } from "../mod/transport/vhost_user.ts";
-import { has, NetFeature } from "../mod/virtio/constants.ts";
+import type { VirtioTransport } from "../mod/transport/transport.ts";
+import { bit, has, NetFeature } from "../mod/virtio/constants.ts";
+import { CtrlCommandError } from "../mod/virtio/ctrl_queue.ts";
 
 const PORT_MAC = "02:00:00:00:aa:01";
 
@@ -315,4 +318,45 @@ Deno.test("ctrl cli: vpmd fwd exits 2 naming the missing feature and the flag", 
     "0",
   ]);
   assert.equal(ok.code, 0, ok.stderr);
+});
+
+Deno.test("ctrl cli: a device that refuses a command gives a CtrlCommandError (CLI exit 1)", () => {
+  // The device takes the features but not CTRL_RX's commands (it answers VIRTIO_NET_ERR).
+  const sim = SimTransport.fromSpec("refuse", { gen: "off" });
+  const t: VirtioTransport = {
+    name: "refusing",
+    ringLayout: sim.ringLayout,
+    dmaKinds: sim.dmaKinds,
+    queueSizeFixed: sim.queueSizeFixed,
+    reset: () => sim.reset(),
+    getStatus: () => sim.getStatus(),
+    setStatus: (s) => sim.setStatus(s),
+    getDeviceFeatures: () => sim.getDeviceFeatures(),
+    setDriverFeatures: (f) => sim.setDriverFeatures(f & ~bit(NetFeature.CTRL_RX)),
+    readConfig: (o, n) => sim.readConfig(o, n),
+    queueMaxSize: (i) => sim.queueMaxSize(i),
+    setupQueue: (q) => sim.setupQueue(q),
+    addMemory: (r) => sim.addMemory(r),
+    notify: (i) => sim.notify(i),
+    poll: () => sim.poll(),
+    close: () => sim.close(),
+  };
+  const pool = new MbufPool({ count: 1024, kind: t.dmaKinds[0] });
+  const port = new Port(0, t, { log: () => {} });
+  try {
+    port.configure({ pool });
+    applyFilters(port, 0, parseFilterFlags({ "no-promisc": true }, 1));
+    assert.throws(
+      () => port.start(),
+      (e: unknown) =>
+        e instanceof CtrlCommandError &&
+        /^port 0: promiscuous mode: the device refused the command \(ack 1\)$/.test(e.message),
+    );
+    assert.equal(port.started, false);
+    assert.equal(pool.available, pool.count, "every buffer back after the failed start");
+  } finally {
+    port.close();
+    t.close();
+    pool.close();
+  }
 });

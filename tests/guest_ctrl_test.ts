@@ -206,44 +206,81 @@ guestTest(
   },
 );
 
-guestTest("ctrl: software VLAN strip and insert are byte-exact at the host", async (g) => {
-  await bindAll(g);
-  const [n0, n1] = g.nics;
-  const p = await g.spawn(
-    `echo $$ > /tmp/fwd.pid; exec ${VPMD} fwd ${n0.pciAddress} ${n1.pciAddress} ` +
-      `--vlan-strip --vlan-insert 200 --json --stats-period 1 --duration 120`,
-  );
-  await p.waitForOutput(/^\{"t":/m, 90);
-  const rec = new Recorder(n1.wire);
-  try {
-    await send(n0, Array.from({ length: 20 }, (_, i) => frame(0x70, i, PORT_MAC)));
-    await rec.waitFor(0x70, 15, 30);
-    rec.frames.length = 0;
-    // Untagged in: tag 200 inserted. Tagged 100 in: stripped, then 200 inserted. Two tags
-    // (100 outer, 300 inner): only the outer one is stripped, 200 pushed in front of 300.
-    const cases: [Uint8Array, Uint8Array][] = [];
-    for (let i = 0; i < 30; i++) {
-      cases.push([
-        frame(1, i, PORT_MAC, [], 64 + i * 40),
-        frame(1, i, PORT_MAC, [200], 64 + i * 40),
-      ]);
-      cases.push([frame(2, i, PORT_MAC, [100]), frame(2, i, PORT_MAC, [200])]);
-      cases.push([frame(3, i, PORT_MAC, [100, 300]), frame(3, i, PORT_MAC, [200, 300])]);
+guestTest(
+  "ctrl: VLAN strip + insert and --mtu 9000 frames are byte-exact at the host",
+  async (g) => {
+    await bindAll(g);
+    const [n0, n1] = g.nics;
+    const p = await g.spawn(
+      `echo $$ > /tmp/fwd.pid; exec ${VPMD} fwd ${n0.pciAddress} ${n1.pciAddress} ` +
+        `--vlan-strip --vlan-insert 200 --json --stats-period 1 --duration 120`,
+    );
+    await p.waitForOutput(/^\{"t":/m, 90);
+    const rec = new Recorder(n1.wire);
+    try {
+      await send(n0, Array.from({ length: 20 }, (_, i) => frame(0x70, i, PORT_MAC)));
+      await rec.waitFor(0x70, 15, 30);
+      rec.frames.length = 0;
+      // Untagged in: tag 200 inserted. Tagged 100 in: stripped, then 200 inserted. Two tags
+      // (100 outer, 300 inner): only the outer one is stripped, 200 pushed in front of 300.
+      const cases: [Uint8Array, Uint8Array][] = [];
+      for (let i = 0; i < 30; i++) {
+        cases.push([
+          frame(1, i, PORT_MAC, [], 64 + i * 40),
+          frame(1, i, PORT_MAC, [200], 64 + i * 40),
+        ]);
+        cases.push([frame(2, i, PORT_MAC, [100]), frame(2, i, PORT_MAC, [200])]);
+        cases.push([frame(3, i, PORT_MAC, [100, 300]), frame(3, i, PORT_MAC, [200, 300])]);
+      }
+      await send(n0, cases.map(([input]) => input));
+      await rec.waitFor(3, 29, 30);
+      assert.ok(
+        rec.frames.length >= cases.length * 0.95,
+        `${rec.frames.length} of ${cases.length}`,
+      );
+      const want = new Map(cases.map(([, out]) => [out.join(","), out]));
+      for (const f of rec.frames) {
+        assert.ok(want.has(f.join(",")), `unexpected frame from n1: ${hex(f.subarray(0, 24))}`);
+      }
+    } finally {
+      rec.detach();
+      await g.exec("kill -INT $(cat /tmp/fwd.pid)", 10).catch(() => {});
     }
-    await send(n0, cases.map(([input]) => input));
-    await rec.waitFor(3, 29, 30);
-    assert.ok(rec.frames.length >= cases.length * 0.95, `${rec.frames.length} of ${cases.length}`);
-    const want = new Map(cases.map(([, out]) => [out.join(","), out]));
-    for (const f of rec.frames) {
-      assert.ok(want.has(f.join(",")), `unexpected frame from n1: ${hex(f.subarray(0, 24))}`);
+    const end = await p.wait(60);
+    assert.equal(end.code, 0, end.output);
+
+    // --mtu 9000: 9014-byte frames come in through mergeable RX buffers (2 KiB each) and leave as
+    // chained TX descriptors, unchanged.
+    const j = await g.spawn(
+      `echo $$ > /tmp/fwd.pid; exec ${VPMD} fwd ${n0.pciAddress} ${n1.pciAddress} --mtu 9000 ` +
+        `--json --stats-period 1 --duration 120`,
+    );
+    await j.waitForOutput(/^\{"t":/m, 90);
+    const jrec = new Recorder(n1.wire);
+    try {
+      await send(n0, Array.from({ length: 20 }, (_, i) => frame(0x70, i, PORT_MAC)));
+      await jrec.waitFor(0x70, 15, 30);
+      const big = Array.from({ length: 20 }, (_, i) => frame(4, i, PORT_MAC, [], 9014));
+      await send(n0, big);
+      await jrec.waitFor(4, 19, 30);
+      assert.ok(jrec.count(4) >= 19, `${jrec.count(4)} of 20 jumbo frames`);
+      const want = new Set(big.map((f) => f.join(",")));
+      const got = jrec.frames.filter((f) => f.length > 1514);
+      assert.equal(got.length, jrec.count(4));
+      for (const f of got) {
+        assert.ok(
+          want.has(f.join(",")),
+          `jumbo frame changed: ${f.length} bytes`,
+        );
+      }
+    } finally {
+      jrec.detach();
+      await g.exec("kill -INT $(cat /tmp/fwd.pid)", 10).catch(() => {});
     }
-  } finally {
-    rec.detach();
-    await g.exec("kill -INT $(cat /tmp/fwd.pid)", 10).catch(() => {});
-  }
-  const end = await p.wait(60);
-  assert.equal(end.code, 0, end.output);
-});
+    const jend = await j.wait(60);
+    assert.equal(jend.code, 0, jend.output);
+  },
+);
 
 function hex(b: Uint8Array): string {
   return [...b].map((x) => x.toString(16).padStart(2, "0")).join(" ");

@@ -183,7 +183,7 @@ export class SimDevice {
     this.needsReset = false;
     this.configChanged = false;
     this.activePairs = 1;
-    this.#features = 0n;
+    this.negotiated(0n);
     this.filter.promisc = true;
     this.filter.allmulti = true;
     this.filter.unicast = [];

@@ -154,12 +154,7 @@ export class LegacyPciTransport implements VirtioTransport {
   }
 
   addMemory(region: DmaRegion): void {
-    if (region.kind !== "physical") {
-      throw new Error(
-        `${this.fn.address}: DMA memory must be 'physical' (hugepages with physical addresses), ` +
-          `not '${region.kind}'`,
-      );
-    }
+    requirePhysical(this.fn.address, region);
   }
 
   notify(index: number): void {
@@ -182,5 +177,15 @@ export class LegacyPciTransport implements VirtioTransport {
       this.interrupts.close();
       this.bar.close();
     }
+  }
+}
+
+/** PCI devices without an IOMMU reach only memory addressed physically (ffi/dma.ts "physical"). */
+export function requirePhysical(address: string, region: DmaRegion): void {
+  if (region.kind !== "physical") {
+    throw new Error(
+      `${address}: DMA memory must be 'physical' (hugepages with physical addresses), ` +
+        `not '${region.kind}'`,
+    );
   }
 }

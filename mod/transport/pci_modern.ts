@@ -23,7 +23,7 @@ import { PciCommand, type VirtioCaps, type VirtioRegion } from "../pci/config.ts
 import type { ConfigChangeSource } from "../pci/interrupts.ts";
 import type { PciFunction, PciResource } from "../pci/sysfs.ts";
 import { RingAlign } from "../virtio/constants.ts";
-import { IsrBit } from "./pci_legacy.ts";
+import { IsrBit, requirePhysical } from "./pci_legacy.ts";
 import {
   type QueueMemory,
   type RingLayout,
@@ -278,12 +278,7 @@ export class ModernPciTransport implements VirtioTransport {
   }
 
   addMemory(region: DmaRegion): void {
-    if (region.kind !== "physical") {
-      throw new Error(
-        `${this.fn.address}: DMA memory must be 'physical' (hugepages with physical addresses), ` +
-          `not '${region.kind}'`,
-      );
-    }
+    requirePhysical(this.fn.address, region);
   }
 
   notify(index: number): void {

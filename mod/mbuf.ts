@@ -130,6 +130,17 @@ export class MbufPool {
     return m;
   }
 
+  /**
+   * Take one buffer without resetting its metadata (receive refill: the queue sets every field
+   * when the buffer comes back filled); NONE when the pool is empty.
+   */
+  allocRaw(): number {
+    if (this.#freeCount === 0) return NONE;
+    const m = this.#free[--this.#freeCount];
+    this.#inPool[m] = 0;
+    return m;
+  }
+
   /** Take `n` buffers into `out[0..n)` or none at all; returns false when fewer than `n` are free. */
   allocBulk(out: Uint32Array | Int32Array, n: number): boolean {
     if (this.#freeCount < n) return false;
@@ -151,6 +162,32 @@ export class MbufPool {
       }
       m = nx;
     }
+  }
+
+  /**
+   * Return the packets `ms[0..n)` (free() for each, one call for a whole burst). Single-segment
+   * packets take a short path; anything else goes through free().
+   */
+  freeBulk(ms: Uint32Array | Int32Array, n: number): void {
+    const next = this.next;
+    const inPool = this.#inPool;
+    const free = this.#free;
+    const count = this.count;
+    let fc = this.#freeCount;
+    for (let i = 0; i < n; i++) {
+      const m = ms[i];
+      if (m >= 0 && m < count && next[m] === NONE) {
+        if (inPool[m] === 0) {
+          inPool[m] = 1;
+          free[fc++] = m;
+        }
+      } else {
+        this.#freeCount = fc;
+        this.free(m);
+        fc = this.#freeCount;
+      }
+    }
+    this.#freeCount = fc;
   }
 
   /** Absolute offset in `bytes` of segment `m`'s data. */

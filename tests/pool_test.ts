@@ -98,3 +98,38 @@ Deno.test("pool: freeing a corrupted chain (looping or out of range) ends and fr
     pool.close();
   }
 });
+
+Deno.test("pool: freeBulk returns single buffers and chains, ignores doubles and bad numbers", () => {
+  const pool = new MbufPool({ count: 6, kind: "anon" });
+  try {
+    const a = pool.alloc();
+    const b = pool.alloc();
+    const chain = pool.fromBytes(new Uint8Array(300), 100); // three segments
+    assert.equal(pool.available, 1);
+    const list = Int32Array.of(a, chain, a, NONE, 1000, b);
+    pool.freeBulk(list, list.length);
+    assert.equal(pool.available, 6);
+    const got = new Set(Array.from({ length: 6 }, () => pool.alloc()));
+    assert.equal(got.size, 6);
+    assert.ok(!got.has(NONE));
+  } finally {
+    pool.close();
+  }
+});
+
+Deno.test("pool: allocRaw takes a buffer without touching its metadata and counts it out", () => {
+  const pool = new MbufPool({ count: 1, kind: "anon" });
+  try {
+    const m = pool.alloc();
+    pool.dataLen[m] = 77;
+    pool.free(m);
+    assert.equal(pool.allocRaw(), m);
+    assert.equal(pool.dataLen[m], 77);
+    assert.equal(pool.allocRaw(), NONE);
+    pool.free(m);
+    pool.free(m);
+    assert.equal(pool.available, 1);
+  } finally {
+    pool.close();
+  }
+});

@@ -87,7 +87,7 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
     case "rxonly":
       return (s) => {
         const n = s.rx.rxBurst(s.queue, s.pkts, burst);
-        for (let i = 0; i < n; i++) pool.free(s.pkts[i]);
+        pool.freeBulk(s.pkts, n);
         return n;
       };
     case "macswap":

@@ -170,6 +170,9 @@ export class RxQueue {
     const dataLen = pool.dataLen;
     const pktLen = pool.pktLen;
     const dataOff = pool.dataOff;
+    const next = pool.next;
+    const nbSegs = pool.nbSegs;
+    const flags = pool.flags;
     const portArr = pool.port;
     const portId = this.#portId;
     const desc32 = ring.desc32;
@@ -208,7 +211,7 @@ export class RxQueue {
         availIdx++;
         continue;
       }
-      const fresh = pool.alloc();
+      const fresh = pool.allocRaw();
       if (fresh === NONE) {
         noMbuf++;
         shadow[availIdx & mask] = id;
@@ -227,6 +230,9 @@ export class RxQueue {
       dataOff[m] = headroom;
       dataLen[m] = l;
       pktLen[m] = l;
+      next[m] = NONE;
+      nbSegs[m] = 1;
+      flags[m] = 0;
       portArr[m] = portId;
       pkts[n++] = m;
       bytes += l;
@@ -261,6 +267,8 @@ export class RxQueue {
     const dataLen = pool.dataLen;
     const pktLen = pool.pktLen;
     const next = pool.next;
+    const nbSegs = pool.nbSegs;
+    const flags = pool.flags;
     const portArr = pool.port;
     const portId = this.#portId;
     const oldAvail = this.#availIdx;
@@ -300,7 +308,7 @@ export class RxQueue {
       }
       if (nb === 1 && len <= postLen) {
         // The common case: the frame fits one buffer.
-        const fresh = pool.alloc();
+        const fresh = pool.allocRaw();
         if (fresh === NONE) {
           noMbuf++;
           shadow[availIdx & mask] = id;
@@ -318,6 +326,9 @@ export class RxQueue {
         dataOff[m] = headroom;
         dataLen[m] = l;
         pktLen[m] = l;
+        next[m] = NONE;
+        nbSegs[m] = 1;
+        flags[m] = 0;
         portArr[m] = portId;
         pkts[n++] = m;
         bytes += l;
@@ -375,7 +386,8 @@ export class RxQueue {
         total += l;
       }
       pktLen[head] = total;
-      pool.nbSegs[head] = taken;
+      nbSegs[head] = taken;
+      flags[head] = 0;
       portArr[head] = portId;
       pkts[n++] = head;
       bytes += total;

@@ -247,6 +247,10 @@ export class RxQueue {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
+    const words16 = pool.region.u16;
+    const bufOff = pool.bufOff;
+    const numBuffersOff = this.#postOff + NetHdr.NUM_BUFFERS;
+    const evenNb = (numBuffersOff & 1) === 0;
     const bytesArr = pool.bytes;
     const mask = ring.mask;
     const size = ring.size;
@@ -295,9 +299,14 @@ export class RxQueue {
         continue;
       }
       posted[id] = 0;
+      // num_buffers (le16): one u16 load when it sits at an even offset (buffers are 64-byte
+      // aligned, so whenever the headroom is even).
+      const nbAt = bufOff[buf[id]] + numBuffersOff;
       const nb = len < hdr
         ? 0
-        : readU16(bytesArr, pool.bufOff[buf[id]] + postOff + NetHdr.NUM_BUFFERS);
+        : evenNb
+        ? words16[nbAt >>> 1]
+        : bytesArr[nbAt] | (bytesArr[nbAt + 1] << 8);
       const left = (usedIdx - used) & 0xffff;
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
@@ -455,8 +464,4 @@ export class RxQueue {
       this.#posted[i] = 0;
     }
   }
-}
-
-function readU16(b: Uint8Array, off: number): number {
-  return b[off] | (b[off + 1] << 8);
 }

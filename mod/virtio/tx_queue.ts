@@ -189,22 +189,23 @@ export class TxQueue {
     for (; taken < n; taken++) {
       const m = pkts[taken];
       // Count and check the segments before touching anything.
-      let len = dataLen[m];
+      let off = dataOff[m];
+      let first = dataLen[m];
+      let len = first;
       let segs = 1;
-      let ok = dataOff[m] + len <= bufSize;
+      let ok = off + first <= bufSize;
       for (let s = next[m]; s !== NONE && ok; s = next[s]) {
         ok = dataOff[s] + dataLen[s] <= bufSize && ++segs <= size;
         len += dataLen[s];
       }
       if (ok && segs > top) break; // ring full: the caller keeps pkts[taken..n)
-      if (ok && (flags[m] & MbufFlag.VLAN_INSERT) !== 0) {
-        ok = vlanInsert(pool, m, pool.vlanTci[m], hdr);
+      if (ok && ((flags[m] & MbufFlag.VLAN_INSERT) !== 0 || insertTci >= 0)) {
+        const tci = (flags[m] & MbufFlag.VLAN_INSERT) !== 0 ? pool.vlanTci[m] : insertTci;
+        ok = vlanInsert(pool, m, tci, hdr);
         len += 4;
-      } else if (ok && insertTci >= 0) {
-        ok = vlanInsert(pool, m, insertTci, hdr);
-        len += 4;
+        off = dataOff[m];
+        first = dataLen[m];
       }
-      const off = dataOff[m];
       if (!ok || off < hdr) {
         errors++;
         pool.free(m);
@@ -225,7 +226,7 @@ export class TxQueue {
       let d = desc32 + 4 * head;
       u32[d] = iovaLo[m] + off - hdr;
       u32[d + 1] = iovaHi[m];
-      u32[d + 2] = hdr + dataLen[m];
+      u32[d + 2] = hdr + first;
       u32[d + 3] = 0;
       if (segs > 1) {
         let prev = head;

@@ -52,11 +52,6 @@ export class RxQueue {
   readonly #buf: Int32Array;
   /** 1 while descriptor i is available to the device (posted and not yet seen in the used ring). */
   readonly #posted: Uint8Array;
-  /**
-   * What the driver put in each avail.ring slot, in ordinary memory: a burst writes here and
-   * copies to the ring when it publishes, and a bad used entry is traced back through it.
-   */
-  readonly #shadow: Uint16Array;
   /** Descriptors taken in the current frame (mergeable), and their used lengths. */
   readonly #segId: Uint16Array;
   readonly #segLen: Uint32Array;
@@ -83,7 +78,6 @@ export class RxQueue {
     const n = o.ring.size;
     this.#buf = new Int32Array(n).fill(NONE);
     this.#posted = new Uint8Array(n);
-    this.#shadow = new Uint16Array(n);
     this.#segId = new Uint16Array(n);
     this.#segLen = new Uint32Array(n);
     this.#postLen = o.hdrSize + o.pool.dataRoom;
@@ -107,7 +101,6 @@ export class RxQueue {
       const m = this.pool.alloc();
       this.#post(i, m);
       ring.u16[ring.availRing16 + i] = i;
-      this.#shadow[i] = i;
       this.#posted[i] = 1;
     }
     // We poll: ask the device not to interrupt (2.7.7.1); with EVENT_IDX, used_event does that
@@ -163,7 +156,8 @@ export class RxQueue {
     const usedRing = ring.usedRing32;
     const buf = this.#buf;
     const posted = this.#posted;
-    const shadow = this.#shadow;
+    const availRing = ring.availRing16;
+    const u16 = ring.u16;
     const hdr = this.#hdr;
     const postLen = this.#postLen;
     const headroom = pool.headroom;
@@ -196,10 +190,10 @@ export class RxQueue {
         // entry stood for the descriptor posted at the same position: post it again rather
         // than let the ring shrink.
         errors++;
-        const lost = shadow[(used - 1) & mask];
-        if (posted[lost] === 1) {
+        const lost = u16[availRing + ((used - 1) & mask)];
+        if (lost < size && posted[lost] === 1) {
           posted[lost] = 0;
-          shadow[availIdx & mask] = lost;
+          u16[availRing + (availIdx & mask)] = lost;
           availIdx++;
         }
         continue;
@@ -207,14 +201,14 @@ export class RxQueue {
       posted[id] = 0;
       if (len < hdr || len > postLen) {
         errors++;
-        shadow[availIdx & mask] = id; // same buffer goes back
+        u16[availRing + (availIdx & mask)] = id; // same buffer goes back
         availIdx++;
         continue;
       }
       const fresh = pool.allocRaw();
       if (fresh === NONE) {
         noMbuf++;
-        shadow[availIdx & mask] = id;
+        u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         continue;
       }
@@ -224,7 +218,7 @@ export class RxQueue {
       const d = desc32 + 4 * id;
       u32[d] = iovaLo[fresh] + postOff;
       u32[d + 1] = iovaHi[fresh];
-      shadow[availIdx & mask] = id;
+      u16[availRing + (availIdx & mask)] = id;
       availIdx++;
       const l = len - hdr;
       dataOff[m] = headroom;
@@ -257,7 +251,8 @@ export class RxQueue {
     const usedRing = ring.usedRing32;
     const buf = this.#buf;
     const posted = this.#posted;
-    const shadow = this.#shadow;
+    const availRing = ring.availRing16;
+    const u16 = ring.u16;
     const segId = this.#segId;
     const segLen = this.#segLen;
     const hdr = this.#hdr;
@@ -290,10 +285,10 @@ export class RxQueue {
       used = (used + 1) & 0xffff;
       if (id >= size || posted[id] === 0) {
         errors++; // as in #burstOne: repost what stood at this position
-        const lost = shadow[(used - 1) & mask];
-        if (posted[lost] === 1) {
+        const lost = u16[availRing + ((used - 1) & mask)];
+        if (lost < size && posted[lost] === 1) {
           posted[lost] = 0;
-          shadow[availIdx & mask] = lost;
+          u16[availRing + (availIdx & mask)] = lost;
           availIdx++;
         }
         continue;
@@ -311,7 +306,7 @@ export class RxQueue {
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
-        shadow[availIdx & mask] = id;
+        u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         continue;
       }
@@ -320,7 +315,7 @@ export class RxQueue {
         const fresh = pool.allocRaw();
         if (fresh === NONE) {
           noMbuf++;
-          shadow[availIdx & mask] = id;
+          u16[availRing + (availIdx & mask)] = id;
           availIdx++;
           continue;
         }
@@ -329,7 +324,7 @@ export class RxQueue {
         const d = desc32 + 4 * id;
         u32[d] = iovaLo[fresh] + postOff;
         u32[d + 1] = iovaHi[fresh];
-        shadow[availIdx & mask] = id;
+        u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         const l = len - hdr;
         dataOff[m] = headroom;
@@ -354,8 +349,8 @@ export class RxQueue {
         used = (used + 1) & 0xffff;
         if (id >= size || posted[id] === 0) {
           bad = true; // names no buffer of ours: drop the frame, repost what stood here
-          const lost = shadow[(used - 1) & mask];
-          if (posted[lost] === 1) {
+          const lost = u16[availRing + ((used - 1) & mask)];
+          if (lost < size && posted[lost] === 1) {
             posted[lost] = 0;
             segId[taken++] = lost;
           }
@@ -371,7 +366,7 @@ export class RxQueue {
         if (bad) errors++;
         else noMbuf++;
         for (let k = 0; k < taken; k++) {
-          shadow[availIdx & mask] = segId[k];
+          u16[availRing + (availIdx & mask)] = segId[k];
           availIdx++;
         }
         continue;
@@ -384,7 +379,7 @@ export class RxQueue {
         const id = segId[k];
         const m = buf[id];
         this.#post(id, pool.alloc());
-        shadow[availIdx & mask] = id;
+        u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         const l = k === 0 ? segLen[0] - hdr : segLen[k];
         dataOff[m] = k === 0 ? headroom : postOff;
@@ -423,14 +418,11 @@ export class RxQueue {
       const ring = this.ring;
       const u16 = ring.u16;
       const posted = this.#posted;
-      const shadow = this.#shadow;
       const availRing = ring.availRing16;
       const mask = ring.mask;
-      for (let a = oldAvail; a !== availIdx; a++) {
-        const id = shadow[a & mask];
-        u16[availRing + (a & mask)] = id;
-        posted[id] = 1;
-      }
+      // The burst wrote these avail.ring slots (beyond the published index, so the device does
+      // not read them yet); their descriptors become the device's when avail.idx moves.
+      for (let a = oldAvail; a !== availIdx; a++) posted[u16[availRing + (a & mask)]] = 1;
       this.#availIdx = availIdx & 0xffff;
       ring.publishAvail(availIdx);
       if (ring.needsKick(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);

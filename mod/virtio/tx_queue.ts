@@ -54,8 +54,6 @@ export class TxQueue {
   readonly #mbuf: Int32Array;
   /** Descriptors in the chain starting at each head. */
   readonly #chainLen: Uint16Array;
-  /** Head placed in each avail.ring slot (ordinary memory), to trace back bad used entries. */
-  readonly #availHead: Uint16Array;
   /** Packets finished in one reclaim, freed together. */
   readonly #done: Int32Array;
   #lastUsed = 0;
@@ -76,7 +74,6 @@ export class TxQueue {
     this.#next = new Uint16Array(n);
     this.#mbuf = new Int32Array(n).fill(NONE);
     this.#chainLen = new Uint16Array(n);
-    this.#availHead = new Uint16Array(n);
     this.#done = new Int32Array(n);
     for (let i = 0; i < n; i++) this.#free[i] = n - 1 - i;
     this.#freeTop = n;
@@ -112,7 +109,6 @@ export class TxQueue {
     const next = this.#next;
     const chainLen = this.#chainLen;
     const free = this.#free;
-    const availHead = this.#availHead;
     const pool = this.pool;
     let top = this.#freeTop;
     const done = this.#done;
@@ -125,8 +121,8 @@ export class TxQueue {
         // complete transmissions in avail order, so this entry stood for the chain published at
         // the same position: take that one back rather than lose its descriptors for good.
         errors++;
-        id = availHead[used & mask];
-        if (mbuf[id] === NONE) {
+        id = ring.u16[ring.availRing16 + (used & mask)];
+        if (id >= size || mbuf[id] === NONE) {
           used = (used + 1) & 0xffff;
           continue;
         }
@@ -194,7 +190,6 @@ export class TxQueue {
     const words = pool.region.u32;
     const mbufOf = this.#mbuf;
     const chainLen = this.#chainLen;
-    const availHead = this.#availHead;
     for (; taken < n; taken++) {
       const m = pkts[taken];
       // Count and check the segments before touching anything.
@@ -263,7 +258,6 @@ export class TxQueue {
       mbufOf[head] = m;
       chainLen[head] = segs;
       u16[availRing + (availIdx & mask)] = head;
-      availHead[availIdx & mask] = head;
       availIdx++;
       sent++;
       bytes += len;

@@ -17,7 +17,8 @@ import type { VirtioTransport } from "../mod/transport/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 
 const { values } = parseArgs({
-  args: Deno.args,
+  // `deno task bench -- --ring 256` passes the `--` through: ignore it.
+  args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
   options: {
     rounds: { type: "string", default: "7" },
     batches: { type: "string", default: "300" },

@@ -21,7 +21,7 @@
  * `--child` is the vpmd side (run by this script pinned to CPU 0; not for direct use).
  */
 import { parseArgs } from "cli-args";
-import { MbufPool } from "../mod/mbuf.ts";
+import { MbufPool, NONE } from "../mod/mbuf.ts";
 import type { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
@@ -101,22 +101,31 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
   if (test === "rxonly") {
     return () => {
       const n = port.rxBurst(0, pkts, BURST);
-      for (let i = 0; i < n; i++) pool.free(pkts[i]);
+      pool.freeBulk(pkts, n);
       return n;
     };
   }
   if (test === "txonly") {
+    // Raw buffers with every field set here, as testpmd's txonly fills its mbufs.
+    const { bufOff, dataOff, dataLen, pktLen, next, nbSegs, flags } = pool;
+    const headroom = pool.headroom;
     return () => {
-      if (!pool.allocBulk(pkts, BURST)) return 0;
-      for (let i = 0; i < BURST; i++) {
-        const m = pkts[i];
-        const w = pool.dataStart(m) >>> 2;
+      let n = 0;
+      for (; n < BURST; n++) {
+        const m = pool.allocRaw();
+        if (m === NONE) break;
+        const w = (bufOff[m] + headroom) >>> 2;
         for (let k = 0; k < FRAME / 4; k++) words[w + k] = tpl[k];
-        pool.dataLen[m] = FRAME;
-        pool.pktLen[m] = FRAME;
+        dataOff[m] = headroom;
+        dataLen[m] = FRAME;
+        pktLen[m] = FRAME;
+        next[m] = NONE;
+        nbSegs[m] = 1;
+        flags[m] = 0;
+        pkts[n] = m;
       }
-      const k = port.txBurst(0, pkts, BURST);
-      for (let i = k; i < BURST; i++) pool.free(pkts[i]);
+      const k = port.txBurst(0, pkts, n);
+      for (let i = k; i < n; i++) pool.free(pkts[i]);
       return k;
     };
   }

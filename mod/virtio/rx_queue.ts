@@ -18,7 +18,7 @@
 import { type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
 import { Avail, Desc, NetHdr } from "./constants.ts";
-import type { SplitRing } from "./split_ring.ts";
+import { setAvailSlot, type SplitRing } from "./split_ring.ts";
 import type { PortStats } from "../port.ts";
 import { vlanStrip } from "../vlan.ts";
 
@@ -201,14 +201,14 @@ export class RxQueue {
       posted[id] = 0;
       if (len < hdr || len > postLen) {
         errors++;
-        u16[availRing + (availIdx & mask)] = id; // same buffer goes back
+        setAvailSlot(u16, availRing + (availIdx & mask), id); // same buffer goes back
         availIdx++;
         continue;
       }
       const fresh = pool.allocRaw();
       if (fresh === NONE) {
         noMbuf++;
-        u16[availRing + (availIdx & mask)] = id;
+        setAvailSlot(u16, availRing + (availIdx & mask), id);
         availIdx++;
         continue;
       }
@@ -218,7 +218,7 @@ export class RxQueue {
       const d = desc32 + 4 * id;
       u32[d] = iovaLo[fresh] + postOff;
       u32[d + 1] = iovaHi[fresh];
-      u16[availRing + (availIdx & mask)] = id;
+      setAvailSlot(u16, availRing + (availIdx & mask), id);
       availIdx++;
       const l = len - hdr;
       dataOff[m] = headroom;
@@ -306,7 +306,7 @@ export class RxQueue {
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
-        u16[availRing + (availIdx & mask)] = id;
+        setAvailSlot(u16, availRing + (availIdx & mask), id);
         availIdx++;
         continue;
       }
@@ -315,7 +315,7 @@ export class RxQueue {
         const fresh = pool.allocRaw();
         if (fresh === NONE) {
           noMbuf++;
-          u16[availRing + (availIdx & mask)] = id;
+          setAvailSlot(u16, availRing + (availIdx & mask), id);
           availIdx++;
           continue;
         }
@@ -324,7 +324,7 @@ export class RxQueue {
         const d = desc32 + 4 * id;
         u32[d] = iovaLo[fresh] + postOff;
         u32[d + 1] = iovaHi[fresh];
-        u16[availRing + (availIdx & mask)] = id;
+        setAvailSlot(u16, availRing + (availIdx & mask), id);
         availIdx++;
         const l = len - hdr;
         dataOff[m] = headroom;
@@ -366,7 +366,9 @@ export class RxQueue {
         if (bad) errors++;
         else noMbuf++;
         for (let k = 0; k < taken; k++) {
-          u16[availRing + (availIdx & mask)] = segId[k];
+          if (u16[availRing + (availIdx & mask)] !== segId[k]) {
+            u16[availRing + (availIdx & mask)] = segId[k];
+          }
           availIdx++;
         }
         continue;
@@ -379,7 +381,7 @@ export class RxQueue {
         const id = segId[k];
         const m = buf[id];
         this.#post(id, pool.alloc());
-        u16[availRing + (availIdx & mask)] = id;
+        setAvailSlot(u16, availRing + (availIdx & mask), id);
         availIdx++;
         const l = k === 0 ? segLen[0] - hdr : segLen[k];
         dataOff[m] = k === 0 ? headroom : postOff;

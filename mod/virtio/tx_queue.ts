@@ -18,7 +18,7 @@
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
 import { Avail, Desc } from "./constants.ts";
-import type { SplitRing } from "./split_ring.ts";
+import { setAvailSlot, type SplitRing } from "./split_ring.ts";
 import type { PortStats } from "../port.ts";
 import { vlanInsert } from "../vlan.ts";
 
@@ -258,7 +258,7 @@ export class TxQueue {
       }
       mbufOf[head] = m;
       chainLen[head] = segs;
-      u16[availRing + (availIdx & mask)] = head;
+      setAvailSlot(u16, availRing + (availIdx & mask), head);
       availIdx++;
       sent++;
       bytes += len;

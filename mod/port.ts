@@ -28,6 +28,9 @@ import { RxQueue } from "./virtio/rx_queue.ts";
 import { isValidQueueSize, ringParts, ringStartAlign, SplitRing } from "./virtio/split_ring.ts";
 import { TxQueue } from "./virtio/tx_queue.ts";
 
+/** Zero bytes in the ring region that TX chains use as a header (at least the 12-byte header). */
+const ZERO_HEADER_BYTES = 64;
+
 export interface PortConfig {
   /** RX buffers; transport.dmaKinds must include pool.region.kind. */
   pool: MbufPool;
@@ -381,7 +384,8 @@ export class Port {
     this.#ringRegion = null;
     const kind = this.transport.dmaKinds[0];
     const pageSize = kind === "hugepage-memfd" || kind === "physical" ? 2 * 1024 * 1024 : 4096;
-    const bytes = placeRings(this.#ringSizes(plan), layout, pageSize).end + CTRL_BUFFER_BYTES;
+    const bytes = placeRings(this.#ringSizes(plan), layout, pageSize).end + CTRL_BUFFER_BYTES +
+      ZERO_HEADER_BYTES;
     this.#ringRegion = DmaRegion.create({
       size: bytes,
       kind,
@@ -411,6 +415,9 @@ export class Port {
       new SplitRing(index, size, region, placed.offset.get(index)!, layout);
     this.queueStats.rx.length = 0;
     this.queueStats.tx.length = 0;
+    // After the control buffer: zero bytes that nobody writes, the header of frames sent as
+    // header + frame descriptors (see TxQueue).
+    const zeroHeader = region.iova(placed.end + CTRL_BUFFER_BYTES);
     const rings: SplitRing[] = [];
     for (let q = 0; q < plan.queues; q++) {
       const rxRing = place(NetQueue.rx(q), plan.rxd);
@@ -442,6 +449,7 @@ export class Port {
           hdrSize: plan.hdrSize,
           eventIdx,
           vlanInsert: cfg.vlanInsert ?? -1,
+          zeroHeader,
           stats: txStats,
           totals: this.stats,
         }),

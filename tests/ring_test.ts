@@ -148,10 +148,19 @@ function bytesOf(pool: MbufPool, m: number): Uint8Array {
 
 function setup(
   size: number,
-  opts: { mrg?: boolean; count?: number; dataRoom?: number; eventIdx?: boolean } = {},
+  opts: {
+    mrg?: boolean;
+    count?: number;
+    dataRoom?: number;
+    eventIdx?: boolean;
+    zeroHeader?: boolean;
+  } = {},
 ) {
   const region = DmaRegion.create({ size: 1 << 20, kind: "anon" });
   const pool = new MbufPool({ count: opts.count ?? 1024, kind: "anon", dataRoom: opts.dataRoom });
+  // A zero header the device can read (a pool buffer here, so that the hand device can map it).
+  const zeroBuf = opts.zeroHeader ? pool.alloc() : -1;
+  if (zeroBuf >= 0) pool.bytes.fill(0, pool.bufOff[zeroBuf], pool.bufOff[zeroBuf] + 64);
   const t = fakeTransport();
   const rxRing = new SplitRing(0, size, region, 0, SEPARATE);
   const txRing = new SplitRing(1, size, region, 512 * 1024, SEPARATE);
@@ -175,6 +184,7 @@ function setup(
     hdrSize: 12,
     eventIdx: opts.eventIdx ?? false,
     vlanInsert: -1,
+    zeroHeader: zeroBuf >= 0 ? pool.region.iova(pool.bufOff[zeroBuf]) : undefined,
     stats: stats.tx,
     totals: stats.total,
   });
@@ -578,6 +588,27 @@ Deno.test("tx queue: a full ring takes fewer, and bad completions are counted", 
     assert.equal(s.tx.freeDescriptors, 3);
     assert.equal(s.tx.release(), 5);
     assert.equal(s.pool.available, 1024);
+  } finally {
+    s.close();
+  }
+});
+
+Deno.test("tx queue: a frame whose header area is written goes out behind the zero header, untouched", () => {
+  const s = setup(16, { zeroHeader: true });
+  try {
+    const a = frame(60, 1);
+    const b = frame(64, 2);
+    const pkts = Uint32Array.of(s.pool.fromBytes(a), s.pool.fromBytes(b));
+    // A received frame carries num_buffers in its header area; b's header stays zero.
+    const numBuffers = s.pool.dataStart(pkts[0]) - 12 + NetHdr.NUM_BUFFERS;
+    s.pool.bytes[numBuffers] = 1;
+    assert.equal(s.tx.burst(pkts, 2), 2);
+    assert.equal(s.tx.freeDescriptors, 16 - 3); // a: header + frame, b: one descriptor
+    assert.deepEqual(s.txDev.collect(12), [a, b]);
+    assert.equal(s.pool.bytes[numBuffers], 1); // never written
+    assert.equal(s.tx.burst(pkts, 0), 0);
+    assert.equal(s.tx.freeDescriptors, 16);
+    assert.equal(s.pool.available, 1024 - 1); // all but the zero-header buffer
   } finally {
     s.close();
   }

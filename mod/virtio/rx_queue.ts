@@ -11,6 +11,12 @@
  * With MRG_RXBUF (5.1.6.4.2) a frame may span `num_buffers` used entries; the buffers become a
  * segment chain. Later buffers carry no header, so their data starts at the descriptor address.
  *
+ * An avail.ring entry is written only when it changes: a device that uses buffers in order gets
+ * the same descriptor in the same slot ring after ring, and a line left unwritten stays in the
+ * device's cache instead of moving to ours and back (A/B against DPDK's vhost: mac loop +5-20 %,
+ * rx-only +1-15 %). The check is written out at each place: as a function it was a call per
+ * packet (the burst functions are past V8's inlining budget) and cost 5 ns/packet.
+ *
  * The device is not trusted: every used entry is checked (id in range and posted, length within
  * what was posted, num_buffers within the entries that are there). A bad entry is counted in
  * `rxErrors` and dropped; a buffer is never lost or handed out twice.
@@ -18,7 +24,7 @@
 import { type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
 import { Avail, Desc, NetHdr } from "./constants.ts";
-import { setAvailSlot, type SplitRing } from "./split_ring.ts";
+import type { SplitRing } from "./split_ring.ts";
 import type { PortStats } from "../port.ts";
 import { vlanStrip } from "../vlan.ts";
 
@@ -201,14 +207,14 @@ export class RxQueue {
       posted[id] = 0;
       if (len < hdr || len > postLen) {
         errors++;
-        setAvailSlot(u16, availRing + (availIdx & mask), id); // same buffer goes back
+        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id; // same buffer goes back
         availIdx++;
         continue;
       }
       const fresh = pool.allocRaw();
       if (fresh === NONE) {
         noMbuf++;
-        setAvailSlot(u16, availRing + (availIdx & mask), id);
+        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         continue;
       }
@@ -218,7 +224,7 @@ export class RxQueue {
       const d = desc32 + 4 * id;
       u32[d] = iovaLo[fresh] + postOff;
       u32[d + 1] = iovaHi[fresh];
-      setAvailSlot(u16, availRing + (availIdx & mask), id);
+      if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
       availIdx++;
       const l = len - hdr;
       dataOff[m] = headroom;
@@ -306,7 +312,7 @@ export class RxQueue {
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
-        setAvailSlot(u16, availRing + (availIdx & mask), id);
+        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         continue;
       }
@@ -315,7 +321,7 @@ export class RxQueue {
         const fresh = pool.allocRaw();
         if (fresh === NONE) {
           noMbuf++;
-          setAvailSlot(u16, availRing + (availIdx & mask), id);
+          if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
           availIdx++;
           continue;
         }
@@ -324,7 +330,7 @@ export class RxQueue {
         const d = desc32 + 4 * id;
         u32[d] = iovaLo[fresh] + postOff;
         u32[d + 1] = iovaHi[fresh];
-        setAvailSlot(u16, availRing + (availIdx & mask), id);
+        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         const l = len - hdr;
         dataOff[m] = headroom;
@@ -381,7 +387,7 @@ export class RxQueue {
         const id = segId[k];
         const m = buf[id];
         this.#post(id, pool.alloc());
-        setAvailSlot(u16, availRing + (availIdx & mask), id);
+        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
         availIdx++;
         const l = k === 0 ? segLen[0] - hdr : segLen[k];
         dataOff[m] = k === 0 ? headroom : postOff;

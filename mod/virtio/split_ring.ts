@@ -176,13 +176,3 @@ export class SplitRing {
     this.u16[this.usedEvent16] = idx & 0xffff;
   }
 }
-
-/**
- * Write avail.ring entry `slot` (an index into the region's u16 view, 2.7.6) only when it changes.
- * Devices that use buffers in order get the same descriptor in the same slot ring after ring, and
- * a line left unwritten stays in the device's cache instead of moving to ours and back (A/B
- * against DPDK's vhost: mac loop +5-20 %, rx-only +1-15 %).
- */
-export function setAvailSlot(u16: Uint16Array, slot: number, id: number): void {
-  if (u16[slot] !== id) u16[slot] = id;
-}

@@ -22,7 +22,7 @@
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
 import { Avail, Desc } from "./constants.ts";
-import { setAvailSlot, type SplitRing } from "./split_ring.ts";
+import type { SplitRing } from "./split_ring.ts";
 import type { PortStats } from "../port.ts";
 import { vlanInsert } from "../vlan.ts";
 
@@ -278,7 +278,7 @@ export class TxQueue {
         u32[d + 3] = 0;
         mbufOf[head] = m;
         chainLen[head] = 2;
-        setAvailSlot(u16, availRing + (availIdx & mask), head);
+        if (u16[availRing + (availIdx & mask)] !== head) u16[availRing + (availIdx & mask)] = head;
         availIdx++;
         sent++;
         bytes += len;
@@ -304,7 +304,8 @@ export class TxQueue {
       }
       mbufOf[head] = m;
       chainLen[head] = segs;
-      setAvailSlot(u16, availRing + (availIdx & mask), head);
+      // Written only when it changes, as on the RX side (see rx_queue.ts).
+      if (u16[availRing + (availIdx & mask)] !== head) u16[availRing + (availIdx & mask)] = head;
       availIdx++;
       sent++;
       bytes += len;

@@ -7,7 +7,7 @@
  * received frame carries num_buffers) is sent as two descriptors instead, a zero header of the
  * queue's own and the frame (any layout is allowed, 5.1.6.2): its header line is then never
  * written, and a device on another core reads the frame from its own cache (A/B against DPDK's
- * vhost: mac loop +20 %). Which descriptors are free, how chains continue and
+ * vhost: mac loop +20 % in one set of paired runs, mixed in a second). Which descriptors are free, how chains continue and
  * which mbuf a chain carries are kept in ordinary memory (`#free`, `#next`, `#mbuf`); the
  * descriptor table is only written, never read back, so a device cannot redirect us.
  *

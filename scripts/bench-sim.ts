@@ -31,6 +31,10 @@ const { values } = parseArgs({
 const ROUNDS = Number(values.rounds);
 const BATCHES = Number(values.batches);
 const RING = Number(values.ring);
+if (!(RING >= 32 && RING <= 512 && (RING & (RING - 1)) === 0)) {
+  console.error("--ring: a power of two from 32 to 512 (TX rings are twice that, the sim's most)");
+  Deno.exit(2);
+}
 const BURST = 32;
 /** Frames the benchmark offered that a TX ring did not take (reported: they should be none). */
 let unsent = 0;

@@ -32,6 +32,12 @@ export const MbufFlag = {
 /** Sentinel for "no next segment" / "no buffer". */
 export const NONE = -1;
 
+/**
+ * `next[m]` of a buffer that is in the pool: marks it free (a second free is ignored) without an
+ * array of its own, since every free and every allocation touches `next` anyway.
+ */
+const IN_POOL = -2;
+
 export class MbufPool {
   readonly region: DmaRegion;
   readonly count: number;
@@ -54,7 +60,7 @@ export class MbufPool {
   readonly dataLen: Uint32Array;
   /** Bytes of the whole packet (valid on the first segment). */
   readonly pktLen: Uint32Array;
-  /** Next segment, or NONE. */
+  /** Next segment, or NONE (a private mark while the buffer is in the pool). */
   readonly next: Int32Array;
   /** Segments in the packet (valid on the first segment). */
   readonly nbSegs: Uint16Array;
@@ -65,8 +71,6 @@ export class MbufPool {
 
   readonly #free: Uint32Array;
   #freeCount: number;
-  /** 1 while a buffer is in the pool: catches double frees. */
-  readonly #inPool: Uint8Array;
 
   constructor(opts: PoolOptions) {
     this.count = opts.count;
@@ -97,7 +101,6 @@ export class MbufPool {
     this.vlanTci = new Uint16Array(n);
     this.flags = new Uint32Array(n);
     this.#free = new Uint32Array(n);
-    this.#inPool = new Uint8Array(n);
     for (let m = 0; m < n; m++) {
       const off = this.region.alloc(this.stride, 64);
       const iova = this.region.iova(off);
@@ -105,7 +108,7 @@ export class MbufPool {
       this.iovaLo[m] = iova % 2 ** 32;
       this.iovaHi[m] = Math.floor(iova / 2 ** 32);
       this.#free[m] = n - 1 - m;
-      this.#inPool[m] = 1;
+      this.next[m] = IN_POOL;
     }
     this.#freeCount = n;
   }
@@ -119,7 +122,6 @@ export class MbufPool {
   alloc(): number {
     if (this.#freeCount === 0) return NONE;
     const m = this.#free[--this.#freeCount];
-    this.#inPool[m] = 0;
     this.dataOff[m] = this.headroom;
     this.dataLen[m] = 0;
     this.pktLen[m] = 0;
@@ -131,13 +133,14 @@ export class MbufPool {
   }
 
   /**
-   * Take one buffer without resetting its metadata (receive refill: the queue sets every field
-   * when the buffer comes back filled); NONE when the pool is empty.
+   * Take one buffer, resetting only `next` (NONE: one segment); the other fields are whatever its
+   * last use left (receive refill: the queue sets them when the buffer comes back filled). NONE
+   * when the pool is empty.
    */
   allocRaw(): number {
     if (this.#freeCount === 0) return NONE;
     const m = this.#free[--this.#freeCount];
-    this.#inPool[m] = 0;
+    this.next[m] = NONE;
     return m;
   }
 
@@ -149,17 +152,17 @@ export class MbufPool {
   }
 
   /**
-   * Return a whole packet (every segment) to the pool. A buffer already in the pool is ignored;
-   * the walk stops at a number that is no buffer and after `count` segments, so a corrupted
-   * chain (out of range or looping) cannot hang the caller.
+   * Return a whole packet (every segment) to the pool. The walk stops at a buffer already in the
+   * pool (a double free is ignored), at a number that is no buffer and after `count` segments, so
+   * a corrupted chain (out of range or looping) cannot hang the caller.
    */
   free(m: number): void {
+    const next = this.next;
     for (let left = this.count; left > 0 && m >= 0 && m < this.count; left--) {
-      const nx = this.next[m];
-      if (this.#inPool[m] === 0) {
-        this.#inPool[m] = 1;
-        this.#free[this.#freeCount++] = m;
-      }
+      const nx = next[m];
+      if (nx === IN_POOL) return; // freed before: its link to the rest of a chain is gone
+      next[m] = IN_POOL;
+      this.#free[this.#freeCount++] = m;
       m = nx;
     }
   }
@@ -170,17 +173,14 @@ export class MbufPool {
    */
   freeBulk(ms: Uint32Array | Int32Array, n: number): void {
     const next = this.next;
-    const inPool = this.#inPool;
     const free = this.#free;
     const count = this.count;
     let fc = this.#freeCount;
     for (let i = 0; i < n; i++) {
       const m = ms[i];
       if (m >= 0 && m < count && next[m] === NONE) {
-        if (inPool[m] === 0) {
-          inPool[m] = 1;
-          free[fc++] = m;
-        }
+        next[m] = IN_POOL;
+        free[fc++] = m;
       } else {
         this.#freeCount = fc;
         this.free(m);

@@ -106,7 +106,7 @@ Deno.test("pool: freeBulk returns single buffers and chains, ignores doubles and
     const b = pool.alloc();
     const chain = pool.fromBytes(new Uint8Array(300), 100); // three segments
     assert.equal(pool.available, 1);
-    const list = Int32Array.of(a, chain, a, NONE, 1000, b);
+    const list = Int32Array.of(a, chain, a, NONE, 1000, chain, b);
     pool.freeBulk(list, list.length);
     assert.equal(pool.available, 6);
     const got = new Set(Array.from({ length: 6 }, () => pool.alloc()));
@@ -117,7 +117,7 @@ Deno.test("pool: freeBulk returns single buffers and chains, ignores doubles and
   }
 });
 
-Deno.test("pool: allocRaw takes a buffer without touching its metadata and counts it out", () => {
+Deno.test("pool: allocRaw takes a buffer, resets only its link, and counts it out", () => {
   const pool = new MbufPool({ count: 1, kind: "anon" });
   try {
     const m = pool.alloc();
@@ -125,6 +125,7 @@ Deno.test("pool: allocRaw takes a buffer without touching its metadata and count
     pool.free(m);
     assert.equal(pool.allocRaw(), m);
     assert.equal(pool.dataLen[m], 77);
+    assert.equal(pool.next[m], NONE);
     assert.equal(pool.allocRaw(), NONE);
     pool.free(m);
     pool.free(m);

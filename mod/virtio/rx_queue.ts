@@ -17,9 +17,13 @@
  * rx-only +1-15 %). The check is written out at each place: as a function it was a call per
  * packet (the burst functions are past V8's inlining budget) and cost 5 ns/packet.
  *
- * The device is not trusted: every used entry is checked (id in range and posted, length within
- * what was posted, num_buffers within the entries that are there). A bad entry is counted in
- * `rxErrors` and dropped; a buffer is never lost or handed out twice.
+ * The device is not trusted: every used entry is checked (id in range and held by the device,
+ * length within what was posted, num_buffers within the entries that are there). A bad entry is
+ * counted in `rxErrors` and dropped; a buffer is never lost or handed out twice. Which
+ * descriptors the device holds is kept as the avail position each was last offered at
+ * (`#postedAt`): a descriptor is the device's when that position was published and it has not
+ * come back since. Taking one back and offering it again is then one write, with no second pass
+ * over the burst's avail entries to mark them once they are published.
  */
 import { type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
@@ -27,6 +31,15 @@ import { Avail, Desc, NetHdr } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
 import type { PortStats } from "../port.ts";
 import { vlanStrip } from "../vlan.ts";
+
+/** Avail positions are counted modulo 2^31 (`#availIdx`, `#postedAt`); avail.idx is the low 16 bits. */
+const POS_MASK = 0x7fffffff;
+/**
+ * A descriptor offered at position p is held by the device when p lies less than this far behind
+ * the last published position: a position not yet published (or a descriptor just taken back,
+ * marked with the burst's first unpublished position) lies ahead of it instead, 2^31 away.
+ */
+const HELD_SPAN = 0x40000000;
 
 export interface RxQueueOptions {
   ring: SplitRing;
@@ -56,8 +69,11 @@ export class RxQueue {
   readonly #strip: boolean;
   /** Buffer posted on each descriptor, NONE when the descriptor holds none. */
   readonly #buf: Int32Array;
-  /** 1 while descriptor i is available to the device (posted and not yet seen in the used ring). */
-  readonly #posted: Uint8Array;
+  /**
+   * Avail position (modulo 2^31) descriptor i was last offered at; the burst's first unpublished
+   * position once the device returned it.
+   */
+  readonly #postedAt: Int32Array;
   /** Descriptors taken in the current frame (mergeable), and their used lengths. */
   readonly #segId: Uint16Array;
   readonly #segLen: Uint32Array;
@@ -66,6 +82,7 @@ export class RxQueue {
   /** Offset from a buffer's start to where the device writes (header before the data). */
   readonly #postOff: number;
   #lastUsed = 0;
+  /** Next avail position (modulo 2^31): positions before it are published. */
   #availIdx = 0;
   /** A used.idx already reported as jumping too far, so one bad value counts once. */
   #badUsedIdx = -1;
@@ -83,7 +100,7 @@ export class RxQueue {
     this.#strip = o.vlanStrip;
     const n = o.ring.size;
     this.#buf = new Int32Array(n).fill(NONE);
-    this.#posted = new Uint8Array(n);
+    this.#postedAt = new Int32Array(n);
     this.#segId = new Uint16Array(n);
     this.#segLen = new Uint32Array(n);
     this.#postLen = o.hdrSize + o.pool.dataRoom;
@@ -107,7 +124,7 @@ export class RxQueue {
       const m = this.pool.alloc();
       this.#post(i, m);
       ring.u16[ring.availRing16 + i] = i;
-      this.#posted[i] = 1;
+      this.#postedAt[i] = i;
     }
     // We poll: ask the device not to interrupt (2.7.7.1); with EVENT_IDX, used_event does that
     // job (2.7.10) and is left where the device will reach it only after 65536 entries.
@@ -161,7 +178,7 @@ export class RxQueue {
     const size = ring.size;
     const usedRing = ring.usedRing32;
     const buf = this.#buf;
-    const posted = this.#posted;
+    const postedAt = this.#postedAt;
     const availRing = ring.availRing16;
     const u16 = ring.u16;
     const hdr = this.#hdr;
@@ -170,7 +187,6 @@ export class RxQueue {
     const dataLen = pool.dataLen;
     const pktLen = pool.pktLen;
     const dataOff = pool.dataOff;
-    const next = pool.next;
     const nbSegs = pool.nbSegs;
     const flags = pool.flags;
     const portArr = pool.port;
@@ -180,6 +196,7 @@ export class RxQueue {
     const iovaHi = pool.iovaHi;
     const postOff = this.#postOff;
     const oldAvail = this.#availIdx;
+    const lastPublished = oldAvail - 1;
     let availIdx = oldAvail;
     let used = this.#lastUsed;
     let n = 0;
@@ -191,31 +208,29 @@ export class RxQueue {
       const id = u32[e];
       const len = u32[e + 1];
       used = (used + 1) & 0xffff;
-      if (id >= size || posted[id] === 0) {
+      if (id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN) {
         // Not a descriptor the device holds. Devices use RX buffers in avail order, so this
         // entry stood for the descriptor posted at the same position: post it again rather
         // than let the ring shrink.
         errors++;
         const lost = u16[availRing + ((used - 1) & mask)];
-        if (lost < size && posted[lost] === 1) {
-          posted[lost] = 0;
+        if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
           u16[availRing + (availIdx & mask)] = lost;
-          availIdx++;
+          postedAt[lost] = availIdx++;
         }
         continue;
       }
-      posted[id] = 0;
       if (len < hdr || len > postLen) {
         errors++;
         u16[availRing + (availIdx & mask)] = id; // same buffer goes back
-        availIdx++;
+        postedAt[id] = availIdx++;
         continue;
       }
       const fresh = pool.allocRaw();
       if (fresh === NONE) {
         noMbuf++;
         u16[availRing + (availIdx & mask)] = id;
-        availIdx++;
+        postedAt[id] = availIdx++;
         continue;
       }
       const m = buf[id];
@@ -225,12 +240,12 @@ export class RxQueue {
       u32[d] = iovaLo[fresh] + postOff;
       u32[d + 1] = iovaHi[fresh];
       if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
-      availIdx++;
+      postedAt[id] = availIdx++;
+      // next is NONE already (allocRaw).
       const l = len - hdr;
       dataOff[m] = headroom;
       dataLen[m] = l;
       pktLen[m] = l;
-      next[m] = NONE;
       nbSegs[m] = 1;
       flags[m] = 0;
       portArr[m] = portId;
@@ -256,7 +271,7 @@ export class RxQueue {
     const size = ring.size;
     const usedRing = ring.usedRing32;
     const buf = this.#buf;
-    const posted = this.#posted;
+    const postedAt = this.#postedAt;
     const availRing = ring.availRing16;
     const u16 = ring.u16;
     const segId = this.#segId;
@@ -277,6 +292,7 @@ export class RxQueue {
     const portArr = pool.port;
     const portId = this.#portId;
     const oldAvail = this.#availIdx;
+    const lastPublished = oldAvail - 1;
     let availIdx = oldAvail;
     let used = this.#lastUsed;
     let n = 0;
@@ -289,17 +305,15 @@ export class RxQueue {
       let id = u32[e];
       let len = u32[e + 1];
       used = (used + 1) & 0xffff;
-      if (id >= size || posted[id] === 0) {
+      if (id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN) {
         errors++; // as in #burstOne: repost what stood at this position
         const lost = u16[availRing + ((used - 1) & mask)];
-        if (lost < size && posted[lost] === 1) {
-          posted[lost] = 0;
+        if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
           u16[availRing + (availIdx & mask)] = lost;
-          availIdx++;
+          postedAt[lost] = availIdx++;
         }
         continue;
       }
-      posted[id] = 0;
       // num_buffers (le16): one u16 load when it sits at an even offset (buffers are 64-byte
       // aligned, so whenever the headroom is even).
       const nbAt = bufOff[buf[id]] + numBuffersOff;
@@ -313,7 +327,7 @@ export class RxQueue {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
         u16[availRing + (availIdx & mask)] = id;
-        availIdx++;
+        postedAt[id] = availIdx++;
         continue;
       }
       if (nb === 1 && len <= postLen) {
@@ -322,7 +336,7 @@ export class RxQueue {
         if (fresh === NONE) {
           noMbuf++;
           u16[availRing + (availIdx & mask)] = id;
-          availIdx++;
+          postedAt[id] = availIdx++;
           continue;
         }
         const m = buf[id];
@@ -331,12 +345,12 @@ export class RxQueue {
         u32[d] = iovaLo[fresh] + postOff;
         u32[d + 1] = iovaHi[fresh];
         if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
-        availIdx++;
+        postedAt[id] = availIdx++;
+        // next is NONE already (allocRaw).
         const l = len - hdr;
         dataOff[m] = headroom;
         dataLen[m] = l;
         pktLen[m] = l;
-        next[m] = NONE;
         nbSegs[m] = 1;
         flags[m] = 0;
         portArr[m] = portId;
@@ -344,6 +358,7 @@ export class RxQueue {
         bytes += l;
         continue;
       }
+      postedAt[id] = oldAvail; // taken back: not held until offered again below
       segId[0] = id;
       segLen[0] = len;
       let bad = len > postLen;
@@ -353,16 +368,16 @@ export class RxQueue {
         id = u32[e];
         len = u32[e + 1];
         used = (used + 1) & 0xffff;
-        if (id >= size || posted[id] === 0) {
+        if (id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN) {
           bad = true; // names no buffer of ours: drop the frame, repost what stood here
           const lost = u16[availRing + ((used - 1) & mask)];
-          if (lost < size && posted[lost] === 1) {
-            posted[lost] = 0;
+          if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
+            postedAt[lost] = oldAvail;
             segId[taken++] = lost;
           }
           continue;
         }
-        posted[id] = 0;
+        postedAt[id] = oldAvail;
         segId[taken] = id;
         segLen[taken] = len;
         taken++;
@@ -373,7 +388,7 @@ export class RxQueue {
         else noMbuf++;
         for (let k = 0; k < taken; k++) {
           u16[availRing + (availIdx & mask)] = segId[k];
-          availIdx++;
+          postedAt[segId[k]] = availIdx++;
         }
         continue;
       }
@@ -386,7 +401,7 @@ export class RxQueue {
         const m = buf[id];
         this.#post(id, pool.alloc());
         if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
-        availIdx++;
+        postedAt[id] = availIdx++;
         const l = k === 0 ? segLen[0] - hdr : segLen[k];
         dataOff[m] = k === 0 ? headroom : postOff;
         dataLen[m] = l;
@@ -407,7 +422,7 @@ export class RxQueue {
     return n;
   }
 
-  /** Software VLAN strip, mark re-posted descriptors, publish, notify, count: once per burst. */
+  /** Software VLAN strip, publish, notify, count: once per burst. */
   #finish(
     pkts: Uint32Array,
     n: number,
@@ -422,14 +437,9 @@ export class RxQueue {
     }
     if (availIdx !== oldAvail) {
       const ring = this.ring;
-      const u16 = ring.u16;
-      const posted = this.#posted;
-      const availRing = ring.availRing16;
-      const mask = ring.mask;
-      // The burst wrote these avail.ring slots (beyond the published index, so the device does
-      // not read them yet); their descriptors become the device's when avail.idx moves.
-      for (let a = oldAvail; a !== availIdx; a++) posted[u16[availRing + (a & mask)]] = 1;
-      this.#availIdx = availIdx & 0xffff;
+      // The burst wrote avail.ring slots beyond the published index (the device does not read
+      // them yet); their descriptors become the device's when avail.idx moves.
+      this.#availIdx = availIdx & POS_MASK;
       ring.publishAvail(availIdx);
       if (ring.needsKick(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);
     }
@@ -459,7 +469,7 @@ export class RxQueue {
     for (let i = 0; i < buf.length; i++) {
       if (buf[i] !== NONE) this.pool.free(buf[i]);
       buf[i] = NONE;
-      this.#posted[i] = 0;
+      this.#postedAt[i] = this.#availIdx; // not held
     }
   }
 }

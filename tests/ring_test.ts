@@ -5,7 +5,7 @@
  */
 import assert from "assert";
 import { DmaRegion } from "../ffi/dma.ts";
-import { MbufPool, NONE } from "../mod/mbuf.ts";
+import { MbufPool } from "../mod/mbuf.ts";
 import { emptyStats } from "../mod/port.ts";
 import type { QueueMemory, RingLayout, VirtioTransport } from "../mod/transport/transport.ts";
 import { Avail, Desc, Feature, NetHdr, Used } from "../mod/virtio/constants.ts";

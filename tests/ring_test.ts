@@ -154,6 +154,7 @@ function setup(
     dataRoom?: number;
     eventIdx?: boolean;
     zeroHeader?: boolean;
+    firstPosition?: number;
   } = {},
 ) {
   const region = DmaRegion.create({ size: 1 << 20, kind: "anon" });
@@ -172,6 +173,7 @@ function setup(
     hdrSize: 12,
     mrgRxbuf: opts.mrg ?? false,
     eventIdx: opts.eventIdx ?? false,
+    firstPosition: opts.firstPosition,
     portId: 3,
     vlanStrip: false,
     stats: stats.rx,
@@ -429,6 +431,46 @@ Deno.test("rx queue: a bad device is counted, never thrown, and loses no buffer"
     s.close();
   }
 });
+
+for (const mrg of [false, true]) {
+  Deno.test(`rx queue${mrg ? " (mergeable)" : ""}: the count of avail positions wraps at 2^31 and nothing changes`, () => {
+    // Positions start 65536 below the wrap: 16384 rounds of 8 offers cross it.
+    const s = setup(8, { mrg, firstPosition: 2 ** 31 - 65536 });
+    try {
+      s.rx.fill();
+      const pkts = new Uint32Array(32);
+      let good = 0;
+      for (let round = 0; round < 16384; round++) {
+        // In order, every buffer the device has; the last entry of a round names the first
+        // descriptor of the round again (already back: an error) and its own stays with us.
+        const heads: number[] = [];
+        for (let h = s.rxDev.nextAvail(); h >= 0; h = s.rxDev.nextAvail()) heads.push(h);
+        assert.equal(heads.length, 8, `round ${round}: the device has 8 buffers`);
+        heads.forEach((h, k) => {
+          const at = s.rxDev.poolOffset(s.rxDev.desc(h).addr);
+          s.pool.bytes.fill(0, at, at + 12);
+          s.pool.bytes[at + NetHdr.NUM_BUFFERS] = 1;
+          s.pool.bytes[at + 12] = (round + k) & 0xff;
+          s.rxDev.putUsed(k === 7 ? heads[0] : h, 12 + 60);
+          s.rxDev.setUsedIdx(s.rxDev.usedIdx + 1);
+        });
+        const n = s.rx.burst(pkts, 32);
+        assert.equal(n, 7, `round ${round}`);
+        for (let i = 0; i < n; i++) {
+          assert.equal(s.pool.bytes[s.pool.dataStart(pkts[i])], (round + i) & 0xff);
+          s.pool.free(pkts[i]);
+        }
+        good += n;
+      }
+      assert.equal(good, 7 * 16384);
+      assert.equal(s.stats.rx.rxErrors, 16384);
+      s.rx.release();
+      assert.equal(s.pool.available, 1024);
+    } finally {
+      s.close();
+    }
+  });
+}
 
 Deno.test("rx queue: bad ids in a long stream are counted and the ring never shrinks", () => {
   const s = setup(16);

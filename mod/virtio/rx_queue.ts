@@ -54,6 +54,11 @@ export interface RxQueueOptions {
   /** This queue's counters and the port's totals, both updated once per burst. */
   stats: PortStats;
   totals: PortStats;
+  /**
+   * Where the count of avail positions starts: a multiple of 65536 below 2^31, so that avail.idx
+   * still starts at 0 (default 0; tests start just below 2^31 to cross the wrap of the count).
+   */
+  firstPosition?: number;
 }
 
 export class RxQueue {
@@ -98,6 +103,13 @@ export class RxQueue {
     this.#eventIdx = o.eventIdx;
     this.#portId = o.portId;
     this.#strip = o.vlanStrip;
+    const first = o.firstPosition ?? 0;
+    if (!(first >= 0 && first <= POS_MASK && first % 65536 === 0)) {
+      throw new RangeError(
+        `RX queue: firstPosition ${first} is not a multiple of 65536 below 2^31`,
+      );
+    }
+    this.#availIdx = first;
     const n = o.ring.size;
     this.#buf = new Int32Array(n).fill(NONE);
     this.#postedAt = new Int32Array(n);
@@ -120,18 +132,19 @@ export class RxQueue {
           `${n} are needed to fill the ring; use a bigger pool or a smaller --rxd`,
       );
     }
+    const first = this.#availIdx;
     for (let i = 0; i < n; i++) {
       const m = this.pool.alloc();
       this.#post(i, m);
       ring.u16[ring.availRing16 + i] = i;
-      this.#postedAt[i] = i;
+      this.#postedAt[i] = first + i;
     }
     // We poll: ask the device not to interrupt (2.7.7.1); with EVENT_IDX, used_event does that
     // job (2.7.10) and is left where the device will reach it only after 65536 entries.
     ring.setAvailFlags(Avail.F_NO_INTERRUPT);
     ring.setUsedEvent(0xffff);
-    this.#availIdx = n;
-    ring.publishAvail(n);
+    this.#availIdx = first + n;
+    ring.publishAvail(first + n);
   }
 
   /** Descriptor i now describes buffer m (device-writable, header just before the data). */

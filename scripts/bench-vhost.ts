@@ -108,8 +108,9 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
     };
   }
   if (test === "txonly") {
-    // Raw buffers with every field set here, as testpmd's txonly fills its mbufs.
-    const { bufOff, dataOff, dataLen, pktLen, next, nbSegs, flags } = pool;
+    // Raw buffers with every field set here (allocRaw already set next), as testpmd's txonly
+    // fills its mbufs.
+    const { bufOff, dataOff, dataLen, pktLen, nbSegs, flags } = pool;
     const headroom = pool.headroom;
     return () => {
       let n = 0;
@@ -121,7 +122,6 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
         dataOff[m] = headroom;
         dataLen[m] = FRAME;
         pktLen[m] = FRAME;
-        next[m] = NONE;
         nbSegs[m] = 1;
         flags[m] = 0;
         pkts[n] = m;

@@ -50,6 +50,31 @@ export interface DmaRegionOptions {
 
 const HUGEPAGE = 2 * 1024 * 1024;
 const SMALL_PAGE = 4096;
+
+/** The page size backing a region of `kind`. */
+export function pageSizeOf(kind: DmaKind): number {
+  return kind === "hugepage-memfd" || kind === "physical" ? HUGEPAGE : SMALL_PAGE;
+}
+
+/**
+ * Whether iovas run on without a break over a whole region of `kind`: all but `physical`, whose
+ * pages lie wherever the kernel put them.
+ */
+function iovaContiguous(kind: DmaKind): boolean {
+  return kind !== "physical";
+}
+
+/**
+ * Bytes a region of `kind` needs for `count` reservations of `size` bytes (a multiple of 64) made
+ * one after the other by `alloc`: back to back where iovas are contiguous, whole reservations per
+ * page where they are not.
+ */
+export function bytesForReservations(kind: DmaKind, count: number, size: number): number {
+  if (iovaContiguous(kind)) return count * size;
+  const page = pageSizeOf(kind);
+  if (size > page) return count * Math.ceil(size / page) * page;
+  return Math.ceil(count / Math.floor(page / size)) * page;
+}
 /** Base of the iova space handed out to non-physical regions; every region gets 2^36 bytes. */
 const VIRTUAL_IOVA_BASE = 2 ** 32;
 const VIRTUAL_IOVA_STRIDE = 2 ** 36;
@@ -64,8 +89,10 @@ export class DmaRegion {
   readonly name: string;
   /** memfd backing the region, -1 for anonymous or physical regions. */
   readonly fd: number;
-  /** The page size backing the region; a buffer or ring never crosses one (see `alloc`). */
+  /** The page size backing the region. */
   readonly pageSize: number;
+  /** iovas run on over the whole region (not `physical`): reservations may cross pages. */
+  readonly contiguous: boolean;
   readonly buffer: ArrayBuffer;
   readonly u8: Uint8Array<ArrayBuffer>;
   readonly u16: Uint16Array<ArrayBuffer>;
@@ -81,7 +108,8 @@ export class DmaRegion {
     this.kind = opts.kind;
     this.name = opts.name;
     const huge = opts.kind === "hugepage-memfd" || opts.kind === "physical";
-    this.pageSize = huge ? HUGEPAGE : SMALL_PAGE;
+    this.pageSize = pageSizeOf(opts.kind);
+    this.contiguous = iovaContiguous(opts.kind);
     this.size = Math.ceil(opts.size / this.pageSize) * this.pageSize;
     const rw = PROT_READ | PROT_WRITE;
     let fd = -1;
@@ -103,7 +131,7 @@ export class DmaRegion {
           `cannot allocate ${this.size} bytes of hugepage memory for ${opts.name}: ${
             (e as Error).message
           }. Reserve hugepages first (as root: echo 512 > /proc/sys/vm/nr_hugepages), ` +
-            `see scripts/setup-hugepages.sh`,
+            `or run scripts/setup-dpdk.sh`,
         );
       }
       throw e;
@@ -134,13 +162,13 @@ export class DmaRegion {
   }
 
   /**
-   * Reserves `size` bytes aligned to `align` and returns their offset. A reservation no larger
-   * than a page never crosses a page boundary, so it is contiguous in iova space even when the
-   * pages are not (physical regions).
+   * Reserves `size` bytes aligned to `align` and returns their offset. In a physical region a
+   * reservation no larger than a page never crosses a page boundary, so that it is contiguous in
+   * iova space; elsewhere reservations lie back to back.
    */
   alloc(size: number, align = 64): number {
     let off = Math.ceil(this.#next / align) * align;
-    if (size <= this.pageSize) {
+    if (!this.contiguous && size <= this.pageSize) {
       const endPage = Math.floor((off + size - 1) / this.pageSize);
       if (endPage !== Math.floor(off / this.pageSize)) off = endPage * this.pageSize;
     }

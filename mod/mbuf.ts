@@ -7,7 +7,7 @@
  * header sits in the `hdrSize` bytes just before the data (the port checks at configure time
  * that `headroom >= hdrSize`).
  */
-import { type DmaKind, DmaRegion } from "../ffi/dma.ts";
+import { bytesForReservations, type DmaKind, DmaRegion } from "../ffi/dma.ts";
 
 export interface PoolOptions {
   /** Number of buffers. */
@@ -81,11 +81,10 @@ export class MbufPool {
     }
     this.stride = Math.ceil((this.headroom + this.dataRoom) / 64) * 64;
     const kind = opts.kind ?? "memfd";
-    const pageSize = kind === "hugepage-memfd" || kind === "physical" ? 2 * 1024 * 1024 : 4096;
-    const perPage = Math.max(1, Math.floor(pageSize / this.stride));
-    const bytes = this.stride <= pageSize
-      ? Math.ceil(this.count / perPage) * pageSize
-      : this.count * Math.ceil(this.stride / pageSize) * pageSize;
+    // Buffers lie back to back where the region's iovas are contiguous (memfd, anon, hugepage
+    // memfd), crossing pages: on 4 KiB pages that is half the pages of one buffer per page, and
+    // fewer TLB misses (io forwarding on the sim: paired 0.95, 16 runs).
+    const bytes = bytesForReservations(kind, this.count, this.stride);
     this.region = DmaRegion.create({ size: bytes, kind, name: opts.name ?? "vpmd-mbufs" });
     this.bytes = this.region.u8;
     const n = this.count;
@@ -104,6 +103,14 @@ export class MbufPool {
     for (let m = 0; m < n; m++) {
       const off = this.region.alloc(this.stride, 64);
       const iova = this.region.iova(off);
+      if ((iova % 2 ** 32) + this.stride > 2 ** 32) {
+        // The queues add offsets to the low half of a buffer's iova without a carry.
+        this.region.close();
+        throw new RangeError(
+          `mbuf pool: buffer ${m} would cross a 4 GiB line of iova space; use fewer buffers ` +
+            `(${this.count} x ${this.stride} bytes asked)`,
+        );
+      }
       this.bufOff[m] = off;
       this.iovaLo[m] = iova % 2 ** 32;
       this.iovaHi[m] = Math.floor(iova / 2 ** 32);

@@ -7,7 +7,7 @@
  * The port talks only to the `VirtioTransport` interface; what differs between transports is
  * data (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
  */
-import { DmaRegion } from "../ffi/dma.ts";
+import { DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
 import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
@@ -383,7 +383,7 @@ export class Port {
     this.#ringRegion?.close();
     this.#ringRegion = null;
     const kind = this.transport.dmaKinds[0];
-    const pageSize = kind === "hugepage-memfd" || kind === "physical" ? 2 * 1024 * 1024 : 4096;
+    const pageSize = pageSizeOf(kind);
     const bytes = placeRings(this.#ringSizes(plan), layout, pageSize).end + CTRL_BUFFER_BYTES +
       ZERO_HEADER_BYTES;
     this.#ringRegion = DmaRegion.create({

@@ -1,6 +1,14 @@
 /** The mbuf pool: allocation, chains, double-free protection, DMA addresses. */
 import assert from "assert";
 import { MbufPool, NONE } from "../mod/mbuf.ts";
+import { freeHugepages, type Peer, peerTest } from "./lib/peers.ts";
+
+/** A physical region: 2 MiB hugepages, and root to read their physical addresses. */
+const HUGEPAGES_AS_ROOT: Peer = {
+  what: "2 MiB hugepages and root (physical addresses)",
+  setup: "scripts/setup-dpdk.sh",
+  available: () => freeHugepages() >= 2 && Deno.uid() === 0,
+};
 
 Deno.test("pool: alloc resets metadata, free returns buffers, an empty pool says NONE", () => {
   const pool = new MbufPool({ count: 3, kind: "anon" });
@@ -59,25 +67,50 @@ Deno.test("pool: fromBytes splits into a chain that read() reassembles; free tak
   }
 });
 
-Deno.test("pool: buffers are disjoint, aligned, and their iovas follow the region's", () => {
-  const pool = new MbufPool({ count: 100, kind: "anon", dataRoom: 2048, headroom: 128 });
-  try {
-    for (let m = 0; m < pool.count; m++) {
-      const off = pool.bufOff[m];
-      assert.equal(off % 64, 0);
-      if (m > 0) assert.ok(off >= pool.bufOff[m - 1] + pool.headroom + pool.dataRoom);
-      assert.ok(off + pool.stride <= pool.region.size);
-      assert.equal(pool.iovaHi[m] * 2 ** 32 + pool.iovaLo[m], pool.region.iova(off));
-      // a buffer never crosses a page of its region (no carry when adding offsets to iovaLo)
-      assert.equal(
-        Math.floor(off / pool.region.pageSize),
-        Math.floor((off + pool.stride - 1) / pool.region.pageSize),
-      );
+Deno.test("pool: buffers lie back to back where iovas are contiguous, crossing pages", () => {
+  for (const kind of ["anon", "memfd"] as const) {
+    const pool = new MbufPool({ count: 100, kind, dataRoom: 2048, headroom: 128 });
+    try {
+      assert.equal(pool.stride, 2176);
+      // the region is what the buffers need, not a 4 KiB page per buffer
+      assert.equal(pool.region.size, Math.ceil((100 * 2176) / 4096) * 4096);
+      let crossing = 0;
+      for (let m = 0; m < pool.count; m++) {
+        const off = pool.bufOff[m];
+        assert.equal(off, m * pool.stride);
+        assert.equal(pool.iovaHi[m] * 2 ** 32 + pool.iovaLo[m], pool.region.iova(off));
+        // the low half never carries into the high half within a buffer
+        assert.ok(pool.iovaLo[m] + pool.stride <= 2 ** 32);
+        if (Math.floor(off / 4096) !== Math.floor((off + pool.stride - 1) / 4096)) crossing++;
+      }
+      assert.ok(crossing > 40, `${crossing} buffers cross a 4 KiB page`);
+    } finally {
+      pool.close();
     }
-  } finally {
-    pool.close();
   }
 });
+
+peerTest(
+  HUGEPAGES_AS_ROOT,
+  "pool: in a physical region every buffer stays inside one 2 MiB page",
+  () => {
+    // 963 buffers of 2176 bytes fit a 2 MiB page: the 964th starts the next page.
+    const pool = new MbufPool({ count: 1000, kind: "physical" });
+    try {
+      assert.equal(pool.region.size, 2 * 2 ** 21);
+      for (let m = 0; m < pool.count; m++) {
+        const off = pool.bufOff[m];
+        assert.equal(off % 64, 0);
+        assert.equal(Math.floor(off / 2 ** 21), Math.floor((off + pool.stride - 1) / 2 ** 21));
+        if (m > 0) assert.ok(off >= pool.bufOff[m - 1] + pool.stride);
+        assert.equal(pool.iovaHi[m] * 2 ** 32 + pool.iovaLo[m], pool.region.iova(off));
+      }
+      assert.equal(pool.bufOff[963], 2 ** 21);
+    } finally {
+      pool.close();
+    }
+  },
+);
 
 Deno.test("pool: freeing a corrupted chain (looping or out of range) ends and frees each once", () => {
   const pool = new MbufPool({ count: 4, kind: "anon" });

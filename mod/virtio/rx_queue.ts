@@ -151,8 +151,8 @@ export class RxQueue {
   #post(i: number, m: number): void {
     this.#buf[i] = m;
     const pool = this.pool;
-    // Buffers never cross a page of their region, so adding the offset cannot carry into the
-    // high half.
+    // No buffer crosses a 4 GiB line of iova space (the pool checks), so adding the offset
+    // cannot carry into the high half.
     this.ring.setDesc(
       i,
       pool.iovaLo[m] + this.#postOff,

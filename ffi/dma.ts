@@ -48,6 +48,9 @@ export interface DmaRegionOptions {
   name?: string;
 }
 
+/** Hugepage memory could not be had (too few hugepages reserved and free). */
+export class HugepageShortage extends Error {}
+
 const HUGEPAGE = 2 * 1024 * 1024;
 const SMALL_PAGE = 4096;
 
@@ -127,7 +130,7 @@ export class DmaRegion {
     } catch (e) {
       if (fd >= 0) close(fd);
       if (huge) {
-        throw new Error(
+        throw new HugepageShortage(
           `cannot allocate ${this.size} bytes of hugepage memory for ${opts.name}: ${
             (e as Error).message
           }. Reserve hugepages first (as root: echo 512 > /proc/sys/vm/nr_hugepages), ` +

@@ -7,7 +7,7 @@
  * header sits in the `hdrSize` bytes just before the data (the port checks at configure time
  * that `headroom >= hdrSize`).
  */
-import { bytesForReservations, type DmaKind, DmaRegion } from "../ffi/dma.ts";
+import { bytesForReservations, type DmaKind, DmaRegion, HugepageShortage } from "../ffi/dma.ts";
 
 export interface PoolOptions {
   /** Number of buffers. */
@@ -238,5 +238,25 @@ export class MbufPool {
 
   close(): void {
     this.region.close();
+  }
+}
+
+/**
+ * A pool in the first of `kinds` (best first) that can be had now: when a hugepage kind cannot be
+ * allocated (too few hugepages free), the next kind is used and `log` says so. Any other failure,
+ * or one of the last kind, is thrown.
+ */
+export function poolOfFirstKind(
+  kinds: readonly DmaKind[],
+  opts: Omit<PoolOptions, "kind">,
+  log: (msg: string) => void,
+): MbufPool {
+  for (let i = 0;; i++) {
+    try {
+      return new MbufPool({ ...opts, kind: kinds[i] });
+    } catch (e) {
+      if (i + 1 >= kinds.length || !(e instanceof HugepageShortage)) throw e;
+      log(`mbuf pool: using ${kinds[i + 1]} memory, ${kinds[i]} failed: ${(e as Error).message}`);
+    }
   }
 }

@@ -7,7 +7,7 @@
  * The port talks only to the `VirtioTransport` interface; what differs between transports is
  * data (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
  */
-import { DmaRegion, pageSizeOf } from "../ffi/dma.ts";
+import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
 import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
@@ -344,7 +344,7 @@ export class Port {
         }
       }
       this.#readMac(plan.features);
-      const region = this.#rings(plan);
+      const region = this.#rings(plan, cfg.pool.region.kind);
       t.addMemory(region);
       t.addMemory(cfg.pool.region);
       this.#buildQueues(plan, region);
@@ -375,14 +375,17 @@ export class Port {
     if (this.#filters.mac) this.#mac = new Uint8Array(this.#filters.mac);
   }
 
-  /** The ring region for this plan: one area per queue, then the control command buffer. */
-  #rings(plan: Plan): DmaRegion {
+  /**
+   * The ring region for this plan: one area per queue, then the control command buffer; in the
+   * pool's kind of memory (one the transport reaches, checked in #resolve).
+   */
+  #rings(plan: Plan, kind: DmaKind): DmaRegion {
     const layout = this.transport.ringLayout;
-    const key = `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}`;
+    const key =
+      `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/${kind}`;
     if (this.#ringRegion && this.#ringRegionKey === key) return this.#ringRegion;
     this.#ringRegion?.close();
     this.#ringRegion = null;
-    const kind = this.transport.dmaKinds[0];
     const pageSize = pageSizeOf(kind);
     const bytes = placeRings(this.#ringSizes(plan), layout, pageSize).end + CTRL_BUFFER_BYTES +
       ZERO_HEADER_BYTES;

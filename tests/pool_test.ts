@@ -1,6 +1,7 @@
 /** The mbuf pool: allocation, chains, double-free protection, DMA addresses. */
 import assert from "assert";
-import { MbufPool, NONE } from "../mod/mbuf.ts";
+import { DmaRegion } from "../ffi/dma.ts";
+import { MbufPool, NONE, poolOfFirstKind } from "../mod/mbuf.ts";
 import { freeHugepages, type Peer, peerTest } from "./lib/peers.ts";
 
 /** A physical region: 2 MiB hugepages, and root to read their physical addresses. */
@@ -166,4 +167,42 @@ Deno.test("pool: allocRaw takes a buffer, resets only its link, and counts it ou
   } finally {
     pool.close();
   }
+});
+
+Deno.test("pool: without free hugepages the forwarder's pool is memfd, and says so", () => {
+  // Take every free hugepage first (on a machine with none reserved there is nothing to take).
+  const free = freeHugepages();
+  const hog = free > 0 ? DmaRegion.create({ kind: "hugepage-memfd", size: free * 2 ** 21 }) : null;
+  const logs: string[] = [];
+  try {
+    assert.equal(freeHugepages(), 0);
+    const pool = poolOfFirstKind(["hugepage-memfd", "memfd"], { count: 64 }, (m) => logs.push(m));
+    try {
+      assert.equal(pool.region.kind, "memfd");
+      assert.equal(pool.available, 64);
+    } finally {
+      pool.close();
+    }
+    assert.equal(logs.length, 1);
+    assert.match(logs[0], /^mbuf pool: using memfd memory, hugepage-memfd failed: .*hugepage/);
+  } finally {
+    hog?.close();
+  }
+  if (free > 0) {
+    // With hugepages free again, they are used, without a word.
+    const pool = poolOfFirstKind(["hugepage-memfd", "memfd"], { count: 64 }, (m) => logs.push(m));
+    assert.equal(pool.region.kind, "hugepage-memfd");
+    pool.close();
+    assert.equal(logs.length, 1);
+  }
+  // Only a hugepage shortage falls through to the next kind.
+  assert.throws(
+    () => poolOfFirstKind(["memfd", "anon"], { count: 0 }, (m) => logs.push(m)),
+    /count must be positive/,
+  );
+  assert.throws(
+    () => poolOfFirstKind(["hugepage-memfd", "memfd"], { count: 0 }, (m) => logs.push(m)),
+    /count must be positive/,
+  );
+  assert.equal(logs.length, 1);
 });

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "cli-args";
 import type { DmaKind } from "../../ffi/dma.ts";
-import { MbufPool } from "../mbuf.ts";
+import { type MbufPool, poolOfFirstKind } from "../mbuf.ts";
 import { Port } from "../port.ts";
 import { formatPortSpec, openTransport, parsePortSpec, type PortSpec } from "../portspec.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
@@ -166,13 +166,10 @@ function usage<T>(fn: () => T): T {
   }
 }
 
-/** The best memory kind every transport can reach (the first transport's order). */
-export function commonDmaKind(transports: VirtioTransport[]): DmaKind | null {
+/** The memory kinds every transport can reach, best first (the first transport's order). */
+export function commonDmaKinds(transports: VirtioTransport[]): DmaKind[] {
   const [first, ...rest] = transports;
-  for (const k of first.dmaKinds) {
-    if (rest.every((t) => t.dmaKinds.includes(k))) return k;
-  }
-  return null;
+  return first.dmaKinds.filter((k) => rest.every((t) => t.dmaKinds.includes(k)));
 }
 
 /** Streams like testpmd's: port 2k forwards to 2k+1 and back; an odd last port to itself. */
@@ -206,8 +203,8 @@ export async function runForwarder(args: string[]): Promise<number> {
         throw new UsageError((e as Error).message);
       }
     }
-    const kind = commonDmaKind(transports);
-    if (kind === null) {
+    const kinds = commonDmaKinds(transports);
+    if (kinds.length === 0) {
       throw new UsageError(
         `these ports share no kind of DMA memory (${
           transports.map((t) => `${t.name}: ${t.dmaKinds.join("/")}`).join("; ")
@@ -220,7 +217,7 @@ export async function runForwarder(args: string[]): Promise<number> {
       0,
     ) + transports.length * o.queues * o.burst * nseg * 2 + 1024;
     const count = o.mbufs ?? Math.max(8192, need);
-    pool = new MbufPool({ count, dataRoom: BUFFER_ROOM, kind, name: "vpmd-fwd" });
+    pool = poolOfFirstKind(kinds, { count, dataRoom: BUFFER_ROOM, name: "vpmd-fwd" }, log);
     for (let i = 0; i < transports.length; i++) {
       const port = new Port(i, transports[i], { log });
       ports.push(port);

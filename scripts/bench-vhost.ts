@@ -17,8 +17,10 @@
  *
  * Busy cost: vpmd's child measures the time of loop iterations whose burst moved packets (one
  * clock read per iteration, its own cost subtracted; iterations over 50 µs were preempted and are
- * left out) in extra runs after the throughput runs;
- * DPDK's figure is testpmd's `--record-core-cycles` "CPU cycles/packet" at its TSC rate.
+ * left out); DPDK's figure is testpmd's `--record-core-cycles` "CPU cycles/packet" at its TSC rate.
+ * Both come from extra pairs of runs after the throughput runs (`--busy-reps`, DPDK then vpmd back
+ * to back), since the machine's speed changes between phases and the two must be compared within
+ * one.
  *
  * `--child` is the vpmd side (run by this script pinned to CPU 0; not for direct use).
  */
@@ -40,8 +42,6 @@ interface ChildResult {
   packets: number;
   seconds: number;
   busyNsPerPacket: number | null;
-  /** Packets per burst that moved packets (busy runs). */
-  avgBurst?: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +192,6 @@ function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): Chi
     packets,
     seconds: (performance.now() - t0) / 1000,
     busyNsPerPacket: busyPackets > 0 ? busyNs / busyPackets : null,
-    avgBurst: busyIters > 0 ? busyPackets / busyIters : 0,
   };
 }
 
@@ -343,14 +342,6 @@ async function runVpmd(
   if (failure !== null || !status.success || result === null) {
     throw new Error(`vpmd child failed: ${(failure as Error)?.message ?? ""} ${await stderr}`);
   }
-  if (busy) {
-    console.error(
-      `${test} vpmd busy run: ${mpps.toFixed(2)} Mpps, ${
-        result.busyNsPerPacket?.toFixed(1)
-      } ns/pkt, ` +
-        `${result.avgBurst?.toFixed(1)} pkts/busy burst`,
-    );
-  }
   return { mpps, busyNs: busy ? result.busyNsPerPacket : null };
 }
 
@@ -384,14 +375,11 @@ async function main(): Promise<void> {
       const a: number[] = [];
       const d: number[] = [];
       const b: number[] = [];
-      const aBusy: number[] = [];
       for (let r = 0; r < reps; r++) {
         const order = r % 2 === 0 ? ["A", "B"] : ["B", "A"];
         for (const who of order) {
           if (who === "A") {
-            const x = await runDpdk(vhost, sock, test, seconds, same);
-            a.push(x.mpps);
-            if (x.busyNs !== null) aBusy.push(x.busyNs);
+            a.push((await runDpdk(vhost, sock, test, seconds, same)).mpps);
           } else {
             b.push((await runVpmd(vhost, sock, test, seconds, mrg, false)).mpps);
           }
@@ -402,10 +390,19 @@ async function main(): Promise<void> {
             (values.defaults ? ` dpdk-defaults ${d.at(-1)!.toFixed(2)}` : ""),
         );
       }
+      const aBusy: number[] = [];
       const bBusy: number[] = [];
       for (let r = 0; r < Number(values["busy-reps"]); r++) {
-        const x = await runVpmd(vhost, sock, test, seconds, mrg, true);
-        if (x.busyNs !== null) bBusy.push(x.busyNs);
+        const x = await runDpdk(vhost, sock, test, seconds, same);
+        const y = await runVpmd(vhost, sock, test, seconds, mrg, true);
+        if (x.busyNs !== null) aBusy.push(x.busyNs);
+        if (y.busyNs !== null) bBusy.push(y.busyNs);
+        console.error(
+          `${test} busy rep ${r + 1}: dpdk ${x.mpps.toFixed(2)} Mpps ${
+            x.busyNs?.toFixed(1)
+          } ns/pkt,` +
+            ` vpmd ${y.mpps.toFixed(2)} Mpps ${y.busyNs?.toFixed(1)} ns/pkt`,
+        );
       }
       const ma = median(a);
       const mb = median(b);

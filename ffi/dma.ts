@@ -78,6 +78,7 @@ export function bytesForReservations(kind: DmaKind, count: number, size: number)
   if (size > page) return count * Math.ceil(size / page) * page;
   return Math.ceil(count / Math.floor(page / size)) * page;
 }
+
 /** Base of the iova space handed out to non-physical regions; every region gets 2^36 bytes. */
 const VIRTUAL_IOVA_BASE = 2 ** 32;
 const VIRTUAL_IOVA_STRIDE = 2 ** 36;
@@ -110,8 +111,8 @@ export class DmaRegion {
   private constructor(opts: Required<DmaRegionOptions>) {
     this.kind = opts.kind;
     this.name = opts.name;
-    const huge = opts.kind === "hugepage-memfd" || opts.kind === "physical";
     this.pageSize = pageSizeOf(opts.kind);
+    const huge = this.pageSize === HUGEPAGE;
     this.contiguous = iovaContiguous(opts.kind);
     this.size = Math.ceil(opts.size / this.pageSize) * this.pageSize;
     const rw = PROT_READ | PROT_WRITE;

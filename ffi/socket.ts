@@ -61,6 +61,21 @@ const ENOENT = 2;
 const ECONNREFUSED = 111;
 
 /**
+ * One connect(2) attempt on a fresh non-blocking socket: the descriptor, or -errno. A listener
+ * whose backlog is full answers EAGAIN at once instead of blocking.
+ */
+function connectFd(path: string, type: number): number {
+  const fd = check("socket", raw.socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  const sa = sockaddr(path);
+  if (raw.connect(fd, sa, sa.length) < 0) {
+    const e = errno();
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+/**
  * poll(2) one descriptor for `events`; returns the revents mask (0 on timeout). `timeoutMs` < 0
  * waits forever (avoid), 0 only checks. EINTR is retried.
  */
@@ -114,19 +129,15 @@ export class UnixSocket {
   }
 
   /**
-   * Connect to the socket at `path`. Returns null when nobody listens there yet (ENOENT,
-   * ECONNREFUSED), so callers can retry; other errors throw.
+   * Connect to the socket at `path` (non-blocking: send and receive wait through poll). Returns
+   * null when nobody listens there yet (ENOENT, ECONNREFUSED) or the listener does not accept
+   * (EAGAIN: its backlog is full), so callers can retry without hanging; other errors throw.
    */
   static tryConnect(path: string, type = SOCK_STREAM): UnixSocket | null {
-    const fd = check("socket", raw.socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-    const sa = sockaddr(path);
-    if (raw.connect(fd, sa, sa.length) < 0) {
-      const e = errno();
-      close(fd);
-      if (e === ENOENT || e === ECONNREFUSED) return null;
-      throw new SysError("connect", e, path);
-    }
-    return new UnixSocket(fd);
+    const fd = connectFd(path, type);
+    if (fd >= 0) return new UnixSocket(fd);
+    if (-fd === ENOENT || -fd === ECONNREFUSED || -fd === EAGAIN) return null;
+    throw new SysError("connect", -fd, path);
   }
 
   /** Connect, retrying every 50 ms for up to `timeoutMs`; throws a clear error after that. */
@@ -277,16 +288,21 @@ export class UnixSocket {
   }
 }
 
-/** A listening AF_UNIX stream socket; `close()` also removes the socket file it created. */
+/**
+ * A listening AF_UNIX stream socket. A socket file left at `path` by a process that is gone is
+ * replaced; anything else there (a file that is not a socket, a socket someone listens on) is an
+ * error and stays as it is. `close()` removes the socket file if it is still the one it created.
+ */
 export class UnixListener {
   #fd: number;
   readonly path: string;
+  /** Inode of the socket file bound here, to recognise it at close. */
+  readonly #ino: number | null;
 
   constructor(path: string, backlog = 1) {
     this.path = path;
     const sa = sockaddr(path);
-    // A stale socket file from an earlier run would make bind fail with EADDRINUSE.
-    raw.unlink(cstr(path));
+    removeStaleSocket(path);
     const fd = check(
       "socket",
       raw.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
@@ -299,6 +315,7 @@ export class UnixListener {
       throw e;
     }
     this.#fd = fd;
+    this.#ino = Deno.lstatSync(path).ino;
   }
 
   get fd(): number {
@@ -322,6 +339,36 @@ export class UnixListener {
     if (this.#fd < 0) return;
     close(this.#fd);
     this.#fd = -1;
-    raw.unlink(cstr(this.path));
+    let ino: number | null = null;
+    try {
+      ino = Deno.lstatSync(this.path).ino;
+    } catch {
+      return; // removed already
+    }
+    if (ino === this.#ino) raw.unlink(cstr(this.path));
   }
+}
+
+/**
+ * Make way for a listener at `path`: nothing there, or a socket file nobody listens on any more
+ * (removed). Throws, touching nothing, when `path` is something else or someone listens there.
+ */
+function removeStaleSocket(path: string): void {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  if (!info.isSocket) {
+    throw new Error(`${path} exists and is not a socket: remove it or choose another path`);
+  }
+  const fd = connectFd(path, SOCK_STREAM);
+  if (fd >= 0 || -fd === EAGAIN) {
+    if (fd >= 0) close(fd);
+    throw new Error(`another process listens on ${path}: stop it or choose another path`);
+  }
+  if (-fd !== ECONNREFUSED && -fd !== ENOENT) throw new SysError("connect", -fd, path);
+  raw.unlink(cstr(path));
 }

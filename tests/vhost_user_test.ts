@@ -704,6 +704,10 @@ Deno.test("vhost-user spec: bad options are one-line errors naming the option", 
   assert.throws(() => VhostUserTransport.fromSpec(path, { queues: "0" }), /queues=0/);
   assert.throws(() => VhostUserTransport.fromSpec(path, { mac: "02:00:00" }), /bad MAC/);
   assert.throws(
+    () => VhostUserTransport.fromSpec(path, { mac: "03:00:00:00:00:01" }),
+    /bad MAC address '03:00:00:00:00:01': a multicast address cannot be a port's own/,
+  );
+  assert.throws(
     () => VhostUserTransport.fromSpec(path, { qsize: "300", timeout: "1" }),
     /qsize 300 is not a power of two/,
   );
@@ -729,7 +733,8 @@ Deno.test("vhost-user spec: no backend is a clear error after the timeout (clien
  * A fake vhost-user backend: listens on `path`, answers the handshake (VERSION_1 and protocol
  * features with REPLY_ACK) and then misbehaves as `mode` says: `nack-mem` refuses SET_MEM_TABLE,
  * `hangup` closes the connection at SET_MEM_TABLE, `wrong-reply` answers GET_FEATURES with a
- * reply to another request.
+ * reply to another request, `short-reply` answers GET_PROTOCOL_FEATURES with no payload,
+ * `nack-enable` refuses SET_VRING_ENABLE. It prints "closed" when the front-end hangs up.
  */
 function fakeBackend(path: string, mode: string): Deno.ChildProcess {
   const socketUrl = new URL("../ffi/socket.ts", import.meta.url).href;
@@ -740,10 +745,10 @@ function fakeBackend(path: string, mode: string): Deno.ChildProcess {
     const s = l.accept(10000);
     const hdr = new Uint8Array(12), dv = new DataView(hdr.buffer), body = new Uint8Array(512);
     const fds = [];
-    const reply = (req, u64) => {
-      const m = new Uint8Array(20), v = new DataView(m.buffer);
-      v.setUint32(0, req, true); v.setUint32(4, 1 | 4, true); v.setUint32(8, 8, true);
-      v.setBigUint64(12, BigInt(u64), true);
+    const reply = (req, u64, size = 8) => {
+      const m = new Uint8Array(12 + size), v = new DataView(m.buffer);
+      v.setUint32(0, req, true); v.setUint32(4, 1 | 4, true); v.setUint32(8, size, true);
+      if (size === 8) v.setBigUint64(12, BigInt(u64), true);
       s.send(m);
     };
     try {
@@ -752,16 +757,19 @@ function fakeBackend(path: string, mode: string): Deno.ChildProcess {
         const req = dv.getUint32(0, true), flags = dv.getUint32(4, true), size = dv.getUint32(8, true);
         if (size) s.recvExact(body, size, fds, 10000);
         if (req === 1) reply(mode === "wrong-reply" ? 15 : 1, (1n << 32n) | (1n << 30n));
-        else if (req === 15) reply(15, 1n << 3n);
+        else if (req === 15) reply(15, 1n << 3n, mode === "short-reply" ? 0 : 8);
         else if (req === 5 && mode === "hangup") break;
-        else if (flags & 8) reply(req, req === 5 && mode === "nack-mem" ? 1 : 0);
+        else if (flags & 8) {
+          const refuse = (req === 5 && mode === "nack-mem") || (req === 18 && mode === "nack-enable");
+          reply(req, refuse ? 1 : 0);
+        }
       }
-    } catch { /* the front-end went away */ }
+    } catch { console.log("closed"); }
     s.close(); l.close();
   `;
   return new Deno.Command(Deno.execPath(), {
     args: ["eval", code, path, mode],
-    stdout: "null",
+    stdout: "piped",
     stderr: "inherit",
   }).spawn();
 }
@@ -777,7 +785,7 @@ async function withFake(mode: string, fn: (path: string) => void): Promise<void>
     } catch {
       // already exited
     }
-    await child.status;
+    await child.output();
     try {
       Deno.removeSync(path);
     } catch {
@@ -826,6 +834,49 @@ Deno.test("vhost-user: a backend that hangs up during set-up leaves the link dow
       t.close();
     }
   });
+});
+
+Deno.test("vhost-user: a reply without its payload is an error, not a stale value", async () => {
+  await withFake("short-reply", (path) => {
+    assert.throws(
+      () => new VhostUserTransport({ path }),
+      /malformed reply to GET_PROTOCOL_FEATURES \(version 1, 0 bytes of payload, expected version 1 and 8\)/,
+    );
+  });
+});
+
+Deno.test("vhost-user: a start the backend refuses part-way ends the connection (it lets go of our memory)", async () => {
+  const path = socketPath("fake-nack-enable");
+  const child = fakeBackend(path, "nack-enable");
+  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const t = new VhostUserTransport({ path });
+  const pool = new MbufPool({ count: 1024, kind: "memfd" });
+  const port = new Port(0, t);
+  try {
+    port.configure({ pool });
+    // Memory table, rings, kick and call fds are handed over before SET_VRING_ENABLE is refused.
+    assert.throws(() => port.start(), /refused SET_VRING_ENABLE/);
+    // Port, pool and transport are still open: the backend saw the connection end all the same.
+    const { value } = await out.read();
+    assert.match(value ?? "", /closed/);
+    assert.equal(t.linkStats.lost, 1);
+  } finally {
+    port.close();
+    pool.close();
+    t.close();
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await out.cancel();
+    await child.status;
+    try {
+      Deno.removeSync(path);
+    } catch {
+      // removed by the fake
+    }
+  }
 });
 
 Deno.test("vhost-user: a reply to the wrong request is an error naming both", async () => {

@@ -89,10 +89,17 @@ const LOCAL_FEATURES = bit(NetFeature.MAC) | bit(NetFeature.STATUS) | bit(NetFea
 
 /** Polls between two liveness checks of the socket (one poll(2) each). */
 const CHECK_EVERY = 4096;
-/** Least time between two reconnect attempts while the backend is away. */
+/** Least time between two reconnect attempts while the backend is away (first attempts). */
 const RECONNECT_INTERVAL_MS = 100;
 /** Longest wait for a reply from the backend. */
 const REPLY_TIMEOUT_MS = 5000;
+/**
+ * While reconnecting, from inside the forwarding loop's poll(): a shorter wait per reply, and
+ * attempts spaced out up to this much after failed handshakes, so that a backend that accepts
+ * but does not answer stalls forwarding on the other ports briefly and rarely.
+ */
+const RECONNECT_REPLY_TIMEOUT_MS = 500;
+const RECONNECT_BACKOFF_MAX_MS = 5000;
 const CTRL_QUEUE_SIZE = 64;
 /** Largest control command accepted (a MAC table of ~680 entries). */
 const CTRL_MAX_BYTES = 4096;
@@ -122,7 +129,14 @@ export function parseMac(s: string): Uint8Array {
   if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
     throw new Error(`bad MAC address '${s}': expected six hex bytes like 02:00:00:00:00:01`);
   }
-  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
+  const mac = Uint8Array.from(parts.map((p) => parseInt(p, 16)));
+  if ((mac[0] & 1) !== 0) {
+    throw new Error(
+      `bad MAC address '${s}': a multicast address cannot be a port's own (the first byte's ` +
+        `lowest bit must be 0, e.g. 02:00:00:00:00:01)`,
+    );
+  }
+  return mac;
 }
 
 function randomLocalMac(): Uint8Array {
@@ -168,6 +182,10 @@ export class VhostUserTransport implements VirtioTransport {
   #pending = 0;
   #polls = 0;
   #lastAttempt = 0;
+  /** Least time between reconnect attempts now: doubles after each failed handshake. */
+  #retryInterval = RECONNECT_INTERVAL_MS;
+  /** Wait per reply: REPLY_TIMEOUT_MS, or RECONNECT_REPLY_TIMEOUT_MS during a reconnect. */
+  #replyTimeout = REPLY_TIMEOUT_MS;
   #closed = false;
 
   // Control queue, answered locally.
@@ -296,8 +314,12 @@ export class VhostUserTransport implements VirtioTransport {
           this.#startBackend();
         } catch (e) {
           // A backend that vanished mid-setup is a link down (it may come back), not an error.
-          if (!this.#sock.peerGone(false)) throw e;
-          this.#pending |= this.#lost((e as Error).message);
+          const vanished = this.#sock.peerGone(false);
+          // Either way the connection ends here: the backend may already hold our memory table
+          // and vrings, and closing is what makes it let go of them before the caller frees the
+          // memory (a refused request leaves no clean state to stop from).
+          this.#pending |= this.#lost(`set-up failed: ${(e as Error).message}`);
+          if (!vanished) throw e;
         }
       }
       this.#pending |= TransportEvent.CONFIG_CHANGED;
@@ -463,7 +485,9 @@ export class VhostUserTransport implements VirtioTransport {
 
   /** Program the backend with everything recorded since reset (see the module comment). */
   #startBackend(): void {
-    const backendFeatures = (this.#driverFeatures & ~LOCAL_FEATURES) |
+    // MQ is offered to the driver when queues=N (the backend's protocol feature MQ was checked
+    // at the handshake); the virtio bit goes to the backend only if it offers it too.
+    const backendFeatures = (this.#driverFeatures & ~LOCAL_FEATURES & this.#backendFeatures) |
       (this.#backendFeatures & bit(Feature.VHOST_USER_PROTOCOL_FEATURES));
     this.#msg.begin(Request.SET_FEATURES, U64_PAYLOAD, this.#ack);
     this.#msg.setU64(0, backendFeatures);
@@ -549,16 +573,27 @@ export class VhostUserTransport implements VirtioTransport {
   /** While the backend is away: reconnect or accept (rate limited). */
   #tryReturn(): number {
     const now = performance.now();
-    if (now - this.#lastAttempt < RECONNECT_INTERVAL_MS) return 0;
+    if (now - this.#lastAttempt < this.#retryInterval) return 0;
     this.#lastAttempt = now;
     const s = this.server ? this.#listener!.accept(0) : UnixSocket.tryConnect(this.path);
     if (s === null) return 0;
     this.#sock = s;
+    this.#replyTimeout = RECONNECT_REPLY_TIMEOUT_MS;
     try {
       this.#handshake();
     } catch (e) {
-      return this.#lost(`reconnect failed: ${(e as Error).message}`) & ~TransportEvent.DEVICE_LOST;
+      s.close();
+      this.#sock = null;
+      this.#retryInterval = Math.min(2 * this.#retryInterval, RECONNECT_BACKOFF_MAX_MS);
+      this.#log(
+        `${this.name}: reconnect failed (${(e as Error).message}); ` +
+          `next attempt in ${this.#retryInterval} ms`,
+      );
+      return 0;
+    } finally {
+      this.#replyTimeout = REPLY_TIMEOUT_MS;
     }
+    this.#retryInterval = RECONNECT_INTERVAL_MS;
     this.linkStats.returned++;
     this.#log(`${this.name}: backend returned; the port sets the device up again`);
     return TransportEvent.DEVICE_RETURNED | TransportEvent.CONFIG_CHANGED;
@@ -572,7 +607,19 @@ export class VhostUserTransport implements VirtioTransport {
 
   #send(fds: number[]): void {
     if (this.#sock === null) throw new Error(`${this.name}: the backend is not connected`);
-    this.#sock.send(this.#msg.bytes.subarray(0, this.#msg.length), fds, REPLY_TIMEOUT_MS);
+    try {
+      this.#sock.send(this.#msg.bytes.subarray(0, this.#msg.length), fds, this.#replyTimeout);
+    } catch (e) {
+      throw this.#failed(this.#msg.request, e);
+    }
+  }
+
+  /** An error of the exchange for `request`, saying which port, which request and what to check. */
+  #failed(request: number, e: unknown): Error {
+    return new Error(
+      `${this.name}: ${requestName(request)}: ${(e as Error).message}; ` +
+        `is the vhost-user backend running and healthy?`,
+    );
   }
 
   /** Send the message built in #msg; when it asked for an ack, wait for it and check it. */
@@ -614,14 +661,16 @@ export class VhostUserTransport implements VirtioTransport {
     const fds: number[] = [];
     const m = this.#msg;
     try {
-      this.#sock.recvExact(m.bytes, Header.LENGTH, fds, REPLY_TIMEOUT_MS);
+      this.#sock.recvExact(m.bytes, Header.LENGTH, fds, this.#replyTimeout);
       const size = m.size;
       if (size > m.bytes.length - Header.LENGTH) {
-        throw new Error(`reply to ${requestName(request)} too large (${size} bytes)`);
+        throw new Error(`reply too large (${size} bytes)`);
       }
       if (size > 0) {
-        this.#sock.recvExact(m.bytes.subarray(Header.LENGTH), size, fds, REPLY_TIMEOUT_MS);
+        this.#sock.recvExact(m.bytes.subarray(Header.LENGTH), size, fds, this.#replyTimeout);
       }
+    } catch (e) {
+      throw this.#failed(request, e);
     } finally {
       for (const fd of fds) closeFd(fd); // no reply we ask for carries descriptors
     }
@@ -630,6 +679,15 @@ export class VhostUserTransport implements VirtioTransport {
         `${this.name}: expected a reply to ${requestName(request)}, got ${
           requestName(m.request)
         } (flags 0x${m.flags.toString(16)})`,
+      );
+    }
+    // Every reply we ask for carries one u64, or a vring state of the same size; anything else
+    // would leave old bytes where the value is read.
+    if ((m.flags & Header.VERSION_MASK) !== Header.VERSION || m.size !== U64_PAYLOAD) {
+      throw new Error(
+        `${this.name}: malformed reply to ${requestName(request)} (version ${
+          m.flags & Header.VERSION_MASK
+        }, ${m.size} bytes of payload, expected version 1 and ${U64_PAYLOAD})`,
       );
     }
   }

@@ -33,7 +33,8 @@ Ports:
 fwd flags:
   --mode M            io (default), mac, macswap, rxonly, txonly
   --burst N           frames per burst (default 32)
-  --rxd N, --txd N    RX/TX ring sizes (default 256; 0 = the device's maximum)
+  --rxd N, --txd N    RX/TX ring sizes (default 256, or the device's size if smaller;
+                      0 = the device's maximum)
   --queues N          queue pairs per port (default 1)
   --duration S        stop after S seconds (default: run until Ctrl-C)
   --stats-period S    statistics every S seconds (default 1; 0 = none)
@@ -42,7 +43,8 @@ fwd flags:
   --txpkts L[,L...]   txonly frame: segment lengths (several = one multi-segment frame)
   --vlan-strip        strip 802.1Q tags on receive (TCI kept in the packet metadata)
   --vlan-insert VID   insert an 802.1Q tag with this VLAN id on transmit
-  --mbufs N           buffers in the shared pool (default: enough for every ring)
+  --mbufs N           buffers in the shared pool (default: enough for every ring;
+                      at most 1973790, 4 GiB)
   --promisc, --no-promisc  promiscuous mode (default on when the device can filter)
   --allmulti          receive every multicast frame
   --mac [N,]ADDR      set port N's MAC address (default port 0)

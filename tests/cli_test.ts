@@ -2,6 +2,8 @@
  * The CLI as a user runs it: `deno run -A main.ts ...` in a subprocess, with a hard timeout.
  */
 import assert from "assert";
+import { parseFwdArgs } from "../mod/fwd/cli.ts";
+import { MbufPool } from "../mod/mbuf.ts";
 import { peerTest } from "./lib/peers.ts";
 import { socketPath, Testpmd, testpmdPeer } from "./lib/testpmd.ts";
 
@@ -116,6 +118,40 @@ Deno.test("cli: bad flag -> exit 2 with a one-line error", async () => {
     assert.match(r.stderr, /^vpmd/);
     assert.equal(r.stdout, "");
   }
+});
+
+Deno.test("cli: durations and pool sizes: what 0 means, and limits stated up front", () => {
+  const fwd = (...flags: string[]) => parseFwdArgs(["sim:a", ...flags]);
+  assert.throws(
+    () => fwd("--duration", "0"),
+    /--duration 0: expected a number of seconds above 0 \(leave it out to run until Ctrl-C\)/,
+  );
+  for (const d of ["0x10", "1e3", "-1", "", " 2"]) assert.throws(() => fwd(`--duration=${d}`));
+  assert.equal(fwd("--duration", "0.5").durationSec, 0.5);
+  assert.equal(fwd().durationSec, 0); // not given: until Ctrl-C
+  assert.equal(fwd("--stats-period", "0").statsPeriodSec, 0);
+  assert.throws(() => fwd("--stats-period", "x"), /\(0: no periodic statistics\)/);
+  // The most buffers a pool can span (4 GiB of iova space) is the flag's limit, not a late failure.
+  const max = MbufPool.maxCount(2048);
+  assert.equal(max, Math.floor(2 ** 32 / 2176));
+  assert.equal(fwd("--mbufs", String(max)).mbufs, max);
+  assert.throws(
+    () => fwd("--mbufs", String(max + 1)),
+    new RegExp(`--mbufs ${max + 1}: expected an integer from 64 to ${max}`),
+  );
+  assert.throws(
+    () => new MbufPool({ count: max + 1, kind: "anon" }),
+    new RegExp(`do not fit the 4 GiB of iova space a pool may span; at most ${max}`),
+  );
+  // Ring sizes not given are left to the port (256, or the device's size if smaller).
+  assert.equal(fwd().rxd, undefined);
+  assert.equal(fwd("--rxd", "64").rxd, 64);
+});
+
+Deno.test("cli: a device with small queues works without --rxd/--txd", async () => {
+  const r = await vpmd(["fwd", "sim:a,qsize=64", "sim:b,qsize=64", "--duration", "0.3", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(lastJson(r.stdout).totals.rxPackets > 0);
 });
 
 Deno.test("cli: bad port spec -> exit 2", async () => {

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "cli-args";
 import type { DmaKind } from "../../ffi/dma.ts";
-import { type MbufPool, poolOfFirstKind } from "../mbuf.ts";
+import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
 import { Port } from "../port.ts";
 import { formatPortSpec, openTransport, parsePortSpec, type PortSpec } from "../portspec.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
@@ -24,8 +24,9 @@ export interface FwdOptions {
   specs: PortSpec[];
   mode: Mode;
   burst: number;
-  rxd: number;
-  txd: number;
+  /** Ring sizes asked for; undefined: the port's default (256, or less if the device has less). */
+  rxd: number | undefined;
+  txd: number | undefined;
   queues: number;
   durationSec: number;
   statsPeriodSec: number;
@@ -52,11 +53,16 @@ function int(flag: string, v: string | undefined, min: number, max: number, dflt
   return Number(v);
 }
 
-function seconds(flag: string, v: string | undefined, dflt: number): number {
+/** A number of seconds (decimal, like 2 or 0.5); 0 only where `zero` says what it means. */
+function seconds(flag: string, v: string | undefined, dflt: number, zero?: string): number {
   if (v === undefined) return dflt;
   const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
-    throw new UsageError(`--${flag} ${v}: expected a number of seconds (0 or more)`);
+  if (!/^\d+(\.\d+)?$/.test(v) || (n === 0 && zero === undefined)) {
+    throw new UsageError(
+      `--${flag} ${v}: expected a number of seconds ${
+        zero === undefined ? "above 0 (leave it out to run until Ctrl-C)" : `(0: ${zero})`
+      }`,
+    );
   }
   return n;
 }
@@ -141,11 +147,11 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     specs,
     mode,
     burst: int("burst", v.burst, 1, 512, 32),
-    rxd: int("rxd", v.rxd, 0, 32768, 256),
-    txd: int("txd", v.txd, 0, 32768, 256),
+    rxd: v.rxd === undefined ? undefined : int("rxd", v.rxd, 0, 32768, 0),
+    txd: v.txd === undefined ? undefined : int("txd", v.txd, 0, 32768, 0),
     queues: int("queues", v.queues, 1, 128, 1),
     durationSec: seconds("duration", v.duration, 0),
-    statsPeriodSec: seconds("stats-period", v["stats-period"], 1),
+    statsPeriodSec: seconds("stats-period", v["stats-period"], 1, "no periodic statistics"),
     json: v.json === true,
     peers,
     txpkts,
@@ -153,7 +159,9 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     vlanInsert: v["vlan-insert"] === undefined
       ? undefined
       : int("vlan-insert", v["vlan-insert"], 0, 4095, 0),
-    mbufs: v.mbufs === undefined ? undefined : int("mbufs", v.mbufs, 64, 1 << 22, 0),
+    mbufs: v.mbufs === undefined
+      ? undefined
+      : int("mbufs", v.mbufs, 64, MbufPool.maxCount(BUFFER_ROOM), 0),
     filters: usage(() => parseFilterFlags(v, specs.length)),
   };
 }
@@ -184,8 +192,8 @@ export function buildStreams(ports: Port[], mode: Mode, queues: number, burst: n
   return streams;
 }
 
-function ringEstimate(t: VirtioTransport, asked: number): number {
-  return asked > 0 ? asked : Math.max(256, t.queueMaxSize(0));
+function ringEstimate(t: VirtioTransport, asked: number | undefined): number {
+  return asked !== undefined && asked > 0 ? asked : Math.max(256, t.queueMaxSize(0));
 }
 
 export async function runForwarder(args: string[]): Promise<number> {

@@ -151,8 +151,8 @@ export class RxQueue {
   #post(i: number, m: number): void {
     this.#buf[i] = m;
     const pool = this.pool;
-    // No buffer crosses a 4 GiB line of iova space (the pool checks), so adding the offset
-    // cannot carry into the high half.
+    // No buffer crosses a 4 GiB line of iova space (a pool spans at most 4 GiB from a 4 GiB
+    // line, or lies in 2 MiB pages), so adding the offset cannot carry into the high half.
     this.ring.setDesc(
       i,
       pool.iovaLo[m] + this.#postOff,

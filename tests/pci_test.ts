@@ -289,12 +289,16 @@ Deno.test("pci commands: clear errors for bad addresses, kernel-held devices, us
   try {
     assert.equal(await runPciCommand("bind", ["0000:00:04.0"], sysfs), 1);
     assert.match(errors.pop()!, /interface eth0 is up in the kernel.*--force/);
-    assert.equal(await runPciCommand("bind", ["0000:00:09.0"], sysfs), 1);
+    // A missing device or a bad address is bad usage, found before anything is moved.
+    assert.equal(await runPciCommand("bind", ["0000:00:09.0"], sysfs), 2);
     assert.match(errors.pop()!, /no PCI device 0000:00:09\.0/);
-    assert.equal(await runPciCommand("bind", ["0000:00:00.0"], sysfs), 1);
+    assert.equal(await runPciCommand("bind", ["0000:00:00.0"], sysfs), 2);
     assert.match(errors.pop()!, /0000:00:00\.0 is not a virtio-net device \(8086:1237\)/);
-    assert.equal(await runPciCommand("bind", ["nonsense"], sysfs), 1);
+    assert.equal(await runPciCommand("unbind", ["nonsense"], sysfs), 2);
     assert.match(errors.pop()!, /'nonsense' is not a PCI address/);
+    assert.equal(await runPciCommand("bind", ["--force", "0000:00:04.0", "00:09.0"], sysfs), 2);
+    assert.match(errors.pop()!, /no PCI device 0000:00:09\.0/);
+    assert.equal(sysfs.function("0000:00:04.0").driver(), "virtio-pci", "00:04.0 was not moved");
     assert.equal(await runPciCommand("bind", [], sysfs), 2);
     assert.equal(await runPciCommand("devices", ["--bogus"], sysfs), 2);
     assert.equal(await runPciCommand("devices", ["--json"], sysfs), 0);

@@ -201,7 +201,8 @@ function table(rows: DeviceInfo[]): string {
 
 /**
  * Runs `vpmd devices|bind|unbind` with its arguments; returns the exit code (0 ok, 1 an operation
- * failed, 2 bad usage). Errors are one line on stderr.
+ * failed, 2 bad usage: also an address that is no virtio-net function). Errors are one line on
+ * stderr.
  */
 export async function runPciCommand(
   cmd: string,
@@ -241,6 +242,16 @@ export async function runPciCommand(
   if (positionals.length === 0 || values.json || (cmd === "unbind" && values.force)) {
     console.error(`vpmd ${cmd}: usage: vpmd ${cmd}${cmd === "bind" ? " [--force]" : ""} ADDR...`);
     return 2;
+  }
+  // Every address must name a virtio-net function before anything is moved: a typo or a missing
+  // device is bad usage (2), and stops the command before it half-binds a list.
+  for (const address of positionals) {
+    try {
+      virtioNet(sysfs, address);
+    } catch (e) {
+      console.error(`vpmd ${cmd}: ${(e as Error).message}`);
+      return 2;
+    }
   }
   let rc = 0;
   for (const address of positionals) {

@@ -75,6 +75,7 @@ Deno.test("cli: fwd io between two sims for 1 s: exit 0, JSON summary consistent
   checkSummary(s, ["sim:a", "sim:b"], "io");
   const [a, b] = s.ports;
   assert.ok(a.rxPackets > 1000 && b.rxPackets > 1000, `rx ${a.rxPackets} / ${b.rxPackets}`);
+  assert.equal(a.linkUp && b.linkUp, true, "links as forwarding left them, not after the stop");
   // Each wire saw exactly what the other port received and its own port sent.
   assert.equal(b.wire.txFrames, b.txPackets);
   assert.equal(a.wire.txFrames, a.txPackets);

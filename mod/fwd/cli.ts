@@ -316,9 +316,11 @@ async function forward(
       o.mode === "txonly",
     );
     const durationSec = (performance.now() - start) / 1000;
+    // The summary reports each link as forwarding left it: stopping a port takes its link down.
+    const linkAtEnd = ports.map((p) => p.linkUp);
     reclaimSent(ports, o.queues);
     for (const p of ports) p.stop();
-    const rows = reporter.rows();
+    const rows = reporter.rows(linkAtEnd);
     const account = accountFrames(o.mode, rows);
     const summary = {
       ports: rows,

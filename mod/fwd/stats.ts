@@ -76,13 +76,13 @@ export class StatsReporter {
     this.#last = ports.map((p) => counters(p.stats));
   }
 
-  /** Current rows for every port. */
-  rows(): PortRow[] {
+  /** Current rows for every port; `linkUp` replaces the ports' link states (default: now). */
+  rows(linkUp: boolean[] = this.#ports.map((p) => p.linkUp)): PortRow[] {
     return this.#ports.map((p, i) => {
       const row: PortRow = {
         port: p.id,
         name: this.#names[i],
-        linkUp: p.linkUp,
+        linkUp: linkUp[i],
         ...counters(p.stats),
       };
       const wire = this.#wireOf(i);

@@ -149,6 +149,20 @@ Deno.test("cli: durations and pool sizes: what 0 means, and limits stated up fro
   assert.equal(fwd("--rxd", "64").rxd, 64);
 });
 
+Deno.test("cli: the parser's errors become one line that says what to do", () => {
+  const fwd = (...flags: string[]) => () => parseFwdArgs(["sim:a", ...flags]);
+  assert.throws(
+    fwd("--colour", "red"),
+    /^Error: unknown flag '--colour' for 'vpmd fwd'; see 'vpmd help'$/,
+  );
+  assert.throws(
+    fwd("--burst", "-1"),
+    /^Error: --burst: its value may not start with '-' \(write --burst=VALUE if you mean it\)$/,
+  );
+  assert.throws(fwd("--burst=-1"), /--burst -1: expected an integer from 1 to 512/);
+  assert.throws(fwd("--burst"), /^Error: --burst needs a value$/);
+});
+
 Deno.test("cli: a device with small queues works without --rxd/--txd", async () => {
   const r = await vpmd(["fwd", "sim:a,qsize=64", "sim:b,qsize=64", "--duration", "0.3", "--json"]);
   assert.equal(r.code, 0, r.stderr);

@@ -4,6 +4,7 @@
  * flight, and print the summary (with --json, the last stdout line).
  */
 import { parseArgs } from "cli-args";
+import { argsErrorMessage } from "../args_error.ts";
 import type { DmaKind } from "../../ffi/dma.ts";
 import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
 import { Port } from "../port.ts";
@@ -91,7 +92,7 @@ function parseFlags(args: string[]) {
       },
     });
   } catch (e) {
-    throw new UsageError((e as Error).message.split("\n")[0]);
+    throw new UsageError(argsErrorMessage(e, "fwd"));
   }
 }
 

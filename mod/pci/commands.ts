@@ -7,6 +7,7 @@
  * `/sys/bus/pci/drivers_probe`. Unbinding clears the override and probes again, so the kernel's
  * own virtio-pci takes the function back and its network interface returns.
  */
+import { argsErrorMessage } from "../args_error.ts";
 import { parseArgs } from "cli-args";
 import { has, NetConfig, NetFeature } from "../virtio/constants.ts";
 import { msixEnabled, parseVirtioCaps, virtioNetKind } from "./config.ts";
@@ -220,7 +221,7 @@ export async function runPciCommand(
       },
     });
   } catch (e) {
-    console.error(`vpmd ${cmd}: ${(e as Error).message}`);
+    console.error(`vpmd ${cmd}: ${argsErrorMessage(e, cmd)}`);
     return 2;
   }
   const { values, positionals } = parsed;

@@ -96,7 +96,7 @@ const DEFAULT_RING = 256;
 /** Control queue entries wanted when the device lets us choose. */
 const CTRL_RING = 64;
 /** Largest MTU accepted when the device does not state one (64 KiB frames). */
-const MAX_MTU = 65535 - Eth.HDR - Eth.VLAN_TAG;
+const MAX_MTU = Eth.LARGEST_FRAME - Eth.HDR - Eth.VLAN_TAG;
 
 /** Features the driver can use; the device's offer is intersected with these (6, 5.1.3). */
 const BASE_FEATURES = [
@@ -273,7 +273,10 @@ export class Port {
           `(VIRTIO_NET_F_MRG_RXBUF ${
             has(offered, NetFeature.MRG_RXBUF) ? "turned off" : "not offered"
           }), ` +
-          `but the pool's data room is ${pool.dataRoom}; use a pool with dataRoom >= ${maxFrame}`,
+          `but the pool's data room is ${pool.dataRoom}: allow mergeable buffers (mrg=1 on sim ` +
+          `and vhost-user ports), lower the MTU to at most ${
+            pool.dataRoom - Eth.HDR - Eth.VLAN_TAG
+          }, or use a pool with dataRoom >= ${maxFrame}`,
       );
     }
     const maxPairs = has(features, NetFeature.MQ)

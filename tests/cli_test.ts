@@ -161,6 +161,12 @@ Deno.test("cli: the parser's errors become one line that says what to do", () =>
   );
   assert.throws(fwd("--burst=-1"), /--burst -1: expected an integer from 1 to 512/);
   assert.throws(fwd("--burst"), /^Error: --burst needs a value$/);
+  // A frame longer than any vpmd handles (the sims' wires drop it silently).
+  assert.throws(
+    fwd("--txpkts", Array(33).fill(2048).join(",")),
+    /total frame length 67584 is above the largest frame, 65535/,
+  );
+  assert.equal(parseFwdArgs(["sim:a", "--txpkts", "2048,2048,1024"]).txpkts.length, 3);
 });
 
 Deno.test("cli: a device with small queues works without --rxd/--txd", async () => {

@@ -318,7 +318,7 @@ Deno.test("port configure: MTU against the device's maximum and the buffers", ()
     (port, _t, pool) => {
       assert.throws(
         () => port.configure({ pool, mtu: 9000 }),
-        /MTU 9000 needs 9018-byte frames in one buffer without mergeable RX buffers \(VIRTIO_NET_F_MRG_RXBUF not offered\), but the pool's data room is 2048; use a pool with dataRoom >= 9018/,
+        /MTU 9000 needs 9018-byte frames in one buffer without mergeable RX buffers \(VIRTIO_NET_F_MRG_RXBUF not offered\), but the pool's data room is 2048: allow mergeable buffers \(mrg=1 on sim and vhost-user ports\), lower the MTU to at most 2030, or use a pool with dataRoom >= 9018/,
       );
     },
   );

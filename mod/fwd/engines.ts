@@ -195,7 +195,12 @@ export function checkTxpkts(lengths: number[], dataRoom: number): string | null 
     }
   }
   const total = lengths.reduce((a, b) => a + b, 0);
-  if (total < 60) return `--txpkts: total frame length ${total} is below the minimum of 60`;
+  if (total < Eth.MIN_FRAME) {
+    return `--txpkts: total frame length ${total} is below the minimum of ${Eth.MIN_FRAME}`;
+  }
+  if (total > Eth.LARGEST_FRAME) {
+    return `--txpkts: total frame length ${total} is above the largest frame, ${Eth.LARGEST_FRAME}`;
+  }
   return null;
 }
 

@@ -234,4 +234,9 @@ export const Eth = {
   /** Largest frame for MTU 1500: 14-byte header + one 802.1Q tag + 1500 (virtio carries no FCS). */
   MAX_FRAME: 1518,
   MTU: 1500,
+  /**
+   * Largest frame vpmd handles at all: the MTU in the device config is a le16 (5.1.4), and vpmd
+   * keeps header, tag and MTU within it.
+   */
+  LARGEST_FRAME: 65535,
 } as const;

@@ -146,6 +146,7 @@ export class UnixSocket {
     for (;;) {
       const s = UnixSocket.tryConnect(path, type);
       if (s) return s;
+      notASocket(path);
       if (Date.now() >= deadline) {
         throw new Error(
           `cannot connect to unix socket ${path}: nobody is listening there (waited ${timeoutMs} ms)`,
@@ -346,6 +347,19 @@ export class UnixListener {
       return; // removed already
     }
     if (ino === this.#ino) raw.unlink(cstr(this.path));
+  }
+}
+
+/** Throws when something other than a socket is at `path` (no one could ever listen there). */
+function notASocket(path: string): void {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(path);
+  } catch {
+    return; // nothing there (yet)
+  }
+  if (!info.isSocket) {
+    throw new Error(`cannot connect to ${path}: it exists and is not a socket`);
   }
 }
 

@@ -713,6 +713,28 @@ Deno.test("vhost-user spec: bad options are one-line errors naming the option", 
   );
 });
 
+Deno.test("vhost-user spec: a path that is not a socket is an error at once, and left alone", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-vu-" });
+  const file = `${dir}/notes.txt`;
+  Deno.writeTextFileSync(file, "keep");
+  const t0 = performance.now();
+  assert.throws(
+    () => VhostUserTransport.fromSpec(dir, { timeout: "10" }),
+    new RegExp(`vhost-user:${dir}: cannot connect to ${dir}: it exists and is not a socket$`),
+  );
+  assert.ok(performance.now() - t0 < 2000, "no wait for the 10 s timeout");
+  assert.throws(
+    () => VhostUserTransport.fromSpec(file, { server: "", timeout: "1" }),
+    /,server: cannot listen there: .*notes\.txt exists and is not a socket: remove it or choose/,
+  );
+  assert.equal(Deno.readTextFileSync(file), "keep");
+  assert.throws(
+    () => VhostUserTransport.fromSpec(`${dir}/x.sock`, { mac: "zz" }),
+    /vhost-user:.*x\.sock: mac=zz: bad MAC address 'zz'/,
+  );
+  Deno.removeSync(dir, { recursive: true });
+});
+
 Deno.test("vhost-user spec: no backend is a clear error after the timeout (client and server)", () => {
   const path = socketPath("nobody");
   assert.throws(

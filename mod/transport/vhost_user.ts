@@ -139,6 +139,15 @@ export function parseMac(s: string): Uint8Array {
   return mac;
 }
 
+/** `mac=` of a spec, with the port and option named in the error. */
+function optionMac(path: string, value: string): Uint8Array {
+  try {
+    return parseMac(value);
+  } catch (e) {
+    throw new Error(`vhost-user:${path}: mac=${value}: ${(e as Error).message}`);
+  }
+}
+
 function randomLocalMac(): Uint8Array {
   const mac = crypto.getRandomValues(new Uint8Array(6));
   mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
@@ -213,7 +222,11 @@ export class VhostUserTransport implements VirtioTransport {
     }
     const timeout = opts.timeoutMs ?? (this.server ? 60_000 : 10_000);
     if (this.server) {
-      this.#listener = new UnixListener(this.path);
+      try {
+        this.#listener = new UnixListener(this.path);
+      } catch (e) {
+        throw new Error(`${this.name}: cannot listen there: ${(e as Error).message}`);
+      }
       const s = this.#listener.accept(timeout);
       if (s === null) {
         this.#listener.close();
@@ -227,8 +240,11 @@ export class VhostUserTransport implements VirtioTransport {
       try {
         this.#sock = UnixSocket.connect(this.path, timeout);
       } catch (e) {
+        const nobody = /nobody is listening/.test((e as Error).message);
         throw new Error(
-          `${this.name}: ${(e as Error).message}; is the vhost-user backend running?`,
+          `${this.name}: ${(e as Error).message}${
+            nobody ? "; is the vhost-user backend running?" : ""
+          }`,
         );
       }
     }
@@ -257,7 +273,7 @@ export class VhostUserTransport implements VirtioTransport {
       queues: o.queues !== undefined ? positiveInt("queues", o.queues, 128) : 1,
       mrg: o.mrg !== undefined ? flag("mrg", o.mrg) : true,
       qsize: o.qsize !== undefined ? positiveInt("qsize", o.qsize, 32768) : undefined,
-      mac: o.mac !== undefined ? parseMac(o.mac) : undefined,
+      mac: o.mac !== undefined ? optionMac(path, o.mac) : undefined,
       timeoutMs: o.timeout !== undefined
         ? positiveInt("timeout", o.timeout, 86400) * 1000
         : undefined,

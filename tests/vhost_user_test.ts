@@ -23,6 +23,7 @@ import {
 } from "../mod/virtio/constants.ts";
 import { peerTest } from "./lib/peers.ts";
 import { socketPath, Testpmd, testpmdPeer } from "./lib/testpmd.ts";
+import { UnixListener } from "../ffi/socket.ts";
 
 /**
  * A bare split-ring pair (RX queue 0, TX queue 1) driven straight through the transport, with no
@@ -898,6 +899,53 @@ Deno.test("vhost-user: a start the backend refuses part-way ends the connection 
     } catch {
       // removed by the fake
     }
+  }
+});
+
+Deno.test("vhost-user: reconnecting to a backend that never answers, or to no socket at all, keeps polls short", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-vu-" });
+  const path = `${dir}/sock`;
+  const child = fakeBackend(path, "ok");
+  const logs: string[] = [];
+  let t: VhostUserTransport | null = null;
+  try {
+    t = new VhostUserTransport({ path, log: (m) => logs.push(m) });
+    child.kill("SIGKILL");
+    await child.output();
+    // A listener that never accepts nor answers takes the path: each attempt connects, then
+    // its handshake times out.
+    const deaf = new UnixListener(path, 4);
+    const pollFor = (ms: number, until: () => boolean) => {
+      let longest = 0;
+      for (const end = performance.now() + ms; performance.now() < end && !until();) {
+        const p0 = performance.now();
+        t!.poll();
+        longest = Math.max(longest, performance.now() - p0);
+      }
+      return longest;
+    };
+    const failed = () => logs.filter((m) => /reconnect failed/.test(m));
+    const longest = pollFor(4000, () => failed().length >= 2);
+    deaf.close();
+    assert.equal(t.linkStats.lost, 1);
+    assert.match(failed()[0], /no answer from the peer within 500 ms.*next attempt in 200 ms/);
+    assert.match(failed()[1], /next attempt in 400 ms/);
+    assert.ok(longest < 1500, `a poll took ${longest.toFixed(0)} ms`);
+    // Now the socket's directory becomes a file: connect fails with ENOTDIR, which is reported
+    // and retried, not thrown out of poll().
+    Deno.removeSync(dir, { recursive: true });
+    Deno.writeTextFileSync(dir, "not a directory");
+    pollFor(2000, () => failed().length >= 3);
+    assert.match(failed()[2], /connect.*Not a directory.*next attempt in 800 ms/);
+  } finally {
+    t?.close();
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await child.status;
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 

@@ -591,7 +591,13 @@ export class VhostUserTransport implements VirtioTransport {
     const now = performance.now();
     if (now - this.#lastAttempt < this.#retryInterval) return 0;
     this.#lastAttempt = now;
-    const s = this.server ? this.#listener!.accept(0) : UnixSocket.tryConnect(this.path);
+    let s: UnixSocket | null;
+    try {
+      s = this.server ? this.#listener!.accept(0) : UnixSocket.tryConnect(this.path);
+    } catch (e) {
+      // Not "nobody there yet" but a fault (the path became a file, no descriptors left, ...).
+      return this.#retryLater((e as Error).message);
+    }
     if (s === null) return 0;
     this.#sock = s;
     this.#replyTimeout = RECONNECT_REPLY_TIMEOUT_MS;
@@ -600,12 +606,7 @@ export class VhostUserTransport implements VirtioTransport {
     } catch (e) {
       s.close();
       this.#sock = null;
-      this.#retryInterval = Math.min(2 * this.#retryInterval, RECONNECT_BACKOFF_MAX_MS);
-      this.#log(
-        `${this.name}: reconnect failed (${(e as Error).message}); ` +
-          `next attempt in ${this.#retryInterval} ms`,
-      );
-      return 0;
+      return this.#retryLater((e as Error).message);
     } finally {
       this.#replyTimeout = REPLY_TIMEOUT_MS;
     }
@@ -613,6 +614,13 @@ export class VhostUserTransport implements VirtioTransport {
     this.linkStats.returned++;
     this.#log(`${this.name}: backend returned; the port sets the device up again`);
     return TransportEvent.DEVICE_RETURNED | TransportEvent.CONFIG_CHANGED;
+  }
+
+  /** A reconnect attempt failed: say why and wait twice as long before the next (no event). */
+  #retryLater(why: string): number {
+    this.#retryInterval = Math.min(2 * this.#retryInterval, RECONNECT_BACKOFF_MAX_MS);
+    this.#log(`${this.name}: reconnect failed (${why}); next attempt in ${this.#retryInterval} ms`);
+    return 0;
   }
 
   // ---- messages --------------------------------------------------------------------------

@@ -218,12 +218,12 @@ guestTest("pci: vpmd devices / bind / unbind round trip", async (g) => {
   const refused = await pciCommand(g, "bind", [addrs[0]]);
   assert.equal(refused.code, 1);
   assert.match(refused.output, new RegExp(`interface ${if0} is up in the kernel.*--force`));
-  // Clear errors for a missing device, a non-virtio device, bad usage.
+  // Clear errors for a missing device, a non-virtio device, bad usage (all exit 2, as for fwd).
   const missing = await pciCommand(g, "bind", ["0000:00:1f.7"]);
-  assert.equal(missing.code, 1);
+  assert.equal(missing.code, 2);
   assert.match(missing.output, /no PCI device 0000:00:1f\.7/);
   const notNet = await pciCommand(g, "bind", ["0000:00:00.0"]);
-  assert.equal(notNet.code, 1);
+  assert.equal(notNet.code, 2);
   assert.match(notNet.output, /0000:00:00\.0 is not a virtio-net device/);
   assert.equal((await pciCommand(g, "bind", [])).code, 2);
 

@@ -129,23 +129,24 @@ export function parseMac(s: string): Uint8Array {
   if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
     throw new Error(`bad MAC address '${s}': expected six hex bytes like 02:00:00:00:00:01`);
   }
-  const mac = Uint8Array.from(parts.map((p) => parseInt(p, 16)));
-  if ((mac[0] & 1) !== 0) {
-    throw new Error(
-      `bad MAC address '${s}': a multicast address cannot be a port's own (the first byte's ` +
-        `lowest bit must be 0, e.g. 02:00:00:00:00:01)`,
-    );
-  }
-  return mac;
+  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
 }
 
-/** `mac=` of a spec, with the port and option named in the error. */
+/** `mac=` of a spec (the port's own address: unicast), with the port and option in errors. */
 function optionMac(path: string, value: string): Uint8Array {
+  let mac: Uint8Array;
   try {
-    return parseMac(value);
+    mac = parseMac(value);
   } catch (e) {
     throw new Error(`vhost-user:${path}: mac=${value}: ${(e as Error).message}`);
   }
+  if ((mac[0] & 1) !== 0) {
+    throw new Error(
+      `vhost-user:${path}: mac=${value}: a multicast address cannot be a port's own (the first ` +
+        `byte's lowest bit must be 0, e.g. 02:00:00:00:00:01)`,
+    );
+  }
+  return mac;
 }
 
 function randomLocalMac(): Uint8Array {

@@ -340,25 +340,24 @@ export class UnixListener {
     if (this.#fd < 0) return;
     close(this.#fd);
     this.#fd = -1;
-    let ino: number | null = null;
-    try {
-      ino = Deno.lstatSync(this.path).ino;
-    } catch {
-      return; // removed already
-    }
-    if (ino === this.#ino) raw.unlink(cstr(this.path));
+    if (lstatOrNull(this.path)?.ino === this.#ino) raw.unlink(cstr(this.path));
+  }
+}
+
+/** What is at `path` itself (not following a link), or null when nothing is. */
+function lstatOrNull(path: string): Deno.FileInfo | null {
+  try {
+    return Deno.lstatSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
   }
 }
 
 /** Throws when something other than a socket is at `path` (no one could ever listen there). */
 function notASocket(path: string): void {
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.lstatSync(path);
-  } catch {
-    return; // nothing there (yet)
-  }
-  if (!info.isSocket) {
+  const info = lstatOrNull(path);
+  if (info !== null && !info.isSocket) {
     throw new Error(`cannot connect to ${path}: it exists and is not a socket`);
   }
 }
@@ -368,13 +367,8 @@ function notASocket(path: string): void {
  * (removed). Throws, touching nothing, when `path` is something else or someone listens there.
  */
 function removeStaleSocket(path: string): void {
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.lstatSync(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return;
-    throw e;
-  }
+  const info = lstatOrNull(path);
+  if (info === null) return;
   if (!info.isSocket) {
     throw new Error(`${path} exists and is not a socket: remove it or choose another path`);
   }

@@ -63,8 +63,8 @@ export interface PortConfig {
  * Counters, plain numbers updated once per burst. rxDropped counts every frame the driver
  * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device returned a bad
  * used entry). txDropped counts frames not sent: refused by txBurst (added by the caller) or
- * malformed (also in txErrors), and frames lost in flight when the device went away. txErrors
- * also counts bad used entries on the TX ring.
+ * malformed (also in txErrors), and frames lost in flight when the device went away or was reset
+ * (taken out of txPackets and txBytes again). txErrors also counts bad used entries on the TX ring.
  */
 export interface PortStats {
   rxPackets: number;
@@ -484,9 +484,7 @@ export class Port {
       this.transport.reset();
     } finally {
       for (const rx of this.#rx) rx.release();
-      let lost = 0;
-      for (const tx of this.#tx) lost += tx.release();
-      this.stats.txDropped += lost;
+      for (const tx of this.#tx) tx.release(); // frames in flight: counted as dropped there
       this.#rx = [];
       this.#tx = [];
       this.#ctrl = null;

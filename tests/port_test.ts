@@ -446,6 +446,40 @@ Deno.test("port: a device that returns is set up again, frames in flight counted
     assert.equal(port.started, true);
     assert.equal(port.linkUp, true);
     assert.equal(port.stats.txDropped, 1);
+    // Dropped, and no longer counted as sent.
+    assert.equal(port.stats.txPackets, 0);
+    assert.equal(port.stats.txBytes, 0);
+    assert.equal(pool.available, 1024 - 64);
+  });
+});
+
+Deno.test("port: at a loss, frames the device finished count as sent, the rest as dropped", () => {
+  withPort({ features: MODERN }, (port, t, pool) => {
+    port.configure({ pool, rxd: 64, txd: 64 });
+    port.start();
+    const pkts = Uint32Array.of(
+      pool.fromBytes(new Uint8Array(60)),
+      pool.fromBytes(new Uint8Array(70)),
+    );
+    assert.equal(port.txBurst(0, pkts, 2), 2);
+    assert.equal(port.stats.txPackets, 2);
+    // The device finished the first chain (used entry written) before it went away.
+    const q = t.queues.get(1)!;
+    const dv = new DataView(q.region.buffer);
+    const head = dv.getUint16(q.availOffset + Avail.RING, true);
+    dv.setUint32(q.usedOffset + Used.RING + Used.ELEM_ID, head, true);
+    dv.setUint32(q.usedOffset + Used.RING + Used.ELEM_LEN, 0, true);
+    dv.setUint16(q.usedOffset + Used.IDX, 1, true);
+    t.event = TransportEvent.DEVICE_LOST;
+    port.poll();
+    assert.equal(port.linkUp, false);
+    t.event = TransportEvent.DEVICE_RETURNED | TransportEvent.CONFIG_CHANGED;
+    port.poll(); // the rings are torn down (and the port set up again)
+    assert.equal(port.linkUp, true);
+    assert.equal(port.stats.txPackets, 1);
+    assert.equal(port.stats.txBytes, 60);
+    assert.equal(port.stats.txDropped, 1);
+    assert.equal(port.stats.txPackets + port.stats.txDropped, 2, "each frame counted once");
     assert.equal(pool.available, 1024 - 64);
   });
 });

@@ -410,17 +410,31 @@ export class TxQueue {
     return taken;
   }
 
-  /** Free every packet still in flight (after the device was reset); returns how many. */
+  /**
+   * After the device was reset: take back what it finished (sent), then free every packet still
+   * in flight. Those were counted as sent when the ring took them: they move from txPackets and
+   * txBytes to txDropped. Returns how many.
+   */
   release(): number {
+    this.reclaim();
     const n = this.ring.size;
+    const pool = this.pool;
     let dropped = 0;
+    let bytes = 0;
     for (let i = 0; i < n; i++) {
-      if (this.#mbuf[i] !== NONE) {
-        this.pool.free(this.#mbuf[i]);
+      const m = this.#mbuf[i];
+      if (m !== NONE) {
+        for (let s = m, k = 0; s !== NONE && k < n; s = pool.next[s], k++) bytes += pool.dataLen[s];
+        pool.free(m);
         this.#mbuf[i] = NONE;
         dropped++;
       }
       this.#free[i] = i;
+    }
+    for (const st of [this.stats, this.#totals]) {
+      st.txPackets -= dropped;
+      st.txBytes -= bytes;
+      st.txDropped += dropped;
     }
     this.#freeCount = n;
     this.#freeHead = 0;

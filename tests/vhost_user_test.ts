@@ -628,6 +628,49 @@ peerTest(
   },
 );
 
+peerTest(
+  testpmdPeer,
+  "vhost-user port: the device status goes to DPDK's vhost step by step (SET_STATUS, FEATURES_OK read back)",
+  async () => {
+    const sock = socketPath("status");
+    const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "io" });
+    let side: Side | null = null;
+    try {
+      side = openPort(sock);
+      assert.ok(has(side.t.protocolFeatures, 16)); // VHOST_USER_PROTOCOL_F_STATUS
+      const from = pmd.log().length;
+      side.port.stop();
+      side.port.start();
+      await pmd.waitLog(/new device status\(0x0000000f\)/, 5000, from);
+      side.port.stop();
+      await pmd.waitLog(
+        /new device status\(0x0000000f\)[^]*new device status\(0x00000000\)/,
+        5000,
+        from,
+      );
+      // What DPDK read, in order: stop (status 0), ACKNOWLEDGE, DRIVER, the features, FEATURES_OK
+      // and a read-back, DRIVER_OK once the vrings are set, and 0 at the second stop.
+      const steps = pmd.log().slice(from).match(
+        /new device status\(0x[0-9a-f]+\)|VHOST_USER_(SET_FEATURES|GET_STATUS|SET_MEM_TABLE)/g,
+      );
+      assert.deepEqual(steps, [
+        "new device status(0x00000000)",
+        "new device status(0x00000001)",
+        "new device status(0x00000003)",
+        "VHOST_USER_SET_FEATURES",
+        "new device status(0x0000000b)",
+        "VHOST_USER_GET_STATUS",
+        "VHOST_USER_SET_MEM_TABLE",
+        "new device status(0x0000000f)",
+        "new device status(0x00000000)",
+      ]);
+    } finally {
+      side?.close();
+      await pmd.stop();
+    }
+  },
+);
+
 peerTest(testpmdPeer, "vhost-user port: control commands answered locally", async () => {
   const sock = socketPath("ctrl");
   const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "rxonly" });
@@ -754,10 +797,12 @@ Deno.test("vhost-user spec: no backend is a clear error after the timeout (clien
 
 /**
  * A fake vhost-user backend: listens on `path`, answers the handshake (VERSION_1 and protocol
- * features with REPLY_ACK) and then misbehaves as `mode` says: `nack-mem` refuses SET_MEM_TABLE,
- * `hangup` closes the connection at SET_MEM_TABLE, `wrong-reply` answers GET_FEATURES with a
- * reply to another request, `short-reply` answers GET_PROTOCOL_FEATURES with no payload,
- * `nack-enable` refuses SET_VRING_ENABLE. It prints "closed" when the front-end hangs up.
+ * features REPLY_ACK and STATUS) and then misbehaves as `mode` says: `nack-mem` refuses
+ * SET_MEM_TABLE, `hangup` closes the connection at SET_MEM_TABLE, `wrong-reply` answers
+ * GET_FEATURES with a reply to another request, `short-reply` answers GET_PROTOCOL_FEATURES with
+ * no payload, `nack-enable` refuses SET_VRING_ENABLE, `drop-features-ok` answers GET_STATUS
+ * without FEATURES_OK. It prints "status N" for each SET_STATUS, "mem" at SET_MEM_TABLE and
+ * "closed" when the front-end hangs up.
  */
 function fakeBackend(path: string, mode: string): Deno.ChildProcess {
   const socketUrl = new URL("../ffi/socket.ts", import.meta.url).href;
@@ -768,6 +813,7 @@ function fakeBackend(path: string, mode: string): Deno.ChildProcess {
     const s = l.accept(10000);
     const hdr = new Uint8Array(12), dv = new DataView(hdr.buffer), body = new Uint8Array(512);
     const fds = [];
+    let status = 0;
     const reply = (req, u64, size = 8) => {
       const m = new Uint8Array(12 + size), v = new DataView(m.buffer);
       v.setUint32(0, req, true); v.setUint32(4, 1 | 4, true); v.setUint32(8, size, true);
@@ -779,8 +825,12 @@ function fakeBackend(path: string, mode: string): Deno.ChildProcess {
         s.recvExact(hdr, 12, fds, 10000);
         const req = dv.getUint32(0, true), flags = dv.getUint32(4, true), size = dv.getUint32(8, true);
         if (size) s.recvExact(body, size, fds, 10000);
+        if (req === 39) status = Number(new DataView(body.buffer).getBigUint64(0, true));
+        if (req === 39) console.log("status " + status);
+        if (req === 5) console.log("mem");
         if (req === 1) reply(mode === "wrong-reply" ? 15 : 1, (1n << 32n) | (1n << 30n));
-        else if (req === 15) reply(15, 1n << 3n, mode === "short-reply" ? 0 : 8);
+        else if (req === 15) reply(15, (1n << 3n) | (1n << 16n), mode === "short-reply" ? 0 : 8);
+        else if (req === 40) reply(40, mode === "drop-features-ok" ? status & ~8 : status);
         else if (req === 5 && mode === "hangup") break;
         else if (flags & 8) {
           const refuse = (req === 5 && mode === "nack-mem") || (req === 18 && mode === "nack-enable");
@@ -815,6 +865,17 @@ async function withFake(mode: string, fn: (path: string) => void): Promise<void>
       // removed by the fake
     }
   }
+}
+
+/** Read a child's output until it matches `re` (or ends); returns all of it. */
+async function readUntil(out: ReadableStreamDefaultReader<string>, re: RegExp): Promise<string> {
+  let text = "";
+  while (!re.test(text)) {
+    const { value, done } = await out.read();
+    if (done) break;
+    text += value;
+  }
+  return text;
 }
 
 function startOn(t: VhostUserTransport): () => void {
@@ -880,9 +941,54 @@ Deno.test("vhost-user: a start the backend refuses part-way ends the connection 
     // Memory table, rings, kick and call fds are handed over before SET_VRING_ENABLE is refused.
     assert.throws(() => port.start(), /refused SET_VRING_ENABLE/);
     // Port, pool and transport are still open: the backend saw the connection end all the same.
-    const { value } = await out.read();
-    assert.match(value ?? "", /closed/);
+    assert.match(await readUntil(out, /closed/), /mem[^]*closed/);
     assert.equal(t.linkStats.lost, 1);
+  } finally {
+    port.close();
+    pool.close();
+    t.close();
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await out.cancel();
+    await child.status;
+    try {
+      Deno.removeSync(path);
+    } catch {
+      // removed by the fake
+    }
+  }
+});
+
+Deno.test("vhost-user: a backend that drops FEATURES_OK (GET_STATUS) fails the start before any memory is handed over", async () => {
+  const path = socketPath("fake-drop-features-ok");
+  const child = fakeBackend(path, "drop-features-ok");
+  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const logs: string[] = [];
+  const t = new VhostUserTransport({ path, log: (m) => logs.push(m) });
+  const pool = new MbufPool({ count: 1024, kind: "memfd" });
+  const port = new Port(0, t);
+  try {
+    port.configure({ pool });
+    assert.throws(() => port.start(), /the device did not accept the features/);
+    assert.ok(
+      logs.some((m) => /the backend did not accept the features 0x1\d+ \(its status 0x3\)/.test(m)),
+      logs.join("\n"),
+    );
+    port.close();
+    t.close();
+    // ACKNOWLEDGE, DRIVER, FEATURES_OK (dropped by the backend), then the port's reset and
+    // FAILED (3.1.1); never the memory table, never DRIVER_OK.
+    const seen = await readUntil(out, /closed/);
+    assert.deepEqual(seen.match(/status \d+|mem/g), [
+      "status 1",
+      "status 3",
+      "status 11",
+      "status 0",
+      "status 128",
+    ]);
   } finally {
     port.close();
     pool.close();

@@ -6,11 +6,15 @@
  * How the VirtioTransport calls map onto the protocol:
  * - Opening connects (client mode, retrying until `timeout`) or listens and accepts (`server`),
  *   then SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES (MQ, REPLY_ACK, STATUS when offered).
- * - Features, status, memory and queues are recorded; the backend is programmed when the driver
- *   sets DRIVER_OK: SET_FEATURES, SET_MEM_TABLE (one memfd per region, gpa = region iova, user
- *   address = region address, mmap offset 0), then per data vring SET_VRING_CALL, NUM, BASE, ADDR,
- *   KICK, and SET_VRING_ENABLE for all of them (DPDK becomes ready only once both vrings of a pair
- *   are complete and enabled), then SET_STATUS. `reset()` stops the vrings with GET_VRING_BASE.
+ * - Device status (2.1): with the STATUS protocol feature every status the driver sets goes to
+ *   the backend with SET_STATUS. At FEATURES_OK the features go out (SET_FEATURES) and the status
+ *   is read back with GET_STATUS: a backend that dropped FEATURES_OK fails the driver's check
+ *   (3.1.1 step 6). Memory and queues are recorded; the backend gets them when the driver sets
+ *   DRIVER_OK: SET_MEM_TABLE (one memfd per region, gpa = region iova, user address = region
+ *   address, mmap offset 0), then per data vring SET_VRING_CALL, NUM, BASE, ADDR, KICK, and
+ *   SET_VRING_ENABLE for all of them (DPDK becomes ready only once both vrings of a pair are
+ *   complete and enabled), then SET_STATUS with DRIVER_OK. `reset()` stops the vrings with
+ *   GET_VRING_BASE and sets status 0.
  * - Device configuration (5.1.4) does not exist on vhost-user: it is synthesized (MAC from
  *   `mac=` or a random locally administered one, LINK_UP while the backend is connected and
  *   running, max_virtqueue_pairs).
@@ -185,6 +189,10 @@ export class VhostUserTransport implements VirtioTransport {
   #driverFeatures = 0n;
   #backendNegotiated = 0n;
   #status = 0;
+  /** SET_FEATURES was sent since the last reset. */
+  #featuresSent = false;
+  /** Status last sent with SET_STATUS on this connection. */
+  #backendStatus = 0;
   #regions: DmaRegion[] = [];
   #vrings: (Vring | null)[] = [];
   /** True while the backend has our vrings (between a successful start and reset/loss). */
@@ -306,8 +314,10 @@ export class VhostUserTransport implements VirtioTransport {
   reset(): void {
     this.#ctrl = null; // first: the driver may unmap the ring memory right after a reset
     if (this.#running) this.#stopBackend();
+    else if (this.#sock !== null && this.#backendStatus !== 0) this.#resetStatus();
     this.#running = false;
     this.#status = 0;
+    this.#featuresSent = false;
     this.#driverFeatures = 0n;
     this.#regions = [];
     for (const v of this.#vrings) if (v) this.#closeVring(v);
@@ -323,24 +333,24 @@ export class VhostUserTransport implements VirtioTransport {
       this.reset();
       return;
     }
-    const was = this.#status;
+    const added = status & ~this.#status;
     this.#status = status;
-    if ((status & Status.DRIVER_OK) !== 0 && (was & Status.DRIVER_OK) === 0) {
-      if (this.#sock !== null) {
-        try {
-          this.#startBackend();
-        } catch (e) {
-          // A backend that vanished mid-setup is a link down (it may come back), not an error.
-          const vanished = this.#sock.peerGone(false);
-          // Either way the connection ends here: the backend may already hold our memory table
-          // and vrings, and closing is what makes it let go of them before the caller frees the
-          // memory (a refused request leaves no clean state to stop from).
-          this.#pending |= this.#lost(`set-up failed: ${(e as Error).message}`);
-          if (!vanished) throw e;
-        }
+    if (this.#sock !== null && added !== 0) {
+      try {
+        if ((added & Status.DRIVER_OK) !== 0) this.#startBackend();
+        else if ((added & Status.FEATURES_OK) !== 0) this.#negotiate();
+        else this.#sendStatus(this.#status);
+      } catch (e) {
+        // A backend that vanished mid-setup is a link down (it may come back), not an error.
+        const vanished = this.#sock.peerGone(false);
+        // Either way the connection ends here: the backend may already hold our memory table
+        // and vrings, and closing is what makes it let go of them before the caller frees the
+        // memory (a refused request leaves no clean state to stop from).
+        this.#pending |= this.#lost(`set-up failed: ${(e as Error).message}`);
+        if (!vanished) throw e;
       }
-      this.#pending |= TransportEvent.CONFIG_CHANGED;
     }
+    if ((added & Status.DRIVER_OK) !== 0) this.#pending |= TransportEvent.CONFIG_CHANGED;
   }
 
   getDeviceFeatures(): bigint {
@@ -475,6 +485,8 @@ export class VhostUserTransport implements VirtioTransport {
     }
     this.#backendFeatures = features;
     this.#protocolFeatures = 0n;
+    this.#featuresSent = false;
+    this.#backendStatus = 0;
     if (has(features, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
       this.#request(Request.GET_PROTOCOL_FEATURES, 0, true);
       const offered = this.#msg.u64(0);
@@ -502,14 +514,7 @@ export class VhostUserTransport implements VirtioTransport {
 
   /** Program the backend with everything recorded since reset (see the module comment). */
   #startBackend(): void {
-    // MQ is offered to the driver when queues=N (the backend's protocol feature MQ was checked
-    // at the handshake); the virtio bit goes to the backend only if it offers it too.
-    const backendFeatures = (this.#driverFeatures & ~LOCAL_FEATURES & this.#backendFeatures) |
-      (this.#backendFeatures & bit(Feature.VHOST_USER_PROTOCOL_FEATURES));
-    this.#msg.begin(Request.SET_FEATURES, U64_PAYLOAD, this.#ack);
-    this.#msg.setU64(0, backendFeatures);
-    this.#sendChecked([]);
-    this.#backendNegotiated = backendFeatures;
+    if (!this.#featuresSent) this.#sendFeatures(); // a driver without the FEATURES_OK step
 
     this.#msg.begin(
       Request.SET_MEM_TABLE,
@@ -540,16 +545,12 @@ export class VhostUserTransport implements VirtioTransport {
       this.#sendChecked([]);
       this.#vringFile(Request.SET_VRING_KICK, i, v.kickFd);
     }
-    if (has(backendFeatures, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
+    if (has(this.#backendNegotiated, Feature.VHOST_USER_PROTOCOL_FEATURES)) {
       for (let i = 0; i < this.#vrings.length; i++) {
         if (this.#vrings[i]) this.#vringState(Request.SET_VRING_ENABLE, i, 1);
       }
     }
-    if (has(this.#protocolFeatures, ProtocolFeature.STATUS)) {
-      this.#msg.begin(Request.SET_STATUS, U64_PAYLOAD, this.#ack);
-      this.#msg.setU64(0, this.#status & 0xff);
-      this.#sendChecked([]);
-    }
+    this.#sendStatus(this.#status);
     this.#running = true;
     this.#log(`${this.name}: backend running (${this.#vrings.filter((v) => v).length} vrings)`);
   }
@@ -566,14 +567,61 @@ export class VhostUserTransport implements VirtioTransport {
         this.#send([]);
         this.#reply(Request.GET_VRING_BASE);
       }
-      if (has(this.#protocolFeatures, ProtocolFeature.STATUS)) {
-        this.#msg.begin(Request.SET_STATUS, U64_PAYLOAD, this.#ack);
-        this.#msg.setU64(0, 0);
-        this.#sendChecked([]);
-      }
+      this.#sendStatus(0);
     } catch (e) {
       this.#lost(`stopping the vrings failed: ${(e as Error).message}`);
     }
+  }
+
+  /** A reset before DRIVER_OK: the backend forgets the status it was told (SET_STATUS 0). */
+  #resetStatus(): void {
+    try {
+      this.#sendStatus(0);
+    } catch (e) {
+      this.#pending |= this.#lost(`reset failed: ${(e as Error).message}`);
+    }
+  }
+
+  /** SET_FEATURES: the driver's features that the backend implements (LOCAL_FEATURES are ours). */
+  #sendFeatures(): void {
+    // MQ is offered to the driver when queues=N (the backend's protocol feature MQ was checked
+    // at the handshake); the virtio bit goes to the backend only if it offers it too.
+    const features = (this.#driverFeatures & ~LOCAL_FEATURES & this.#backendFeatures) |
+      (this.#backendFeatures & bit(Feature.VHOST_USER_PROTOCOL_FEATURES));
+    this.#msg.begin(Request.SET_FEATURES, U64_PAYLOAD, this.#ack);
+    this.#msg.setU64(0, features);
+    this.#sendChecked([]);
+    this.#backendNegotiated = features;
+    this.#featuresSent = true;
+  }
+
+  /**
+   * FEATURES_OK (3.1.1 steps 5-6): SET_FEATURES; with the STATUS protocol feature the backend is
+   * told FEATURES_OK and asked (GET_STATUS) whether it kept it. If it did not, FEATURES_OK is
+   * cleared here too, and the driver's read-back fails the start.
+   */
+  #negotiate(): void {
+    this.#sendFeatures();
+    if (!has(this.#protocolFeatures, ProtocolFeature.STATUS)) return;
+    this.#sendStatus(this.#status);
+    this.#request(Request.GET_STATUS, 0, true);
+    const theirs = Number(this.#msg.u64(0) & 0xffn);
+    if ((theirs & Status.FEATURES_OK) === 0) {
+      this.#status &= ~Status.FEATURES_OK;
+      this.#log(
+        `${this.name}: the backend did not accept the features ` +
+          `0x${this.#backendNegotiated.toString(16)} (its status 0x${theirs.toString(16)})`,
+      );
+    }
+  }
+
+  /** SET_STATUS (when the STATUS protocol feature is negotiated): the device status byte (2.1). */
+  #sendStatus(status: number): void {
+    if (!has(this.#protocolFeatures, ProtocolFeature.STATUS)) return;
+    this.#msg.begin(Request.SET_STATUS, U64_PAYLOAD, this.#ack);
+    this.#msg.setU64(0, status & 0xff);
+    this.#sendChecked([]);
+    this.#backendStatus = status & 0xff;
   }
 
   /** The backend is gone: drop the connection, link down. Returns the events to report. */
@@ -581,6 +629,7 @@ export class VhostUserTransport implements VirtioTransport {
     this.#sock?.close();
     this.#sock = null;
     this.#running = false;
+    this.#backendStatus = 0;
     this.linkStats.lost++;
     this.#lastAttempt = performance.now();
     this.#log(`${this.name}: backend lost (${why}); link down`);

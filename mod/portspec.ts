@@ -8,6 +8,7 @@
  * Options are `key=value` or a bare `key` (value ""); each transport checks its own options. Every
  * error is one line, fit for the CLI (which exits with code 2).
  */
+import { basename, dirname, join, resolve } from "node:path";
 import { SimTransport } from "./sim/transport.ts";
 import { PciTransport } from "./transport/pci.ts";
 import type { VirtioTransport } from "./transport/transport.ts";
@@ -67,6 +68,23 @@ export function formatPortSpec(spec: PortSpec): string {
   const head = spec.kind === "pci" ? spec.target : `${spec.kind}:${spec.target}`;
   const opts = Object.entries(spec.options).map(([k, v]) => (v === "" ? k : `${k}=${v}`));
   return [head, ...opts].join(",");
+}
+
+/**
+ * What a spec points at, for spotting one device given twice: the spec text, except that a
+ * vhost-user path is made absolute and its directory resolved (`/tmp//a.sock`, `./a.sock` from
+ * /tmp and a symlinked directory all name /tmp/a.sock).
+ */
+export function deviceKey(spec: PortSpec): string {
+  if (spec.kind !== "vhost-user") return `${spec.kind}:${spec.target}`;
+  const abs = resolve(spec.target);
+  let dir = dirname(abs);
+  try {
+    dir = Deno.realPathSync(dir);
+  } catch {
+    // no such directory (yet): the normalized text is all there is to compare
+  }
+  return `vhost-user:${join(dir, basename(abs))}`;
 }
 
 /** Open the transport a spec names. Errors (bad options, missing device) are one-line messages. */

@@ -169,6 +169,45 @@ Deno.test("cli: the parser's errors become one line that says what to do", () =>
   assert.equal(parseFwdArgs(["sim:a", "--txpkts", "2048,2048,1024"]).txpkts.length, 3);
 });
 
+Deno.test("cli: one device given twice is refused, however its name is written", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-dup-" });
+  try {
+    Deno.symlinkSync(dir, `${dir}-link`);
+    const twice = (...ports: string[]) => () => parseFwdArgs(ports);
+    assert.throws(twice("sim:a", "sim:a,rate=1"), /^Error: port 'sim:a' given twice$/);
+    assert.throws(twice("00:04.0", "0000:00:04.0"), /port '0000:00:04.0' given twice/);
+    for (
+      const other of [
+        `${dir}//a.sock`,
+        `${dir}/./a.sock`,
+        `${dir}/x/../a.sock`,
+        `${dir}-link/a.sock`,
+      ]
+    ) {
+      assert.throws(
+        twice(`vhost-user:${dir}/a.sock`, `vhost-user:${other},server`),
+        new RegExp(`ports 'vhost-user:${dir}/a.sock' and 'vhost-user:${other}' are one device`),
+      );
+    }
+    const cwd = Deno.cwd();
+    Deno.chdir(dir);
+    try {
+      assert.throws(twice("vhost-user:a.sock", `vhost-user:${dir}/a.sock`), /are one device/);
+    } finally {
+      Deno.chdir(cwd);
+    }
+    // Different sockets, different sims: fine.
+    assert.equal(
+      parseFwdArgs([`vhost-user:${dir}/a.sock`, `vhost-user:${dir}/b.sock`]).specs.length,
+      2,
+    );
+    assert.equal(parseFwdArgs(["sim:a", "sim:A"]).specs.length, 2);
+  } finally {
+    Deno.removeSync(`${dir}-link`);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("cli: a device with small queues works without --rxd/--txd", async () => {
   const r = await vpmd(["fwd", "sim:a,qsize=64", "sim:b,qsize=64", "--duration", "0.3", "--json"]);
   assert.equal(r.code, 0, r.stderr);

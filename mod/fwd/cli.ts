@@ -8,7 +8,13 @@ import { argsErrorMessage } from "../args_error.ts";
 import type { DmaKind } from "../../ffi/dma.ts";
 import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
 import { Port } from "../port.ts";
-import { formatPortSpec, openTransport, parsePortSpec, type PortSpec } from "../portspec.ts";
+import {
+  deviceKey,
+  formatPortSpec,
+  openTransport,
+  parsePortSpec,
+  type PortSpec,
+} from "../portspec.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
 import { parseMac } from "../transport/vhost_user.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
@@ -110,11 +116,16 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       throw new UsageError((e as Error).message);
     }
   });
-  const seen = new Set<string>();
+  const seen = new Map<string, PortSpec>();
   for (const s of specs) {
-    const key = `${s.kind}:${s.target}`;
-    if (seen.has(key)) throw new UsageError(`port '${key}' given twice`);
-    seen.add(key);
+    const key = deviceKey(s);
+    const first = seen.get(key);
+    if (first === undefined) {
+      seen.set(key, s);
+      continue;
+    }
+    const [a, b] = [first, s].map((p) => `'${p.kind === "pci" ? "" : p.kind + ":"}${p.target}'`);
+    throw new UsageError(a === b ? `port ${a} given twice` : `ports ${a} and ${b} are one device`);
   }
   const mode = (v.mode ?? "io") as Mode;
   if (!MODES.includes(mode)) {

@@ -13,7 +13,7 @@ import { MbufPool } from "../mod/mbuf.ts";
 import { Port, type PortConfig } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
-import { parseMac } from "../mod/transport/vhost_user.ts";
+import { parseMac } from "../mod/mac.ts";
 import type { VirtioTransport } from "../mod/transport/transport.ts";
 import { bit, has, NetFeature } from "../mod/virtio/constants.ts";
 import { CtrlCommandError } from "../mod/virtio/ctrl_queue.ts";
@@ -96,8 +96,8 @@ Deno.test("ctrl cli: filter flags parse; bad values are one-line errors", () => 
   const bad: [Parameters<typeof parseFilterFlags>[0], RegExp][] = [
     [{ promisc: true, "no-promisc": true }, /--promisc and --no-promisc contradict/],
     [{ mac: ["2,02:00:00:00:00:01"] }, /--mac 2,02:00:00:00:00:01: expected \[PORT,\]MAC/],
-    [{ mac: ["01:00:5e:00:00:01"] }, /must be unicast and not all zero/],
-    [{ mac: ["00:00:00:00:00:00"] }, /must be unicast and not all zero/],
+    [{ mac: ["01:00:5e:00:00:01"] }, /--mac 01:00:5e:00:00:01: .* must be unicast/],
+    [{ mac: ["00:00:00:00:00:00"] }, /not all zero/],
     [{ mac: ["zz"] }, /--mac zz: bad MAC/i],
     [{ mcast: "02:00:00:00:00:01" }, /--mcast 02:00:00:00:00:01: not a multicast address/],
     [{ "vlan-filter": "100,x" }, /--vlan-filter 100,x: expected VLAN ids/],

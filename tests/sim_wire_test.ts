@@ -582,7 +582,8 @@ Deno.test("sim: bad spec options are one-line errors", () => {
   bad({ size: "64+" }, /size=64\+/);
   bad({ gen: "maybe" }, /gen=maybe/);
   bad({ mac: "zz" }, /mac=zz/);
-  bad({ mac: "01:00:00:00:00:01" }, /multicast/);
+  bad({ mac: "01:00:00:00:00:01" }, /mac=01:00:00:00:00:01: a port's own address must be unicast/);
+  bad({ mac: "00:00:00:00:00:00" }, /mac=00:00:00:00:00:00: .* not all zero/);
   bad({ qsize: "100" }, /power of two/);
   bad({ queues: "0" }, /queues=0/);
   bad({ queues: "2", ctrl: "0" }, /control queue/);

@@ -749,7 +749,11 @@ Deno.test("vhost-user spec: bad options are one-line errors naming the option", 
   assert.throws(() => VhostUserTransport.fromSpec(path, { mac: "02:00:00" }), /bad MAC/);
   assert.throws(
     () => VhostUserTransport.fromSpec(path, { mac: "03:00:00:00:00:01" }),
-    /mac=03:00:00:00:00:01: a multicast address cannot be a port's own/,
+    /mac=03:00:00:00:00:01: a port's own address must be unicast \(first byte even\)/,
+  );
+  assert.throws(
+    () => VhostUserTransport.fromSpec(path, { mac: "00:00:00:00:00:00" }),
+    /mac=00:00:00:00:00:00: .* not all zero/,
   );
   assert.throws(
     () => VhostUserTransport.fromSpec(path, { qsize: "300", timeout: "1" }),

@@ -16,7 +16,7 @@ import {
   type PortSpec,
 } from "../portspec.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
-import { parseMac } from "../transport/vhost_user.ts";
+import { parseMac } from "../mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";

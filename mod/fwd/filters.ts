@@ -16,7 +16,7 @@
  */
 import type { Port } from "../port.ts";
 import { has, NetFeature } from "../virtio/constants.ts";
-import { parseMac } from "../transport/vhost_user.ts";
+import { parseMac, parseOwnMac } from "../mac.ts";
 
 /** parseArgs option definitions for these flags (merged into `vpmd fwd`'s). */
 export const FILTER_FLAGS = {
@@ -69,10 +69,7 @@ export function parseFilterFlags(v: FilterValues, ports: number): FilterOptions 
     if (!/^\d+$/.test(id) || Number(id) >= ports) {
       throw new Error(`--mac ${m}: expected [PORT,]MAC with PORT from 0 to ${ports - 1}`);
     }
-    const a = mac("mac", m.slice(comma + 1));
-    if ((a[0] & 1) !== 0 || a.every((b) => b === 0)) {
-      throw new Error(`--mac ${m}: a port address must be unicast and not all zero`);
-    }
+    const a = parseOwnMac(`--mac ${m}`, m.slice(comma + 1));
     macs[Number(id)] = a;
   }
   let mcast: Uint8Array[] | null = null;

@@ -2,6 +2,7 @@
  * Options of a simulated device, and the parser of the `sim:NAME,k=v,...` port spec options
  * (one-line errors for unknown options and bad values).
  */
+import { parseOwnMac } from "../mac.ts";
 import { MAX_QUEUE_SIZE } from "../virtio/constants.ts";
 import { EVIL_MODES, type EvilMode } from "./device.ts";
 import type { GeneratorOptions } from "./wire.ts";
@@ -93,15 +94,7 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
       return Number(s);
     });
   }
-  let mac: Uint8Array | undefined;
-  if (o.mac !== undefined) {
-    const parts = o.mac.split(":");
-    if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
-      throw new Error(`${where}: mac=${o.mac}: expected six hex bytes like 02:00:00:00:00:01`);
-    }
-    mac = Uint8Array.from(parts.map((p) => parseInt(p, 16)));
-    if ((mac[0] & 1) !== 0) throw new Error(`${where}: mac=${o.mac}: a multicast address`);
-  }
+  const mac = o.mac === undefined ? undefined : parseOwnMac(`${where}: mac=${o.mac}`, o.mac);
   if (o.evil !== undefined && !EVIL_MODES.includes(o.evil as EvilMode)) {
     throw new Error(`${where}: evil=${o.evil}: expected one of ${EVIL_MODES.join(", ")}`);
   }

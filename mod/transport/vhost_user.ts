@@ -30,6 +30,7 @@
  * - `notify(q)` writes the queue's kick eventfd (8 bytes); the port calls it only when the
  *   backend did not set VRING_USED_F_NO_NOTIFY.
  */
+import { parseOwnMac } from "../mac.ts";
 import type { DmaKind, DmaRegion } from "../../ffi/dma.ts";
 import { close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, raw } from "../../ffi/libc.ts";
 import { UnixListener, UnixSocket } from "../../ffi/socket.ts";
@@ -125,32 +126,6 @@ function positiveInt(name: string, v: string, max: number): number {
     throw new Error(`vhost-user option ${name}=${v}: expected an integer from 1 to ${max}`);
   }
   return n;
-}
-
-/** Parse `XX:XX:XX:XX:XX:XX`. */
-export function parseMac(s: string): Uint8Array {
-  const parts = s.split(":");
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
-    throw new Error(`bad MAC address '${s}': expected six hex bytes like 02:00:00:00:00:01`);
-  }
-  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
-}
-
-/** `mac=` of a spec (the port's own address: unicast), with the port and option in errors. */
-function optionMac(path: string, value: string): Uint8Array {
-  let mac: Uint8Array;
-  try {
-    mac = parseMac(value);
-  } catch (e) {
-    throw new Error(`vhost-user:${path}: mac=${value}: ${(e as Error).message}`);
-  }
-  if ((mac[0] & 1) !== 0) {
-    throw new Error(
-      `vhost-user:${path}: mac=${value}: a multicast address cannot be a port's own (the first ` +
-        `byte's lowest bit must be 0, e.g. 02:00:00:00:00:01)`,
-    );
-  }
-  return mac;
 }
 
 function randomLocalMac(): Uint8Array {
@@ -282,7 +257,7 @@ export class VhostUserTransport implements VirtioTransport {
       queues: o.queues !== undefined ? positiveInt("queues", o.queues, 128) : 1,
       mrg: o.mrg !== undefined ? flag("mrg", o.mrg) : true,
       qsize: o.qsize !== undefined ? positiveInt("qsize", o.qsize, 32768) : undefined,
-      mac: o.mac !== undefined ? optionMac(path, o.mac) : undefined,
+      mac: o.mac !== undefined ? parseOwnMac(`vhost-user:${path}: mac=${o.mac}`, o.mac) : undefined,
       timeoutMs: o.timeout !== undefined
         ? positiveInt("timeout", o.timeout, 86400) * 1000
         : undefined,

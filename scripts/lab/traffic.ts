@@ -158,15 +158,6 @@ export interface GenerateOptions {
   stallMs?: number;
 }
 
-/** Parse "52:54:00:12:34:56" into 6 bytes. */
-export function parseMac(s: string): Uint8Array {
-  const parts = s.split(":");
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
-    throw new Error(`bad MAC address '${s}' (want XX:XX:XX:XX:XX:XX)`);
-  }
-  return Uint8Array.from(parts.map((p) => parseInt(p, 16)));
-}
-
 const BROADCAST = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
 const HOST_MAC = new Uint8Array([0x02, 0, 0, 0, 0, 1]);
 

@@ -60,9 +60,9 @@ export {
   generate,
   type GenerateOptions,
   measureForwarding,
-  parseMac,
   UdpWire,
 } from "../../scripts/lab/traffic.ts";
+export { parseMac } from "../../mod/mac.ts";
 
 /** The repository's path inside the guest. */
 export const GUEST_REPO = "/vpmd";

@@ -255,3 +255,53 @@ Deno.test("fwd io with --vlan-insert: frames leave tagged, content intact", asyn
     r.close();
   }
 });
+
+Deno.test("fwd mac and macswap: addresses rewritten exactly at any data offset (word, half-word and byte paths)", () => {
+  const pool = new MbufPool({ count: 64, kind: "anon" });
+  const mac = Uint8Array.of(2, 0, 0, 0, 0, 0xaa);
+  const peer = Uint8Array.of(2, 0, 0, 0, 0, 0xbb);
+  try {
+    for (const mode of ["mac", "macswap"] as const) {
+      // A stand-in for the two ports: RX hands out the prepared frames, TX keeps what it is given.
+      const frames: number[] = [];
+      const sent: number[] = [];
+      const port = {
+        id: 0,
+        mac,
+        stats: { txDropped: 0, rxDropped: 0 },
+        rxBurst: (_q: number, pkts: Uint32Array) => {
+          frames.forEach((m, i) => (pkts[i] = m));
+          return frames.length;
+        },
+        txBurst: (_q: number, pkts: Uint32Array, n: number) => {
+          for (let i = 0; i < n; i++) sent.push(pkts[i]);
+          return n;
+        },
+      } as unknown as Port;
+      const engine = createEngine(mode, { pool, burst: 8, peers: [peer] });
+      const original: Uint8Array[] = [];
+      for (let shift = 0; shift < 4; shift++) {
+        const m = pool.alloc();
+        pool.dataOff[m] = pool.headroom + shift;
+        pool.dataLen[m] = 60;
+        const f = pool.bytes.subarray(pool.dataStart(m), pool.dataStart(m) + 60);
+        f.forEach((_, i) => (f[i] = (i * 7 + shift) & 0xff));
+        original.push(f.slice());
+        frames.push(m);
+      }
+      assert.equal(engine({ rx: port, tx: port, queue: 0, pkts: new Uint32Array(8) }), 4);
+      assert.deepEqual(sent, frames);
+      sent.forEach((m, shift) => {
+        const f = pool.bytes.subarray(pool.dataStart(m), pool.dataStart(m) + 60);
+        const o = original[shift];
+        const [dst, src] = mode === "mac" ? [peer, mac] : [o.subarray(6, 12), o.subarray(0, 6)];
+        assert.deepEqual(f.subarray(0, 6), dst, `${mode} dst, data offset +${shift}`);
+        assert.deepEqual(f.subarray(6, 12), src, `${mode} src, data offset +${shift}`);
+        assert.deepEqual(f.subarray(12), o.subarray(12), `${mode} rest, data offset +${shift}`);
+        pool.free(m);
+      });
+    }
+  } finally {
+    pool.close();
+  }
+});

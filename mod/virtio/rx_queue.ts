@@ -166,6 +166,7 @@ export class RxQueue {
   /** Receive up to `max` frames into `pkts[0..n)` (mbuf numbers); returns n. */
   burst(pkts: Uint32Array, max: number): number {
     const ring = this.ring;
+    if (ring.peekUsedIdx() === this.#lastUsed) return 0; // nothing new: no ordered load
     const usedIdx = ring.loadUsedIdx();
     const pending = (usedIdx - this.#lastUsed) & 0xffff;
     if (pending === 0) return 0;

@@ -6,7 +6,8 @@
  *
  * Every field is reached through the region's cached `u16`/`u32` views at an element index
  * computed once here, so the burst loops do plain typed-array accesses. The only ordered accesses
- * are `loadUsedIdx` (Atomics.load) and `publishAvail` (Atomics.store, a full barrier here).
+ * are `loadUsedIdx` (Atomics.load) and `publishAvail` (Atomics.store, a full barrier here); an
+ * empty poll stops at `peekUsedIdx`, a plain load.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory, RingLayout } from "../transport/transport.ts";
@@ -144,6 +145,15 @@ export class SplitRing {
   chain(i: number, next: number): void {
     const w = this.desc32 + 4 * i + 3;
     this.u32[w] = (this.u32[w] & 0xffff) | Desc.F_NEXT | (next << 16);
+  }
+
+  /**
+   * used.idx with a plain load, which may lag behind: only for seeing that nothing new arrived
+   * (an empty poll then costs ~2 ns instead of ~7 for the Atomics builtin call). Anything read
+   * from the used ring needs `loadUsedIdx`.
+   */
+  peekUsedIdx(): number {
+    return this.u16[this.usedIdx16];
   }
 
   /** used.idx with an ordered load: entries before it are complete (2.7.8). */

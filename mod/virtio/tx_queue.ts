@@ -125,6 +125,7 @@ export class TxQueue {
   /** Take finished chains back from the used ring and free their packets. */
   reclaim(): void {
     const ring = this.ring;
+    if (ring.peekUsedIdx() === this.#lastUsed) return; // nothing finished: no ordered load
     const usedIdx = ring.loadUsedIdx();
     let used = this.#lastUsed;
     const pending = (usedIdx - used) & 0xffff;

@@ -13,7 +13,7 @@
  * Frames too short to hold two MAC addresses cannot be rewritten by mac/macswap: they are dropped
  * and counted in the receive port's `rxDropped`.
  */
-import { type MbufPool, NONE } from "../mbuf.ts";
+import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import { writeTestFrame } from "../testframe.ts";
 import { Eth } from "../virtio/constants.ts";

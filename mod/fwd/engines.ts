@@ -186,7 +186,7 @@ const PATCHED = [IP_ID, IP_ID + 1, IP_CSUM, IP_CSUM + 1, SEQ, SEQ + 1, SEQ + 2, 
 /** Per transmitting port: the frame template split into segments and where the patches go. */
 interface TxTemplate {
   segs: Uint8Array[];
-  /** The whole words of each segment (native byte order), for copyFrame. */
+  /** The whole words of each segment (native byte order), for copySegment. */
   segWords: Uint32Array[];
   /** PATCHED[i] lies in segment patchSeg[i] at byte patchOff[i]. */
   patchSeg: Int32Array;

@@ -1,0 +1,119 @@
+/**
+ * vpmd from two or more trees against one DPDK vhost testpmd, interleaved: A/B tests of driver or
+ * engine changes.
+ *
+ *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] TREE...
+ *
+ * TREE is a checkout (e.g. a `git worktree` of the change and one of main). Each repetition runs
+ * every tree's front-end pinned to CPU 0, in alternating order, against a vhost testpmd
+ * forwarding on CPU 1. `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK
+ * --mode M` with M txonly, io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
+ * (`--child --test M`, M txonly, loop or rxonly), the driver without the forwarder. The vhost side
+ * runs rxonly against txonly, txonly against rxonly, and otherwise `mac` with `start tx_first 32`
+ * (the loop of bench-vhost.ts). The rate is what the vhost side received (sent, against rxonly)
+ * over 2 s in the middle of each 4.5 s run. Prints each run, then the median per tree and the
+ * median of each repetition's ratio to the first tree. Needs scripts/setup-dpdk.sh.
+ */
+import { parseArgs } from "cli-args";
+import { Testpmd } from "../tests/lib/testpmd.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+const { values, positionals: trees } = parseArgs({
+  args: Deno.args,
+  allowPositionals: true,
+  options: {
+    front: { type: "string", default: "fwd" },
+    mode: { type: "string", default: "txonly" },
+    reps: { type: "string", default: "4" },
+  },
+});
+const mode = values.mode!;
+const child = values.front === "child";
+const modes = child ? ["txonly", "loop", "rxonly"] : ["txonly", "io", "mac", "macswap"];
+if (!["fwd", "child"].includes(values.front!) || !modes.includes(mode) || trees.length === 0) {
+  console.error(
+    "usage: bench-ab.ts [--front fwd|child] [--mode txonly|io|mac|macswap (fwd), " +
+      "txonly|loop|rxonly (child)] [--reps N] TREE...",
+  );
+  Deno.exit(2);
+}
+const sock = `/tmp/vpmd-ab-${Deno.pid}.sock`;
+/** The vhost side's forwarding mode: the front-end's counterpart. */
+const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : "mac";
+/** The front-end command for a tree. */
+const frontArgs = (tree: string): string[] =>
+  child
+    ? [
+      `${tree}/scripts/bench-vhost.ts`,
+      "--child",
+      "--test",
+      mode,
+      "--path",
+      sock,
+      "--seconds",
+      "4.5",
+      "--mrg",
+      "1",
+    ]
+    : [
+      `${tree}/main.ts`,
+      "fwd",
+      `vhost-user:${sock}`,
+      "--mode",
+      mode,
+      "--duration",
+      "4.5",
+      "--stats-period",
+      "0",
+    ];
+const vhost = await Testpmd.start({
+  vdev: `net_vhost0,iface=${sock},queues=1`,
+  fwd: "rxonly",
+  app: ["--burst=32"],
+});
+const rates = new Map<string, number[]>(trees.map((t: string) => [t, []]));
+try {
+  for (let r = 0; r < Number(values.reps); r++) {
+    for (const tree of r % 2 ? [...trees].reverse() : trees) {
+      await vhost.cmd("stop");
+      await vhost.cmd(`set fwd ${vhostMode}`);
+      await vhost.cmd("clear port stats all");
+      if (vhostMode !== "mac") await vhost.cmd("start");
+      const fwd = new Deno.Command("taskset", {
+        args: ["-c", "0", Deno.execPath(), "run", "-A", ...frontArgs(tree)],
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      await sleep(1200); // connected and started
+      if (vhostMode === "mac") await vhost.cmd("start tx_first 32");
+      await sleep(700);
+      const a = vhost.stats();
+      const t0 = performance.now();
+      await sleep(2000);
+      const b = vhost.stats();
+      const moved = vhostMode === "txonly" ? b.opackets - a.opackets : b.ipackets - a.ipackets;
+      const mpps = moved / ((performance.now() - t0) / 1000) / 1e6;
+      const done = await fwd.output();
+      if (!done.success) {
+        throw new Error(`${tree}: vpmd failed: ${new TextDecoder().decode(done.stderr)}`);
+      }
+      rates.get(tree)!.push(mpps);
+      console.log(`rep ${r + 1} ${tree}: ${mpps.toFixed(2)} Mpps`);
+    }
+  }
+} finally {
+  await vhost.stop();
+}
+const first = rates.get(trees[0])!;
+for (const [tree, xs] of rates) {
+  const paired = median(xs.map((x, i) => x / first[i]));
+  console.log(
+    `${tree}: median ${median(xs).toFixed(2)} Mpps, paired vs first ${paired.toFixed(3)}`,
+  );
+}

@@ -851,18 +851,24 @@ function fakeBackend(path: string, mode: string): Deno.ChildProcess {
   }).spawn();
 }
 
-async function withFake(mode: string, fn: (path: string) => void): Promise<void> {
+/** Run `fn` against a fake backend in `mode`; `out` reads what the fake prints. Cleans up after. */
+async function withFake(
+  mode: string,
+  fn: (path: string, out: ReadableStreamDefaultReader<string>) => void | Promise<void>,
+): Promise<void> {
   const path = socketPath(`fake-${mode}`);
   const child = fakeBackend(path, mode);
+  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   try {
-    fn(path);
+    await fn(path, out);
   } finally {
     try {
       child.kill("SIGKILL");
     } catch {
       // already exited
     }
-    await child.output();
+    await out.cancel();
+    await child.status;
     try {
       Deno.removeSync(path);
     } catch {
@@ -934,82 +940,58 @@ Deno.test("vhost-user: a reply without its payload is an error, not a stale valu
 });
 
 Deno.test("vhost-user: a start the backend refuses part-way ends the connection (it lets go of our memory)", async () => {
-  const path = socketPath("fake-nack-enable");
-  const child = fakeBackend(path, "nack-enable");
-  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const t = new VhostUserTransport({ path });
-  const pool = new MbufPool({ count: 1024, kind: "memfd" });
-  const port = new Port(0, t);
-  try {
-    port.configure({ pool });
-    // Memory table, rings, kick and call fds are handed over before SET_VRING_ENABLE is refused.
-    assert.throws(() => port.start(), /refused SET_VRING_ENABLE/);
-    // Port, pool and transport are still open: the backend saw the connection end all the same.
-    assert.match(await readUntil(out, /closed/), /mem[^]*closed/);
-    assert.equal(t.linkStats.lost, 1);
-  } finally {
-    port.close();
-    pool.close();
-    t.close();
+  await withFake("nack-enable", async (path, out) => {
+    const t = new VhostUserTransport({ path });
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t);
     try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
+      port.configure({ pool });
+      // Memory table, rings, kick and call fds are handed over before SET_VRING_ENABLE is refused.
+      assert.throws(() => port.start(), /refused SET_VRING_ENABLE/);
+      // Port, pool and transport are still open: the backend saw the connection end all the same.
+      assert.match(await readUntil(out, /closed/), /mem[^]*closed/);
+      assert.equal(t.linkStats.lost, 1);
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
     }
-    await out.cancel();
-    await child.status;
-    try {
-      Deno.removeSync(path);
-    } catch {
-      // removed by the fake
-    }
-  }
+  });
 });
 
 Deno.test("vhost-user: a backend that drops FEATURES_OK (GET_STATUS) fails the start before any memory is handed over", async () => {
-  const path = socketPath("fake-drop-features-ok");
-  const child = fakeBackend(path, "drop-features-ok");
-  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  const logs: string[] = [];
-  const t = new VhostUserTransport({ path, log: (m) => logs.push(m) });
-  const pool = new MbufPool({ count: 1024, kind: "memfd" });
-  const port = new Port(0, t);
-  try {
-    port.configure({ pool });
-    assert.throws(() => port.start(), /the device did not accept the features/);
-    assert.ok(
-      logs.some((m) => /the backend did not accept the features 0x1\d+ \(its status 0x3\)/.test(m)),
-      logs.join("\n"),
-    );
-    port.close();
-    t.close();
-    // ACKNOWLEDGE, DRIVER, FEATURES_OK (dropped by the backend), then the port's reset and
-    // FAILED (3.1.1); never the memory table, never DRIVER_OK.
-    const seen = await readUntil(out, /closed/);
-    assert.deepEqual(seen.match(/status \d+|mem/g), [
-      "status 1",
-      "status 3",
-      "status 11",
-      "status 0",
-      "status 128",
-    ]);
-  } finally {
-    port.close();
-    pool.close();
-    t.close();
+  await withFake("drop-features-ok", async (path, out) => {
+    const logs: string[] = [];
+    const t = new VhostUserTransport({ path, log: (m) => logs.push(m) });
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t);
     try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
+      port.configure({ pool });
+      assert.throws(() => port.start(), /the device did not accept the features/);
+      assert.ok(
+        logs.some((m) =>
+          /the backend did not accept the features 0x1\d+ \(its status 0x3\)/.test(m)
+        ),
+        logs.join("\n"),
+      );
+      port.close();
+      t.close();
+      // ACKNOWLEDGE, DRIVER, FEATURES_OK (dropped by the backend), then the port's reset and
+      // FAILED (3.1.1); never the memory table, never DRIVER_OK.
+      const seen = await readUntil(out, /closed/);
+      assert.deepEqual(seen.match(/status \d+|mem/g), [
+        "status 1",
+        "status 3",
+        "status 11",
+        "status 0",
+        "status 128",
+      ]);
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
     }
-    await out.cancel();
-    await child.status;
-    try {
-      Deno.removeSync(path);
-    } catch {
-      // removed by the fake
-    }
-  }
+  });
 });
 
 Deno.test("vhost-user: reconnecting to a backend that never answers, or to no socket at all, keeps polls short", async () => {

@@ -16,13 +16,9 @@
  */
 import { parseArgs } from "cli-args";
 import { Testpmd } from "../tests/lib/testpmd.ts";
+import { median } from "./median.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 const { values, positionals: trees } = parseArgs({
   args: Deno.args,

@@ -21,6 +21,7 @@ import { Port } from "../mod/port.ts";
 import { openTransport } from "../mod/portspec.ts";
 import type { VirtioTransport } from "../mod/transport/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
+import { median } from "./median.ts";
 
 const { values } = parseArgs({
   // `deno task bench -- --ring 256` passes the `--` through: ignore it.
@@ -149,11 +150,6 @@ function benchIo(a: Port, b: Port, pool: MbufPool): Timing {
     t.add(t0, t1, performance.now(), first, b.stats.txPackets - before);
   }
   return t;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 const rxSide = open(`sim:bench-rx,size=${SIZE}`);

@@ -30,6 +30,7 @@ import type { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import { type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
+import { median } from "./median.ts";
 
 const BURST = 32;
 const RING = 256;
@@ -215,15 +216,6 @@ function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): Chi
 // orchestration
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0
-    ? NaN
-    : s.length % 2
-    ? s[s.length >> 1]
-    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** The vhost-side counter that measures each test. */
 function counter(test: Test, s: EthStats): number {

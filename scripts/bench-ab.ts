@@ -4,9 +4,10 @@
  *
  *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] TREE...
  *
- * TREE is a checkout (e.g. a `git worktree` of the change and one of main). Each repetition runs
- * every tree's front-end pinned to CPU 0, in alternating order, against a vhost testpmd
- * forwarding on CPU 1. `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK
+ * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
+ * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf=1, in_order=0, as
+ * bench-vhost.ts sets it; forwarding mode M, io for the loop). Each repetition runs every tree's
+ * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1. `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK
  * --mode M` with M txonly, io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
  * (`--child --test M`, M txonly, loop or rxonly), the driver without the forwarder. The vhost side
  * runs rxonly against txonly, txonly against rxonly, and otherwise `mac` with `start tx_first 32`
@@ -68,6 +69,20 @@ const frontArgs = (tree: string): string[] =>
       "--stats-period",
       "0",
     ];
+/** DPDK's virtio_user testpmd as the front-end, forwarding on CPU 0 (its main lcore on 1). */
+async function startDpdk(): Promise<Testpmd> {
+  const front = await Testpmd.start({
+    vdev: `net_virtio_user0,path=${sock},queues=1,packed_vq=0,mrg_rxbuf=1,in_order=0,` +
+      "queue_size=256",
+    fwd: mode === "loop" ? "io" : mode,
+    lcores: "0,1",
+    mainLcore: 1,
+    eal: ["--single-file-segments"],
+    app: ["--burst=32", "--rxd=256", "--txd=256"],
+  });
+  await front.cmd("start");
+  return front;
+}
 const vhost = await Testpmd.start({
   vdev: `net_vhost0,iface=${sock},queues=1`,
   fwd: "rxonly",
@@ -81,22 +96,30 @@ try {
       await vhost.cmd(`set fwd ${vhostMode}`);
       await vhost.cmd("clear port stats all");
       if (vhostMode !== "mac") await vhost.cmd("start");
-      const fwd = new Deno.Command("taskset", {
-        args: ["-c", "0", Deno.execPath(), "run", "-A", ...frontArgs(tree)],
-        stdout: "null",
-        stderr: "piped",
-      }).spawn();
-      await sleep(1200); // connected and started
-      if (vhostMode === "mac") await vhost.cmd("start tx_first 32");
-      await sleep(700);
-      const a = vhost.stats();
-      const t0 = performance.now();
-      await sleep(2000);
-      const b = vhost.stats();
-      const moved = vhostMode === "txonly" ? b.opackets - a.opackets : b.ipackets - a.ipackets;
-      const mpps = moved / ((performance.now() - t0) / 1000) / 1e6;
-      const done = await fwd.output();
-      if (!done.success) {
+      const dpdk = tree === "dpdk" ? await startDpdk() : null;
+      const fwd = dpdk === null
+        ? new Deno.Command("taskset", {
+          args: ["-c", "0", Deno.execPath(), "run", "-A", ...frontArgs(tree)],
+          stdout: "null",
+          stderr: "piped",
+        }).spawn()
+        : null;
+      let mpps: number;
+      try {
+        await sleep(dpdk === null ? 1200 : 500); // connected and started
+        if (vhostMode === "mac") await vhost.cmd("start tx_first 32");
+        await sleep(700);
+        const a = vhost.stats();
+        const t0 = performance.now();
+        await sleep(2000);
+        const b = vhost.stats();
+        const moved = vhostMode === "txonly" ? b.opackets - a.opackets : b.ipackets - a.ipackets;
+        mpps = moved / ((performance.now() - t0) / 1000) / 1e6;
+      } finally {
+        await dpdk?.stop();
+      }
+      const done = await fwd?.output();
+      if (done !== undefined && !done.success) {
         throw new Error(`${tree}: vpmd failed: ${new TextDecoder().decode(done.stderr)}`);
       }
       rates.get(tree)!.push(mpps);

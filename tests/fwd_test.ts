@@ -34,6 +34,7 @@ function rig(
     vlanInsert?: number;
     burst?: number;
     headroom?: number;
+    txSeqStart?: number;
   } = {},
 ): Rig {
   const sims: SimTransport[] = [];
@@ -65,6 +66,7 @@ function rig(
       burst,
       peers: opts.peers ?? [],
       txpkts: opts.txpkts,
+      txSeqStart: opts.txSeqStart,
       txStreamBase: 0x100,
     });
     const loop = new ForwardLoop(ports, buildStreams(ports, mode, 1, burst), engine);
@@ -196,9 +198,15 @@ Deno.test("fwd macswap: addresses swapped, the rest unchanged; runts dropped and
   }
 });
 
-async function txonly(txpkts: number[], headroom?: number) {
+async function txonly(txpkts: number[], headroom?: number, txSeqStart = 0) {
   const peer = Uint8Array.of(0x02, 0x77, 0, 0, 0, 9);
-  const r = rig("txonly", ["sim:t,gen=off"], { peers: [peer], txpkts, burst: 8, headroom });
+  const r = rig("txonly", ["sim:t,gen=off"], {
+    peers: [peer],
+    txpkts,
+    burst: 8,
+    headroom,
+    txSeqStart,
+  });
   try {
     await runUntil(r, 0, 300);
     const total = txpkts.reduce((a, b) => a + b, 0);
@@ -210,8 +218,9 @@ async function txonly(txpkts: number[], headroom?: number) {
       assert.equal(f.length, total);
       assert.equal(checkTestFrame(f, 0, f.length, out), FrameCheck.OK, `frame ${i}`);
       assert.equal(out[0], 0x100, "stream = base + port id");
-      assert.equal(out[1], i, "consecutive sequence numbers");
-      assert.deepEqual(f, frame(total, i, 0x100, peer, r.ports[0].mac), `frame ${i} byte-exact`);
+      const seq = (txSeqStart + i) >>> 0;
+      assert.equal(out[1], seq, "consecutive sequence numbers");
+      assert.deepEqual(f, frame(total, seq, 0x100, peer, r.ports[0].mac), `frame ${i} byte-exact`);
     }
     const rows = await finish(r, "txonly");
     const acc = accountFrames("txonly", rows)!;
@@ -236,6 +245,16 @@ Deno.test("fwd txonly: three segments with the patched fields split across them"
 Deno.test("fwd txonly: frames at a 4-aligned (headroom 132) and a 2-aligned (130) offset", async () => {
   await txonly([64, 30], 132);
   await txonly([64, 30], 130);
+});
+
+// A one-segment frame at a 4-aligned offset gets its id, checksum and sequence number as four
+// word stores, other frames byte by byte: every byte of both, with sequence numbers whose high
+// bytes are set, that carry into the upper half and that wrap around.
+Deno.test("fwd txonly: one-segment frames, word and byte patches, sequence numbers past 16 and 32 bits", async () => {
+  for (const headroom of [128, 132, 130]) {
+    await txonly([64], headroom, 0xfff0);
+    await txonly([61], headroom, 0xffffff00);
+  }
 });
 
 Deno.test("fwd rxonly: receives and frees everything (pool conservation)", async () => {

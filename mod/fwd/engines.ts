@@ -40,6 +40,8 @@ export interface EngineOptions {
   peers: Uint8Array[];
   /** Segment lengths of a txonly frame (default [64]). */
   txpkts?: number[];
+  /** First sequence number of txonly frames (default 0). */
+  txSeqStart?: number;
   /** Stream number written into txonly frames is `txStreamBase + tx port id`. */
   txStreamBase?: number;
 }
@@ -182,6 +184,14 @@ const IP_ID = 18;
 const IP_CSUM = 24;
 const SEQ = 50;
 const PATCHED = [IP_ID, IP_ID + 1, IP_CSUM, IP_CSUM + 1, SEQ, SEQ + 1, SEQ + 2, SEQ + 3];
+/**
+ * The same fields as words of a frame at a 4-aligned offset (little-endian, as every typed-array
+ * view of the rings): the id is the high half of word 4, the checksum the low half of word 6, the
+ * sequence number the high half of word 12 and the low half of word 13, each big-endian.
+ */
+const W_ID = IP_ID >>> 2;
+const W_CSUM = IP_CSUM >>> 2;
+const W_SEQ = SEQ >>> 2;
 
 /** Per transmitting port: the frame template split into segments and where the patches go. */
 interface TxTemplate {
@@ -193,10 +203,18 @@ interface TxTemplate {
   patchOff: Int32Array;
   /** One's-complement sum of the IPv4 header without the id and checksum words. */
   ipBaseSum: number;
+  /** The template's words W_ID, W_CSUM, W_SEQ, W_SEQ + 1 with the patched halves zero. */
+  keep: Uint32Array;
   seq: number;
 }
 
-function buildTemplate(lengths: number[], stream: number, dst: Uint8Array, src: Uint8Array) {
+function buildTemplate(
+  lengths: number[],
+  stream: number,
+  dst: Uint8Array,
+  src: Uint8Array,
+  seq: number,
+): TxTemplate {
   const total = lengths.reduce((a, b) => a + b, 0);
   const frame = new Uint8Array(total);
   writeTestFrame(frame, 0, total, stream, 0, dst, src);
@@ -220,7 +238,14 @@ function buildTemplate(lengths: number[], stream: number, dst: Uint8Array, src: 
     sum += (frame[Eth.HDR + i] << 8) | frame[Eth.HDR + i + 1];
   }
   const segWords = segs.map((seg) => new Uint32Array(seg.buffer, seg.byteOffset, seg.length >>> 2));
-  return { segs, segWords, patchSeg, patchOff, ipBaseSum: sum, seq: 0 };
+  const w = new Uint32Array(frame.buffer, 0, total >>> 2);
+  const keep = Uint32Array.of(
+    w[W_ID] & 0xffff,
+    w[W_CSUM] & 0xffff0000,
+    w[W_SEQ] & 0xffff,
+    w[W_SEQ + 1] & 0xffff0000,
+  );
+  return { segs, segWords, patchSeg, patchOff, ipBaseSum: sum, keep, seq };
 }
 
 /** Check txonly segment lengths: each at least 1 and at most `dataRoom`, total at least 60. */
@@ -271,6 +296,13 @@ function copySegment(pool: MbufPool, seg: Uint8Array, w32: Uint32Array, at: numb
   for (let b = nw << 2; b < len; b++) bytes[at + b] = seg[b];
 }
 
+/** The IPv4 header checksum of template `t`'s frame with id `seq & 0xffff`. */
+function ipChecksum(t: TxTemplate, seq: number): number {
+  let sum = t.ipBaseSum + (seq & 0xffff);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
 function txonlyEngine(opts: EngineOptions): Engine {
   const { pool, burst } = opts;
   const lengths = opts.txpkts ?? [64];
@@ -284,7 +316,11 @@ function txonlyEngine(opts: EngineOptions): Engine {
   const dataLen = pool.dataLen;
   const next = pool.next;
   const flags = pool.flags;
+  const pktLen = pool.pktLen;
+  const nbSegs = pool.nbSegs;
   const headroom = pool.headroom;
+  const words = pool.region.u32;
+  const single = nseg === 1;
   const templates: (TxTemplate | undefined)[] = [];
   const chain = new Int32Array(nseg);
   /** Write byte `v` at the `i`th patched offset of the frame in `chain` (template `t`). */
@@ -292,43 +328,77 @@ function txonlyEngine(opts: EngineOptions): Engine {
     const m = chain[t.patchSeg[i]];
     bytes[bufOff[m] + dataOff[m] + t.patchOff[i]] = v;
   };
+  /** Write sequence number `seq` and IP checksum `cs` into the frame in `chain`, byte by byte. */
+  const patchAll = (t: TxTemplate, seq: number, cs: number) => {
+    patch(t, 0, (seq >>> 8) & 0xff);
+    patch(t, 1, seq & 0xff);
+    patch(t, 2, cs >>> 8);
+    patch(t, 3, cs & 0xff);
+    patch(t, 4, seq >>> 24);
+    patch(t, 5, (seq >>> 16) & 0xff);
+    patch(t, 6, (seq >>> 8) & 0xff);
+    patch(t, 7, seq & 0xff);
+  };
   return (s) => {
     let t = templates[s.tx.id];
     if (t === undefined) {
       const dst = opts.peers[s.tx.id] ?? defaultPeer(s.tx.id);
-      t = buildTemplate(lengths, (opts.txStreamBase ?? 0) + s.tx.id, dst, s.tx.mac);
+      const stream = (opts.txStreamBase ?? 0) + s.tx.id;
+      t = buildTemplate(lengths, stream, dst, s.tx.mac, opts.txSeqStart ?? 0);
       templates[s.tx.id] = t;
     }
     const pkts = s.pkts;
     let n = 0;
-    for (; n < burst; n++) {
-      if (pool.available < nseg) break;
-      for (let j = 0; j < nseg; j++) {
-        const m = pool.allocRaw(); // never NONE: nseg are available
-        chain[j] = m;
+    if (single) {
+      // The burst's buffers first, then the frames: 1.09-1.12 times the rate of taking each
+      // buffer just before its frame (bench-ab, 16 paired runs against the vhost testpmd).
+      const k = Math.min(burst, pool.available);
+      for (; n < k; n++) pkts[n] = pool.allocRaw(); // never NONE: k are available
+      for (let i = 0; i < n; i++) {
+        const m = pkts[i];
         dataOff[m] = headroom;
-        dataLen[m] = lengths[j];
+        dataLen[m] = total;
+        pktLen[m] = total;
+        nbSegs[m] = 1;
         flags[m] = 0;
-        copySegment(pool, t.segs[j], t.segWords[j], bufOff[m] + headroom);
-        if (j > 0) next[chain[j - 1]] = m;
+        const q = bufOff[m] + headroom;
+        copySegment(pool, t.segs[0], t.segWords[0], q);
+        const seq = t.seq;
+        t.seq = (seq + 1) >>> 0;
+        const cs = ipChecksum(t, seq);
+        if ((q & 3) === 0) {
+          // The four words that hold the fields, not eight bytes.
+          const keep = t.keep;
+          const w = q >>> 2;
+          words[w + W_ID] = keep[0] | ((seq >>> 8) & 0xff) << 16 | (seq & 0xff) << 24;
+          words[w + W_CSUM] = keep[1] | cs >>> 8 | (cs & 0xff) << 8;
+          words[w + W_SEQ] = keep[2] | (seq >>> 24) << 16 | ((seq >>> 16) & 0xff) << 24;
+          words[w + W_SEQ + 1] = keep[3] | ((seq >>> 8) & 0xff) | (seq & 0xff) << 8;
+        } else {
+          chain[0] = m;
+          patchAll(t, seq, cs);
+        }
       }
-      const head = chain[0];
-      pool.pktLen[head] = total;
-      pool.nbSegs[head] = nseg;
-      const seq = t.seq;
-      t.seq = (seq + 1) >>> 0;
-      let sum = t.ipBaseSum + (seq & 0xffff);
-      while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-      const cs = ~sum & 0xffff;
-      patch(t, 0, (seq >>> 8) & 0xff);
-      patch(t, 1, seq & 0xff);
-      patch(t, 2, cs >>> 8);
-      patch(t, 3, cs & 0xff);
-      patch(t, 4, seq >>> 24);
-      patch(t, 5, (seq >>> 16) & 0xff);
-      patch(t, 6, (seq >>> 8) & 0xff);
-      patch(t, 7, seq & 0xff);
-      pkts[n] = head;
+    } else {
+      for (; n < burst; n++) {
+        if (pool.available < nseg) break;
+        for (let j = 0; j < nseg; j++) {
+          const m = pool.allocRaw(); // never NONE: nseg are available
+          chain[j] = m;
+          dataOff[m] = headroom;
+          dataLen[m] = lengths[j];
+          flags[m] = 0;
+          copySegment(pool, t.segs[j], t.segWords[j], bufOff[m] + headroom);
+          if (j > 0) next[chain[j - 1]] = m;
+        }
+        const head = chain[0];
+        pktLen[head] = total;
+        nbSegs[head] = nseg;
+        const seq = t.seq;
+        t.seq = (seq + 1) >>> 0;
+        patchAll(t, seq, ipChecksum(t, seq));
+        pkts[n] = head;
+      }
     }
     if (n === 0) return 0;
     return send(s, pool, n);

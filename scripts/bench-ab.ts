@@ -17,6 +17,7 @@
  */
 import { parseArgs } from "cli-args";
 import { Testpmd } from "../tests/lib/testpmd.ts";
+import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { median } from "./median.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -69,16 +70,14 @@ const frontArgs = (tree: string): string[] =>
       "--stats-period",
       "0",
     ];
-/** DPDK's virtio_user testpmd as the front-end, forwarding on CPU 0 (its main lcore on 1). */
+/** DPDK's virtio_user testpmd as the front-end, forwarding. */
 async function startDpdk(): Promise<Testpmd> {
-  const front = await Testpmd.start({
-    vdev: `net_virtio_user0,path=${sock},queues=1,packed_vq=0,mrg_rxbuf=1,in_order=0,` +
-      "queue_size=256",
+  const front = await startDpdkFront({
+    sock,
     fwd: mode === "loop" ? "io" : mode,
-    lcores: "0,1",
-    mainLcore: 1,
-    eal: ["--single-file-segments"],
-    app: ["--burst=32", "--rxd=256", "--txd=256"],
+    devargs: sameFeatures("1", 256),
+    burst: 32,
+    ring: 256,
   });
   await front.cmd("start");
   return front;

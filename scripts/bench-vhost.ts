@@ -30,6 +30,7 @@ import type { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import { type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
+import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { median } from "./median.ts";
 
 const BURST = 32;
@@ -274,13 +275,13 @@ async function runDpdk(
 ): Promise<RunResult> {
   await prepareVhost(vhost, test);
   const fwd = test === "loop" ? "io" : test;
-  const front = await Testpmd.start({
-    vdev: `net_virtio_user0,path=${sock},queues=1${devargs ? "," + devargs : ""}`,
+  const front = await startDpdkFront({
+    sock,
     fwd,
-    lcores: "0,1",
-    mainLcore: 1,
-    eal: ["--single-file-segments"],
-    app: [`--burst=${BURST}`, `--rxd=${RING}`, `--txd=${RING}`, "--record-core-cycles"],
+    devargs,
+    burst: BURST,
+    ring: RING,
+    app: ["--record-core-cycles"],
   });
   try {
     await front.cmd("start");
@@ -368,7 +369,7 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds);
   const mrg = values.mrg!;
   const tests = values.tests!.split(",") as Test[];
-  const same = `packed_vq=0,mrg_rxbuf=${mrg},in_order=0,queue_size=${RING}`;
+  const same = sameFeatures(mrg, RING);
   const sock = `/tmp/vpmd-bench-${Deno.pid}.sock`;
   const vhost = await Testpmd.start({
     vdev: `net_vhost0,iface=${sock},queues=1`,

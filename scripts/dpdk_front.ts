@@ -1,0 +1,36 @@
+/**
+ * DPDK's own virtio-user front-end, testpmd with `net_virtio_user`, for the benchmarks that run
+ * vpmd next to it (bench-vhost.ts, bench-ab.ts): forwarding on CPU 0 (its main lcore on 1), memory
+ * in one hugepage file (`--single-file-segments`, which virtio_user needs to share it with vhost).
+ */
+import { Testpmd } from "../tests/lib/testpmd.ts";
+
+/** DPDK's devargs for the features vpmd negotiates: split ring, no in_order, mrg_rxbuf as given. */
+export function sameFeatures(mrg: string, ring: number): string {
+  return `packed_vq=0,mrg_rxbuf=${mrg},in_order=0,queue_size=${ring}`;
+}
+
+export interface DpdkFrontOptions {
+  /** The vhost-user socket (the vhost side is the server). */
+  sock: string;
+  /** testpmd's forwarding mode. */
+  fwd: string;
+  /** Extra `net_virtio_user` devargs ("" for DPDK's defaults). */
+  devargs: string;
+  burst: number;
+  ring: number;
+  /** More application arguments (e.g. `--record-core-cycles`). */
+  app?: string[];
+}
+
+/** Start the front-end testpmd (not yet forwarding: `cmd("start")`); `stop()` it when done. */
+export function startDpdkFront(o: DpdkFrontOptions): Promise<Testpmd> {
+  return Testpmd.start({
+    vdev: `net_virtio_user0,path=${o.sock},queues=1${o.devargs ? "," + o.devargs : ""}`,
+    fwd: o.fwd,
+    lcores: "0,1",
+    mainLcore: 1,
+    eal: ["--single-file-segments"],
+    app: [`--burst=${o.burst}`, `--rxd=${o.ring}`, `--txd=${o.ring}`, ...(o.app ?? [])],
+  });
+}

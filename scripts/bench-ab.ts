@@ -7,8 +7,9 @@
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
  * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf=1, in_order=0, as
  * bench-vhost.ts sets it; forwarding mode M, io for the loop). Each repetition runs every tree's
- * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1. `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK
- * --mode M` with M txonly, io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
+ * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
+ * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
+ * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
  * (`--child --test M`, M txonly, loop or rxonly), the driver without the forwarder. The vhost side
  * runs rxonly against txonly, txonly against rxonly, and otherwise `mac` with `start tx_first 32`
  * (the loop of bench-vhost.ts). The rate is what the vhost side received (sent, against rxonly)

@@ -13,8 +13,11 @@
  * (`--child --test M`, M txonly, loop or rxonly), the driver without the forwarder. The vhost side
  * runs rxonly against txonly, txonly against rxonly, and otherwise `mac` with `start tx_first 32`
  * (the loop of bench-vhost.ts). The rate is what the vhost side received (sent, against rxonly)
- * over 2 s in the middle of each 4.5 s run. Prints each run, then the median per tree and the
- * median of each repetition's ratio to the first tree. Needs scripts/setup-dpdk.sh.
+ * over 2 s in the middle of each 4.5 s run. Each run also prints the vhost lcore's busy cycles
+ * per packet (`--record-core-cycles`) and the share of its time that cost takes at the measured
+ * rate: near 100 % the vhost side sets the rate, and the front-end's way of using the rings shows
+ * as the vhost's cost per packet. Then the median per tree and the median of each repetition's
+ * ratio to the first tree. Needs scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
 import { Testpmd } from "../tests/lib/testpmd.ts";
@@ -83,12 +86,27 @@ async function startDpdk(): Promise<Testpmd> {
   await front.cmd("start");
   return front;
 }
+interface VhostCost {
+  /** The vhost lcore's busy cycles per packet over the run (`--record-core-cycles`). */
+  cycles: number;
+  /** Share of the vhost lcore's time that cost takes at the measured rate. */
+  busy: number;
+}
+
+/** The vhost side's cost, from the statistics testpmd prints when forwarding stops. */
+function vhostCost(stopped: string, mpps: number): VhostCost {
+  const m = stopped.match(/CPU cycles\/packet=([\d.]+).* at (\d+) MHz Clock/);
+  if (m === null) throw new Error(`the vhost testpmd printed no cycles/packet:\n${stopped}`);
+  const cycles = Number(m[1]);
+  return { cycles, busy: cycles * mpps / Number(m[2]) };
+}
 const vhost = await Testpmd.start({
   vdev: `net_vhost0,iface=${sock},queues=1`,
   fwd: "rxonly",
-  app: ["--burst=32"],
+  app: ["--burst=32", "--record-core-cycles"],
 });
 const rates = new Map<string, number[]>(trees.map((t: string) => [t, []]));
+const vhostCycles = new Map<string, number[]>(trees.map((t: string) => [t, []]));
 try {
   for (let r = 0; r < Number(values.reps); r++) {
     for (const tree of r % 2 ? [...trees].reverse() : trees) {
@@ -105,6 +123,7 @@ try {
         }).spawn()
         : null;
       let mpps: number;
+      let cost: VhostCost;
       try {
         await sleep(dpdk === null ? 1200 : 500); // connected and started
         if (vhostMode === "mac") await vhost.cmd("start tx_first 32");
@@ -115,6 +134,7 @@ try {
         const b = vhost.stats();
         const moved = vhostMode === "txonly" ? b.opackets - a.opackets : b.ipackets - a.ipackets;
         mpps = moved / ((performance.now() - t0) / 1000) / 1e6;
+        cost = vhostCost(await vhost.cmd("stop"), mpps);
       } finally {
         await dpdk?.stop();
       }
@@ -123,7 +143,11 @@ try {
         throw new Error(`${tree}: vpmd failed: ${new TextDecoder().decode(done.stderr)}`);
       }
       rates.get(tree)!.push(mpps);
-      console.log(`rep ${r + 1} ${tree}: ${mpps.toFixed(2)} Mpps`);
+      vhostCycles.get(tree)!.push(cost.cycles);
+      console.log(
+        `rep ${r + 1} ${tree}: ${mpps.toFixed(2)} Mpps, vhost ${cost.cycles.toFixed(1)} ` +
+          `cycles/packet (${(100 * cost.busy).toFixed(0)} % busy)`,
+      );
     }
   }
 } finally {
@@ -133,6 +157,7 @@ const first = rates.get(trees[0])!;
 for (const [tree, xs] of rates) {
   const paired = median(xs.map((x, i) => x / first[i]));
   console.log(
-    `${tree}: median ${median(xs).toFixed(2)} Mpps, paired vs first ${paired.toFixed(3)}`,
+    `${tree}: median ${median(xs).toFixed(2)} Mpps, paired vs first ${paired.toFixed(3)}, ` +
+      `vhost median ${median(vhostCycles.get(tree)!).toFixed(1)} cycles/packet`,
   );
 }

@@ -20,7 +20,7 @@
  * ratio to the first tree. Needs scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
-import { Testpmd } from "../tests/lib/testpmd.ts";
+import { coreCycles, Testpmd } from "../tests/lib/testpmd.ts";
 import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { median } from "./median.ts";
 
@@ -95,10 +95,9 @@ interface VhostCost {
 
 /** The vhost side's cost, from the statistics testpmd prints when forwarding stops. */
 function vhostCost(stopped: string, mpps: number): VhostCost {
-  const m = stopped.match(/CPU cycles\/packet=([\d.]+).* at (\d+) MHz Clock/);
-  if (m === null) throw new Error(`the vhost testpmd printed no cycles/packet:\n${stopped}`);
-  const cycles = Number(m[1]);
-  return { cycles, busy: cycles * mpps / Number(m[2]) };
+  const c = coreCycles(stopped);
+  if (c === null) throw new Error(`the vhost testpmd printed no cycles/packet:\n${stopped}`);
+  return { cycles: c.perPacket, busy: c.perPacket * mpps / c.mhz };
 }
 const vhost = await Testpmd.start({
   vdev: `net_vhost0,iface=${sock},queues=1`,

@@ -29,7 +29,7 @@ import { MbufPool, NONE } from "../mod/mbuf.ts";
 import type { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
-import { type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
+import { coreCycles, type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
 import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { median } from "./median.ts";
 
@@ -288,8 +288,8 @@ async function runDpdk(
     if (test === "loop") await waitLinkReady(vhost);
     const mpps = await measure(vhost, test, seconds);
     const out = await front.cmd("stop", /Done\.|testpmd> /);
-    const m = out.match(/CPU cycles\/packet=([\d.]+).*?at (\d+) MHz/s);
-    return { mpps, busyNs: m ? Number(m[1]) / (Number(m[2]) / 1000) : null };
+    const c = coreCycles(out);
+    return { mpps, busyNs: c ? c.perPacket / (c.mhz / 1000) : null };
   } finally {
     await front.stop();
   }

@@ -254,3 +254,17 @@ export class Testpmd {
 export function socketPath(tag: string): string {
   return `/tmp/vpmd-${tag}-${Deno.pid}-${counter++}.sock`;
 }
+
+/** The forwarding lcore's cost, as testpmd prints it on `stop` when run with `--record-core-cycles`. */
+export interface CoreCycles {
+  /** Busy cycles (bursts that moved packets) per packet. */
+  perPacket: number;
+  /** The cycle counter's rate. */
+  mhz: number;
+}
+
+/** CoreCycles from the output of `stop`; null when it has none. */
+export function coreCycles(stopOutput: string): CoreCycles | null {
+  const m = stopOutput.match(/CPU cycles\/packet=([\d.]+).*?at (\d+) MHz/s);
+  return m === null ? null : { perPacket: Number(m[1]), mhz: Number(m[2]) };
+}

@@ -25,7 +25,7 @@ Ports:
   sim:NAME[,gen=on|off][,rate=PPS][,size=N[+N...]][,mrg=0|1][,qsize=N][,mtu=N][,ctrl=0|1]
           [,ctrl_vlan=0|1][,legacy=0|1][,link=up|down][,evil=MODE][,mac=XX:XX:XX:XX:XX:XX]
                                        simulated device with a frame generator and checker
-  vhost-user:PATH[,server][,queues=N][,mrg=0|1][,qsize=N][,mac=..][,timeout=S]
+  vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,qsize=N][,mac=..][,timeout=S]
                                        vhost-user front-end (DPDK vhost, OVS-DPDK, VPP)
   DDDD:BB:DD.F[,mode=legacy|modern][,portio=ioperm|sysfs][,irq=uio|poll]
                                        virtio-net PCI function bound with 'vpmd bind'

@@ -102,6 +102,7 @@ const MAX_MTU = Eth.LARGEST_FRAME - Eth.HDR - Eth.VLAN_TAG;
 const BASE_FEATURES = [
   Feature.VERSION_1,
   Feature.ANY_LAYOUT,
+  Feature.IN_ORDER, // chains in ring order, TX completions counted (tx_queue.ts, rx_queue.ts)
   NetFeature.MAC,
   NetFeature.STATUS,
   NetFeature.MTU,
@@ -441,6 +442,7 @@ export class Port {
           hdrSize: plan.hdrSize,
           mrgRxbuf: has(plan.features, NetFeature.MRG_RXBUF),
           eventIdx,
+          inOrder: has(plan.features, Feature.IN_ORDER),
           portId: this.id,
           vlanStrip: cfg.vlanStrip ?? false,
           stats: rxStats,
@@ -456,6 +458,7 @@ export class Port {
           eventIdx,
           vlanInsert: cfg.vlanInsert ?? -1,
           zeroHeader,
+          inOrder: has(plan.features, Feature.IN_ORDER),
           stats: txStats,
           totals: this.stats,
         }),

@@ -9,6 +9,7 @@ import { MbufPool } from "../mod/mbuf.ts";
 import { emptyStats } from "../mod/port.ts";
 import type { QueueMemory, RingLayout, VirtioTransport } from "../mod/transport/transport.ts";
 import { Avail, Desc, Feature, NetHdr, Used } from "../mod/virtio/constants.ts";
+import { DeviceQueue } from "../mod/sim/queue.ts";
 import { RxQueue } from "../mod/virtio/rx_queue.ts";
 import { ringParts, SplitRing } from "../mod/virtio/split_ring.ts";
 import { TxQueue } from "../mod/virtio/tx_queue.ts";
@@ -155,6 +156,7 @@ function setup(
     eventIdx?: boolean;
     zeroHeader?: boolean;
     firstPosition?: number;
+    inOrder?: boolean;
   } = {},
 ) {
   const region = DmaRegion.create({ size: 1 << 20, kind: "anon" });
@@ -174,6 +176,7 @@ function setup(
     mrgRxbuf: opts.mrg ?? false,
     eventIdx: opts.eventIdx ?? false,
     firstPosition: opts.firstPosition,
+    inOrder: opts.inOrder,
     portId: 3,
     vlanStrip: false,
     stats: stats.rx,
@@ -187,6 +190,7 @@ function setup(
     eventIdx: opts.eventIdx ?? false,
     vlanInsert: -1,
     zeroHeader: zeroBuf >= 0 ? pool.region.iova(pool.bufOff[zeroBuf]) : undefined,
+    inOrder: opts.inOrder,
     stats: stats.tx,
     totals: stats.total,
   });
@@ -813,5 +817,178 @@ Deno.test("tx queue: a packet without headroom for the header is dropped as an e
     assert.equal(s.pool.available, 1024);
   } finally {
     s.close();
+  }
+});
+
+Deno.test("tx queue in order (2.7.5, 2.7.9): chains in ring order, next = x + 1; one used entry frees a batch", () => {
+  const size = 8;
+  const s = setup(size, { zeroHeader: true, inOrder: true });
+  try {
+    const received = (f: Uint8Array) => {
+      const m = s.pool.fromBytes(f);
+      s.pool.bytes[s.pool.dataStart(m) - 12 + NetHdr.NUM_BUFFERS] = 1;
+      return m;
+    };
+    const plain = (f: Uint8Array) => {
+      const m = s.pool.fromBytes(f);
+      s.pool.bytes.fill(0, s.pool.dataStart(m) - 12, s.pool.dataStart(m));
+      return m;
+    };
+    let expected = 0; // the descriptor the next chain must start at
+    let seed = 11;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    let inFlight = 0; // chains published and not completed
+    let lastHead = 0;
+    for (let r = 0; r < 3000; r++) {
+      const kinds: number[] = [];
+      for (let used = 0;;) {
+        const k = rnd(3); // 0 plain, 1 chain of 3, 2 received (header pair)
+        const need = k === 0 ? 1 : k === 1 ? 3 : 2;
+        if (used + need > s.tx.freeDescriptors) break;
+        kinds.push(k);
+        used += need;
+      }
+      const frames = kinds.map((k, i) => frame(k === 1 ? 1500 + i : 60 + i, r + i));
+      const pkts = Uint32Array.from(
+        frames,
+        (f, i) =>
+          kinds[i] === 0 ? plain(f) : kinds[i] === 1 ? s.pool.fromBytes(f, 600) : received(f),
+      );
+      assert.equal(s.tx.burst(pkts, pkts.length), pkts.length);
+      // Walk what was made available: each chain starts where the last ended, next = x + 1.
+      const from = s.txDev.lastAvail;
+      for (let a = from; a !== s.txDev.availIdx(); a = (a + 1) & 0xffff) {
+        const head = s.txDev.dv.getUint16(
+          s.txDev.m.availOffset + Avail.RING + 2 * (a % size),
+          true,
+        );
+        assert.equal(head, expected, `round ${r}: chain at ${head}, ring order wants ${expected}`);
+        let d = head;
+        for (let hops = 0; (s.txDev.desc(d).flags & Desc.F_NEXT) !== 0; hops++) {
+          assert.ok(hops < size);
+          assert.equal(s.txDev.desc(d).next, (d + 1) % size, `round ${r}: next of ${d}`);
+          d = (d + 1) % size;
+        }
+        expected = (d + 1) % size;
+        lastHead = head;
+      }
+      s.txDev.lastAvail = from;
+      // The frames are exact; the device answers the whole batch with one entry (every
+      // third round it waits a round first).
+      assert.deepEqual(s.txDev.collect(12), frames);
+      s.txDev.setUsedIdx(s.txDev.usedIdx - frames.length); // collect() wrote one per chain
+      inFlight += frames.length;
+      if (r % 3 !== 2) {
+        s.txDev.putUsed(lastHead, 0);
+        s.txDev.setUsedIdx(s.txDev.usedIdx + inFlight);
+        inFlight = 0;
+        assert.equal(s.tx.burst(pkts, 0), 0); // reclaim
+        assert.equal(s.tx.freeDescriptors, size);
+      }
+    }
+    if (inFlight > 0) {
+      s.txDev.putUsed(lastHead, 0);
+      s.txDev.setUsedIdx(s.txDev.usedIdx + inFlight);
+      assert.equal(s.tx.burst(new Uint32Array(1), 0), 0);
+    }
+    assert.equal(s.stats.tx.txErrors, 0);
+    assert.equal(s.tx.freeDescriptors, size);
+    assert.equal(s.pool.available, 1024 - 1);
+  } finally {
+    s.close();
+  }
+});
+
+Deno.test("rx queue in order (2.7.9): one used entry stands for a batch of whole buffers; a stray one is an error and ring order holds", () => {
+  const size = 8;
+  const s = setup(size, { mrg: true, inOrder: true });
+  try {
+    s.rx.fill();
+    const pkts = new Uint32Array(size);
+    const room = 12 + s.pool.dataRoom; // what each descriptor offers
+    // A frame over three buffers, the first two filled whole: one entry, the third buffer's head.
+    const f = frame(2 * room + 100 - 12, 5);
+    const heads = [s.rxDev.nextAvail(), s.rxDev.nextAvail(), s.rxDev.nextAvail()];
+    assert.deepEqual(heads, [0, 1, 2]);
+    const wire = new Uint8Array(12 + f.length);
+    wire[NetHdr.NUM_BUFFERS] = 3;
+    wire.set(f, 12);
+    for (let k = 0; k < 3; k++) {
+      const d = s.rxDev.desc(heads[k]);
+      const off = s.rxDev.poolOffset(d.addr);
+      const part = wire.subarray(k * room, Math.min((k + 1) * room, wire.length));
+      s.pool.bytes.set(part, off);
+    }
+    s.rxDev.putUsed(heads[2], 100);
+    s.rxDev.setUsedIdx(3);
+    assert.equal(s.rx.burst(pkts, size), 0); // stops at the entry, spells the batch out
+    assert.equal(s.rx.burst(pkts, size), 1);
+    assert.equal(s.pool.nbSegs[pkts[0]], 3);
+    assert.deepEqual(bytesOf(s.pool, pkts[0]), f);
+    s.pool.free(pkts[0]);
+    // Then an entry naming a buffer beyond what it stands for (two positions ahead, one entry
+    // published): an error, and the buffer of that position is offered again in its place.
+    s.rxDev.nextAvail();
+    s.rxDev.putUsed(5, 60);
+    s.rxDev.setUsedIdx(4);
+    assert.equal(s.rx.burst(pkts, size), 0);
+    assert.equal(s.stats.rx.rxErrors, 0);
+    assert.equal(s.rx.burst(pkts, size), 0);
+    assert.equal(s.stats.rx.rxErrors, 1);
+    // And a good one-buffer frame after it arrives.
+    s.rxDev.deliver([frame(60, 9)], 12);
+    assert.equal(s.rx.burst(pkts, size), 1);
+    assert.deepEqual(bytesOf(s.pool, pkts[0]), frame(60, 9));
+    // Every avail slot still offers the descriptor of its own position.
+    const idx = s.rxDev.availIdx();
+    assert.equal(idx, size + 5);
+    for (let a = idx - size; a < idx; a++) {
+      const head = s.rxDev.dv.getUint16(s.rxDev.m.availOffset + Avail.RING + 2 * (a % size), true);
+      assert.equal(head, a % size, `avail position ${a}`);
+    }
+  } finally {
+    s.close();
+  }
+});
+
+Deno.test("sim device queue in order: a chain that does not start where the last ended, or skips, is refused", () => {
+  const region = DmaRegion.create({ size: 1 << 16, kind: "anon" });
+  try {
+    const ring = new SplitRing(1, 8, region, 0, SEPARATE);
+    const dev = new DeviceQueue(ring.memory, false, false, true);
+    const offer = (...heads: number[]) => {
+      for (const h of heads) {
+        const a = ring.u16[ring.availIdx16];
+        ring.u16[ring.availRing16 + (a % 8)] = h;
+        ring.publishAvail(a + 1);
+      }
+    };
+    ring.setDesc(0, 0, 0, 16, Desc.F_NEXT, 1);
+    ring.setDesc(1, 0, 0, 16, 0, 0);
+    ring.setDesc(2, 0, 0, 16, 0, 0);
+    ring.setDesc(3, 0, 0, 16, Desc.F_NEXT, 5); // skips 4
+    offer(0, 2, 3);
+    assert.equal(dev.take(), 0); // 0 -> 1
+    assert.equal(dev.take(), 2); // starts at 2: in order
+    assert.equal(dev.take(), 8); // 3 -> 5: refused
+    dev.untake(1);
+    ring.setDesc(3, 0, 0, 16, 0, 0);
+    assert.equal(dev.take(), 3); // 3 alone, after untake: in order again
+    ring.setDesc(5, 0, 0, 16, 0, 0);
+    offer(5);
+    assert.equal(dev.take(), 8); // starts at 5, ring order wants 4
+    // Wrapping: a chain at the table's last descriptor continues at 0 (2.7.5).
+    const ring2 = new SplitRing(1, 8, region, 8192, SEPARATE);
+    const dev2 = new DeviceQueue(ring2.memory, false, false, true);
+    for (let i = 0; i < 7; i++) ring2.setDesc(i, 0, 0, 16, 0, 0);
+    ring2.setDesc(7, 0, 0, 16, Desc.F_NEXT, 0);
+    for (let i = 0; i < 8; i++) ring2.u16[ring2.availRing16 + i] = i;
+    ring2.publishAvail(8);
+    for (let i = 0; i < 8; i++) assert.equal(dev2.take(), i);
+  } finally {
+    region.close();
   }
 });

@@ -335,11 +335,16 @@ interface Side {
 
 function openPort(
   sock: string,
-  opts: { mrg?: boolean; mtu?: number; server?: boolean } = {},
+  opts: { mrg?: boolean; inOrder?: boolean; mtu?: number; server?: boolean } = {},
   existing?: VhostUserTransport,
 ): Side {
   const t = existing ??
-    new VhostUserTransport({ path: sock, mrg: opts.mrg ?? true, server: opts.server });
+    new VhostUserTransport({
+      path: sock,
+      mrg: opts.mrg ?? true,
+      inOrder: opts.inOrder,
+      server: opts.server,
+    });
   const pool = new MbufPool({
     count: 4096,
     kind: t.dmaKinds.includes("hugepage-memfd") ? "hugepage-memfd" : "memfd",
@@ -417,18 +422,21 @@ function forwardFor(s: Side, ms: number, enough = Infinity): number {
   return moved;
 }
 
-for (const mrg of [true, false]) {
+const onOff = (b: boolean) => b ? "on" : "off";
+for (const [mrg, inOrder] of [[true, true], [false, true], [true, false]]) {
+  const variant = `mrg ${onOff(mrg)}, in_order ${onOff(inOrder)}`;
   peerTest(
     testpmdPeer,
-    `vhost-user port (mrg ${mrg ? "on" : "off"}): vhost txonly -> vpmd rx, counts and bytes match`,
+    `vhost-user port (${variant}): vhost txonly -> vpmd rx, counts and bytes match`,
     async () => {
       const sock = socketPath("rx");
       const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "txonly" });
       let side: Side | null = null;
       try {
-        side = openPort(sock, { mrg });
+        side = openPort(sock, { mrg, inOrder });
         assert.equal(side.port.linkUp, true);
         assert.equal(has(side.port.features, NetFeature.MRG_RXBUF), mrg);
+        assert.equal(has(side.port.features, Feature.IN_ORDER), inOrder);
         await pmd.cmd("start");
         let [frames, bytes] = rxFor(side, 5000, undefined, 50_000);
         await pmd.cmd("stop");
@@ -450,13 +458,14 @@ for (const mrg of [true, false]) {
 
   peerTest(
     testpmdPeer,
-    `vhost-user port (mrg ${mrg ? "on" : "off"}): vpmd tx -> vhost rxonly, counts and bytes match`,
+    `vhost-user port (${variant}): vpmd tx -> vhost rxonly, counts and bytes match`,
     async () => {
       const sock = socketPath("tx");
       const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "rxonly" });
       let side: Side | null = null;
       try {
-        side = openPort(sock, { mrg });
+        side = openPort(sock, { mrg, inOrder });
+        assert.equal(has(side.port.features, Feature.IN_ORDER), inOrder);
         await pmd.cmd("start");
         const { pool, port } = side;
         const pkts = new Uint32Array(32);
@@ -497,34 +506,39 @@ for (const mrg of [true, false]) {
   );
 }
 
-peerTest(
-  testpmdPeer,
-  "vhost-user port: mac-forward loop, both sides forwarding, nothing lost",
-  async () => {
-    const sock = socketPath("loop");
-    const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "mac" });
-    let side: Side | null = null;
-    try {
-      side = openPort(sock);
-      await pmd.cmd("start tx_first");
-      const moved = forwardFor(side, 5000, 50_000);
-      await pmd.cmd("stop");
-      forwardFor(side, 200);
-      const s = pmd.stats();
-      const p = side.port.stats;
-      assert.ok(moved > 1000, `only ${moved} frames went round`);
-      assert.equal(p.rxPackets, s.opackets); // everything vhost sent arrived
-      assert.equal(p.txPackets, p.rxPackets); // and went back
-      assert.equal(p.txDropped + p.rxErrors + p.rxNoMbuf, 0);
-      // What vhost has not taken back yet is at most the 32 frames of the loop.
-      assert.ok(p.txPackets - s.ipackets >= 0 && p.txPackets - s.ipackets <= 32);
-      assert.equal(s.oerrors + s.imissed, 0);
-    } finally {
-      side?.close();
-      await pmd.stop();
-    }
-  },
-);
+for (const inOrder of [true, false]) {
+  peerTest(
+    testpmdPeer,
+    `vhost-user port (in_order ${
+      onOff(inOrder)
+    }): mac-forward loop, both sides forwarding, nothing lost`,
+    async () => {
+      const sock = socketPath("loop");
+      const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "mac" });
+      let side: Side | null = null;
+      try {
+        side = openPort(sock, { inOrder });
+        assert.equal(has(side.port.features, Feature.IN_ORDER), inOrder);
+        await pmd.cmd("start tx_first");
+        const moved = forwardFor(side, 5000, 50_000);
+        await pmd.cmd("stop");
+        forwardFor(side, 200);
+        const s = pmd.stats();
+        const p = side.port.stats;
+        assert.ok(moved > 1000, `only ${moved} frames went round`);
+        assert.equal(p.rxPackets, s.opackets); // everything vhost sent arrived
+        assert.equal(p.txPackets, p.rxPackets); // and went back
+        assert.equal(p.txDropped + p.rxErrors + p.rxNoMbuf, 0);
+        // What vhost has not taken back yet is at most the 32 frames of the loop.
+        assert.ok(p.txPackets - s.ipackets >= 0 && p.txPackets - s.ipackets <= 32);
+        assert.equal(s.oerrors + s.imissed, 0);
+      } finally {
+        side?.close();
+        await pmd.stop();
+      }
+    },
+  );
+}
 
 peerTest(
   testpmdPeer,
@@ -745,6 +759,10 @@ Deno.test("vhost-user spec: bad options are one-line errors naming the option", 
   assert.throws(() => VhostUserTransport.fromSpec("", {}), /socket path is required/);
   assert.throws(() => VhostUserTransport.fromSpec(path, { bogus: "1" }), /unknown option 'bogus'/);
   assert.throws(() => VhostUserTransport.fromSpec(path, { mrg: "maybe" }), /mrg=maybe/);
+  assert.throws(
+    () => VhostUserTransport.fromSpec(path, { in_order: "2" }),
+    /vhost-user option in_order=2: expected 0 or 1/,
+  );
   assert.throws(() => VhostUserTransport.fromSpec(path, { queues: "0" }), /queues=0/);
   assert.throws(() => VhostUserTransport.fromSpec(path, { mac: "02:00:00" }), /bad MAC/);
   assert.throws(

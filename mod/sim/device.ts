@@ -108,6 +108,7 @@ export class SimDevice {
   #hdr: number = NetHdr.SIZE;
   #mrg = false;
   #eventIdx = false;
+  #inOrder = false;
   #vlanFiltering = false;
   readonly #rx: (DeviceQueue | null)[];
   readonly #tx: (DeviceQueue | null)[];
@@ -158,6 +159,9 @@ export class SimDevice {
   get interrupts(): number {
     return this.#sumQueues((q) => q.interrupts);
   }
+  get batchedEntries(): number {
+    return this.#sumQueues((q) => q.batchedEntries);
+  }
 
   #sumQueues(f: (q: DeviceQueue) => number): number {
     let n = 0;
@@ -197,6 +201,7 @@ export class SimDevice {
     this.#hdr = netHdrSize(features);
     this.#mrg = has(features, NetFeature.MRG_RXBUF);
     this.#eventIdx = has(features, Feature.EVENT_IDX);
+    this.#inOrder = has(features, Feature.IN_ORDER);
     this.#vlanFiltering = has(features, NetFeature.CTRL_VLAN);
   }
 
@@ -214,7 +219,7 @@ export class SimDevice {
 
   setupQueue(q: QueueMemory): void {
     if (!this.hasQueue(q.index)) throw new Error(`queue ${q.index} does not exist`);
-    const dq = new DeviceQueue(q, this.#eventIdx, this.notifyMode);
+    const dq = new DeviceQueue(q, this.#eventIdx, this.notifyMode, this.#inOrder);
     if (q.index === this.ctrlIndex && has(this.#features, NetFeature.CTRL_VQ)) this.#ctrl = dq;
     else if (q.index % 2 === 0) this.#rx[q.index >> 1] = dq;
     else this.#tx[q.index >> 1] = dq;
@@ -289,6 +294,9 @@ export class SimDevice {
     if (n === 0) return;
     const scratch = this.#scratch;
     const max = WIRE_MAX_FRAME;
+    // In order, one used entry for the whole batch: the last chain's head (2.7.9).
+    let batch = 0;
+    let lastHead = 0;
     while (n-- > 0) {
       const head = q.take();
       if (head >= q.size) return this.#bad();
@@ -327,12 +335,18 @@ export class SimDevice {
         d = q.descNext(d);
         if (d >= q.size) return this.#bad();
       }
-      q.putUsed(head, 0);
+      if (this.#inOrder) {
+        batch++;
+        lastHead = head;
+      } else {
+        q.putUsed(head, 0);
+      }
       if (skip > 0 || tooLong) this.errors.txMalformed++;
       else if (!this.linkUp) this.wire.droppedLinkDown();
       else if (single >= 0) this.wire.transmitted(singleU8, single, len);
       else this.wire.transmitted(scratch, 0, len);
     }
+    if (batch > 0) q.putUsed(lastHead, 0, batch);
     q.publish();
   }
 
@@ -452,6 +466,14 @@ export class SimDevice {
     }
     const evil = this.evil !== null && ++this.#evilTick % EVIL_EVERY === 0;
     if (evil) this.#misbehave(q, hdrU8, hdrOff);
+    if (this.#inOrder && chains > 1 && !evil) {
+      // In order, one entry for the frame's buffers: the last one's head and length, the ones
+      // before it filled whole (2.7.9).
+      let before = 0;
+      for (let i = 0; i < chains - 1; i++) before += this.#rooms[i];
+      q.putUsed(this.#heads[chains - 1], total - before, chains);
+      return true;
+    }
     let done = 0;
     for (let i = 0; i < chains; i++) {
       const part = Math.min(this.#rooms[i], total - done);

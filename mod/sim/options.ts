@@ -26,6 +26,11 @@ export interface SimOptions {
   legacy?: boolean;
   /** Offer VIRTIO_F_EVENT_IDX. */
   eventIdx?: boolean;
+  /**
+   * Offer VIRTIO_F_IN_ORDER: once negotiated the device checks that the driver keeps ring order
+   * and writes one used entry for each batch it can (2.7.9).
+   */
+  inOrder?: boolean;
   /** The device wants kicks and works on a queue only after one (default: it polls). */
   notify?: boolean;
   linkUp?: boolean;
@@ -51,6 +56,7 @@ const SPEC_OPTIONS: Record<string, string> = {
   ctrl_vlan: "0|1",
   legacy: "0|1",
   event_idx: "0|1",
+  in_order: "0|1",
   notify: "0|1",
   link: "up|down",
   evil: EVIL_MODES.join("|"),
@@ -120,6 +126,7 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
     ctrlVlan: flag("ctrl_vlan", "1", "0"),
     legacy: flag("legacy", "1", "0"),
     eventIdx: flag("event_idx", "1", "0"),
+    inOrder: flag("in_order", "1", "0"),
     notify: flag("notify", "1", "0"),
     linkUp: flag("link", "up", "down"),
     evil: (o.evil as EvilMode | undefined) ?? null,

@@ -10,6 +10,11 @@
  *   notify mode it sleeps when the queue is empty, asks for a kick, and works only after one.
  * - device -> driver ("interrupts"): counted, not delivered, following VRING_AVAIL_F_NO_INTERRUPT
  *   or, with EVENT_IDX, used_event.
+ *
+ * With VIRTIO_F_IN_ORDER the driver must use descriptors in ring order: each chain starts where
+ * the one before it ended and continues at x + 1, wrapping to 0 (2.7.5). `take()` walks every
+ * chain it hands out to check that, and answers an id out of range for one that breaks it, which
+ * the device treats as a bad descriptor.
  */
 import type { QueueMemory } from "../transport/transport.ts";
 import { Avail, Desc, needEvent, Used } from "../virtio/constants.ts";
@@ -32,6 +37,11 @@ export class DeviceQueue {
   readonly #availEvent16: number;
   readonly #usedRing32: number;
   readonly #eventIdx: boolean;
+  readonly #inOrder: boolean;
+  /** In order: the descriptor the next chain must start at. */
+  #nextHead = 0;
+  /** In order: `#nextHead` as it was when each avail slot was taken (for `untake`). */
+  readonly #headAt: Uint16Array;
   /** Notify mode: the device wants kicks and works only after one. */
   readonly #notifyMode: boolean;
 
@@ -48,8 +58,10 @@ export class DeviceQueue {
   unaskedKicks = 0;
   /** Interrupts the device would have sent. */
   interrupts = 0;
+  /** Used entries written for a batch of more than one buffer (in order). */
+  batchedEntries = 0;
 
-  constructor(q: QueueMemory, eventIdx: boolean, notifyMode: boolean) {
+  constructor(q: QueueMemory, eventIdx: boolean, notifyMode: boolean, inOrder = false) {
     if (q.region.pagePhys !== null) {
       throw new Error(`queue ${q.index}: the simulated device cannot reach physical memory`);
     }
@@ -70,6 +82,8 @@ export class DeviceQueue {
     this.#availEvent16 = (q.usedOffset + Used.availEvent(q.size)) >> 1;
     this.#usedRing32 = (q.usedOffset + Used.RING) >> 2;
     this.#eventIdx = eventIdx;
+    this.#inOrder = inOrder;
+    this.#headAt = new Uint16Array(inOrder ? q.size : 0);
     this.#notifyMode = notifyMode;
     // 2.7.8: the device starts with used.idx 0 and its own flags.
     this.u16[this.#usedIdx16] = 0;
@@ -124,24 +138,44 @@ export class DeviceQueue {
     return (this.u16[this.#availIdx16] - this.lastAvail) & 0xffff;
   }
 
-  /** Take the next available head (caller checked `pending() > 0`); may be out of range. */
+  /**
+   * Take the next available head (caller checked `pending() > 0`); may be out of range, and is
+   * when in order was negotiated and the chain breaks ring order.
+   */
   take(): number {
-    const head = this.u16[this.#availRing16 + (this.lastAvail % this.size)];
+    const slot = this.lastAvail % this.size;
+    const head = this.u16[this.#availRing16 + slot];
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    if (!this.#inOrder) return head;
+    this.#headAt[slot] = this.#nextHead;
+    if (head !== this.#nextHead) return this.size;
+    let d = head;
+    for (let hops = 0; (this.descFlags(d) & Desc.F_NEXT) !== 0; hops++) {
+      const next = this.descNext(d);
+      if (hops >= this.size || next !== (d + 1) % this.size) return this.size;
+      d = next;
+    }
+    this.#nextHead = (d + 1) % this.size;
     return head;
   }
 
   /** Put back the last `n` heads taken (not consumed: no used entries written for them). */
   untake(n: number): void {
     this.lastAvail = (this.lastAvail - n) & 0xffff;
+    if (this.#inOrder) this.#nextHead = this.#headAt[this.lastAvail % this.size];
   }
 
-  /** Write one used element {id, len} (2.7.8); visible after `publish()`. */
-  putUsed(id: number, len: number): void {
+  /**
+   * Write one used element {id, len} (2.7.8) standing for `buffers` buffers: more than 1 only in
+   * order, where one entry with the id of the batch's last buffer stands for all (2.7.9). Visible
+   * after `publish()`.
+   */
+  putUsed(id: number, len: number, buffers = 1): void {
     const w = this.#usedRing32 + (this.usedIdx % this.size) * (Used.ELEM_SIZE >> 2);
     this.u32[w] = id >>> 0;
     this.u32[w + 1] = len >>> 0;
-    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    this.usedIdx = (this.usedIdx + buffers) & 0xffff;
+    if (buffers > 1) this.batchedEntries++;
   }
 
   /** Publish used.idx (2.7.8.2) and decide whether an interrupt would be sent (2.7.7, 2.7.10). */

@@ -72,6 +72,7 @@ export class SimTransport implements VirtioTransport {
     if (opts.mrgRxbuf ?? true) f.push(NetFeature.MRG_RXBUF);
     if (opts.mtu !== undefined) f.push(NetFeature.MTU);
     if (opts.eventIdx) f.push(Feature.EVENT_IDX);
+    if (opts.inOrder) f.push(Feature.IN_ORDER);
     if (ctrl) {
       f.push(NetFeature.CTRL_VQ, NetFeature.CTRL_MAC_ADDR, NetFeature.GUEST_ANNOUNCE);
       if (opts.ctrlRx ?? true) f.push(NetFeature.CTRL_RX);

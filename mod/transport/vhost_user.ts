@@ -75,6 +75,8 @@ export interface VhostUserOptions {
   queues?: number;
   /** Offer VIRTIO_NET_F_MRG_RXBUF to the driver when the backend has it (default true). */
   mrg?: boolean;
+  /** Offer VIRTIO_F_IN_ORDER to the driver when the backend has it (default true). */
+  inOrder?: boolean;
   /** Largest ring size offered (default 1024). */
   qsize?: number;
   /** Device MAC reported in the synthesized config (default: random, locally administered). */
@@ -86,7 +88,8 @@ export interface VhostUserOptions {
 
 /** Virtio features passed through from the backend to the driver (when the backend offers them). */
 const PASSED_THROUGH = bit(Feature.VERSION_1) | bit(NetFeature.MRG_RXBUF) |
-  bit(Feature.EVENT_IDX) | bit(Feature.INDIRECT_DESC) | bit(Feature.ANY_LAYOUT);
+  bit(Feature.EVENT_IDX) | bit(Feature.INDIRECT_DESC) | bit(Feature.ANY_LAYOUT) |
+  bit(Feature.IN_ORDER);
 
 /** Features this transport implements itself (synthesized config, local control queue). */
 const LOCAL_FEATURES = bit(NetFeature.MAC) | bit(NetFeature.STATUS) | bit(NetFeature.CTRL_VQ) |
@@ -112,7 +115,7 @@ const DEFAULT_QSIZE = 1024;
 
 const TRUE_WORDS = new Set(["", "1", "on", "yes", "true"]);
 const FALSE_WORDS = new Set(["0", "off", "no", "false"]);
-const SPEC_OPTIONS = ["server", "queues", "mrg", "qsize", "mac", "timeout"];
+const SPEC_OPTIONS = ["server", "queues", "mrg", "in_order", "qsize", "mac", "timeout"];
 
 function flag(name: string, v: string): boolean {
   if (TRUE_WORDS.has(v)) return true;
@@ -152,6 +155,7 @@ export class VhostUserTransport implements VirtioTransport {
   readonly mac: Uint8Array;
 
   readonly #mrg: boolean;
+  readonly #inOrder: boolean;
   readonly #qsize: number;
   readonly #log: (msg: string) => void;
   readonly #msg = new Message();
@@ -197,6 +201,7 @@ export class VhostUserTransport implements VirtioTransport {
     this.server = opts.server ?? false;
     this.pairs = opts.queues ?? 1;
     this.#mrg = opts.mrg ?? true;
+    this.#inOrder = opts.inOrder ?? true;
     this.#qsize = opts.qsize ?? DEFAULT_QSIZE;
     this.mac = opts.mac ?? randomLocalMac();
     this.#log = opts.log ?? (() => {});
@@ -240,7 +245,10 @@ export class VhostUserTransport implements VirtioTransport {
     }
   }
 
-  /** `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,qsize=N][,mac=XX:..][,timeout=S]`. */
+  /**
+   * `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,qsize=N][,mac=XX:..]
+   * [,timeout=S]`.
+   */
   static fromSpec(path: string, options: Record<string, string>): VhostUserTransport {
     if (path === "") throw new Error("vhost-user: a socket path is required (vhost-user:PATH)");
     for (const k of Object.keys(options)) {
@@ -256,6 +264,7 @@ export class VhostUserTransport implements VirtioTransport {
       server: o.server !== undefined ? flag("server", o.server) : false,
       queues: o.queues !== undefined ? positiveInt("queues", o.queues, 128) : 1,
       mrg: o.mrg !== undefined ? flag("mrg", o.mrg) : true,
+      inOrder: o.in_order !== undefined ? flag("in_order", o.in_order) : true,
       qsize: o.qsize !== undefined ? positiveInt("qsize", o.qsize, 32768) : undefined,
       mac: o.mac !== undefined ? parseOwnMac(`vhost-user:${path}: mac=${o.mac}`, o.mac) : undefined,
       timeoutMs: o.timeout !== undefined
@@ -331,6 +340,7 @@ export class VhostUserTransport implements VirtioTransport {
   getDeviceFeatures(): bigint {
     let f = (this.#backendFeatures & PASSED_THROUGH) | LOCAL_FEATURES;
     if (!this.#mrg) f &= ~bit(NetFeature.MRG_RXBUF);
+    if (!this.#inOrder) f &= ~bit(Feature.IN_ORDER);
     if (this.pairs > 1) f |= bit(NetFeature.MQ);
     return f;
   }

@@ -4,7 +4,9 @@
  *
  * Each command is one descriptor chain: the class/command pair, one descriptor per data part
  * (all device-readable) and the ack byte (device-writable), each in its own descriptor as legacy
- * devices require (5.1.6.5 legacy). The driver waits for the chain in the used ring, calling
+ * devices require (5.1.6.5 legacy). Commands take descriptors in ring order, each chain starting
+ * where the last one ended (what VIRTIO_F_IN_ORDER requires, 2.7.5; any order is fine without
+ * it). The driver waits for the chain in the used ring, calling
  * `transport.poll()` while it waits (an in-process device answers from there), and checks the
  * ack. One command at a time; a command that times out leaves the queue unusable until the port
  * is restarted, since the device may still own the descriptors.
@@ -39,6 +41,8 @@ export class CtrlQueue {
   readonly #eventIdx: boolean;
   #availIdx = 0;
   #lastUsed = 0;
+  /** First descriptor of the next command's chain. */
+  #nextDesc = 0;
   #stuck = false;
 
   /**
@@ -90,12 +94,13 @@ export class CtrlQueue {
     u8[base + HDR_OFF] = cls;
     u8[base + HDR_OFF + 1] = cmd;
     u8[base + ACK_OFF] = ACK_UNSET;
-    let d = 0;
+    const head = this.#nextDesc;
+    let d = head;
     const put = (off: number, len: number, flags: number) => {
       const iova = region.iova(off);
       ring.setDesc(d, iova % 2 ** 32, Math.floor(iova / 2 ** 32), len, flags, 0);
-      if (d > 0) ring.chain(d - 1, d);
-      d++;
+      if (d !== head) ring.chain((d - 1) & ring.mask, d);
+      d = (d + 1) & ring.mask;
     };
     put(base + HDR_OFF, 2, 0);
     let off = base + DATA_OFF;
@@ -106,7 +111,8 @@ export class CtrlQueue {
     }
     put(base + ACK_OFF, 1, Desc.F_WRITE);
     const old = this.#availIdx;
-    ring.u16[ring.availRing16 + (old & ring.mask)] = 0;
+    ring.u16[ring.availRing16 + (old & ring.mask)] = head;
+    this.#nextDesc = d;
     this.#availIdx = (old + 1) & 0xffff;
     ring.publishAvail(this.#availIdx);
     if (ring.needsKick(old, this.#availIdx, this.#eventIdx)) this.#transport.notify(ring.index);

@@ -24,6 +24,15 @@
  * (`#postedAt`): a descriptor is the device's when that position was published and it has not
  * come back since. Taking one back and offering it again is then one write, with no second pass
  * over the burst's avail entries to mark them once they are published.
+ *
+ * With VIRTIO_F_IN_ORDER (2.7.9) buffers are offered in ring order (descriptor i at every avail
+ * position p with p mod size = i: `fill()` starts so, and every buffer goes back at the next
+ * position in the order it came), and the device may write one used entry for a batch: the id of
+ * the batch's last buffer, the buffers before it used whole. An entry that names the buffer of its
+ * own position is then that buffer, which the device holds; at the first that does not, the burst
+ * stops, the entries from there on are copied out with each batch spelled out (`#expand`, a cold
+ * path: DPDK's vhost writes every entry) and the next bursts read that copy, so the loops below
+ * see one entry per buffer either way.
  */
 import { type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
@@ -54,6 +63,8 @@ export interface RxQueueOptions {
   /** This queue's counters and the port's totals, both updated once per burst. */
   stats: PortStats;
   totals: PortStats;
+  /** VIRTIO_F_IN_ORDER was negotiated (2.7.9). */
+  inOrder?: boolean;
   /**
    * Where the count of avail positions starts: a multiple of 65536 below 2^31, so that avail.idx
    * still starts at 0 (default 0; tests start just below 2^31 to cross the wrap of the count).
@@ -91,6 +102,13 @@ export class RxQueue {
   #availIdx = 0;
   /** A used.idx already reported as jumping too far, so one bad value counts once. */
   #badUsedIdx = -1;
+  readonly #inOrder: boolean;
+  /** In order: used entries with batches spelled out, indexed like the used ring. */
+  readonly #expanded: Uint32Array;
+  /** In order: the used position `#expanded` runs to, or -1 when the ring is read directly. */
+  #expandedEnd = -1;
+  /** In order: a burst stopped at an entry not in its place; expand from `#lastUsed`. */
+  #mustExpand = false;
 
   constructor(o: RxQueueOptions) {
     this.ring = o.ring;
@@ -116,6 +134,8 @@ export class RxQueue {
     this.#segId = new Uint16Array(n);
     this.#segLen = new Uint32Array(n);
     this.#postLen = o.hdrSize + o.pool.dataRoom;
+    this.#inOrder = o.inOrder ?? false;
+    this.#expanded = new Uint32Array(this.#inOrder ? 2 * n : 0);
     this.#postOff = o.pool.headroom - o.hdrSize;
   }
 
@@ -166,6 +186,13 @@ export class RxQueue {
   /** Receive up to `max` frames into `pkts[0..n)` (mbuf numbers); returns n. */
   burst(pkts: Uint32Array, max: number): number {
     const ring = this.ring;
+    if (this.#expandedEnd >= 0) {
+      const n = this.#mrg
+        ? this.#burstMrg(pkts, max, this.#expandedEnd, this.#expanded, 0, false)
+        : this.#burstOne(pkts, max, this.#expandedEnd, this.#expanded, 0, false);
+      if (this.#lastUsed === this.#expandedEnd) this.#expandedEnd = -1;
+      return n;
+    }
     if (ring.peekUsedIdx() === this.#lastUsed) return 0; // nothing new: no ordered load
     const usedIdx = ring.loadUsedIdx();
     const pending = (usedIdx - this.#lastUsed) & 0xffff;
@@ -180,17 +207,69 @@ export class RxQueue {
       }
       return 0;
     }
-    return this.#mrg ? this.#burstMrg(pkts, max, usedIdx) : this.#burstOne(pkts, max, usedIdx);
+    const u32 = ring.u32;
+    const base = ring.usedRing32;
+    const n = this.#mrg
+      ? this.#burstMrg(pkts, max, usedIdx, u32, base, true)
+      : this.#burstOne(pkts, max, usedIdx, u32, base, true);
+    if (this.#mustExpand) {
+      this.#mustExpand = false;
+      this.#expand(usedIdx);
+    }
+    return n;
+  }
+
+  /**
+   * In order (2.7.9): copy the entries in [lastUsed, usedIdx) to `#expanded`, one per buffer. An
+   * entry naming the buffer k - 1 positions ahead stands for k buffers, all but the last used
+   * whole (the length posted). An entry that is neither (it names a position outside the range)
+   * is copied with an id no buffer has, so the burst counts it as an error and offers the buffer
+   * of that position again, keeping the ring order.
+   */
+  #expand(usedIdx: number): void {
+    const ring = this.ring;
+    const u32 = ring.u32;
+    const base = ring.usedRing32;
+    const mask = ring.mask;
+    const out = this.#expanded;
+    let u = this.#lastUsed;
+    while (u !== usedIdx) {
+      const id = u32[base + 2 * (u & mask)];
+      const len = u32[base + 2 * (u & mask) + 1];
+      const k = ((id - u) & mask) + 1;
+      if (id >= ring.size || k > ((usedIdx - u) & 0xffff)) {
+        out[2 * (u & mask)] = ring.size;
+        out[2 * (u & mask) + 1] = len;
+        u = (u + 1) & 0xffff;
+        continue;
+      }
+      for (let j = 0; j < k - 1; j++) {
+        out[2 * (u & mask)] = u & mask;
+        out[2 * (u & mask) + 1] = this.#postLen;
+        u = (u + 1) & 0xffff;
+      }
+      out[2 * (u & mask)] = id;
+      out[2 * (u & mask) + 1] = len;
+      u = (u + 1) & 0xffff;
+    }
+    this.#expandedEnd = usedIdx;
   }
 
   /** One buffer per frame. */
-  #burstOne(pkts: Uint32Array, max: number, usedIdx: number): number {
+  #burstOne(
+    pkts: Uint32Array,
+    max: number,
+    usedIdx: number,
+    entries: Uint32Array,
+    usedRing: number,
+    fromRing: boolean,
+  ): number {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
     const mask = ring.mask;
     const size = ring.size;
-    const usedRing = ring.usedRing32;
+    const inOrder = this.#inOrder;
     const buf = this.#buf;
     const postedAt = this.#postedAt;
     const availRing = ring.availRing16;
@@ -219,13 +298,21 @@ export class RxQueue {
     let noMbuf = 0;
     while (n < max && used !== usedIdx) {
       const e = usedRing + 2 * (used & mask);
-      const id = u32[e];
-      const len = u32[e + 1];
-      used = (used + 1) & 0xffff;
-      if (id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN) {
+      const id = entries[e];
+      const len = entries[e + 1];
+      if (
+        inOrder
+          ? id !== (used & mask)
+          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
+      ) {
+        if (inOrder && fromRing) {
+          this.#mustExpand = true; // a batch, or a stray entry: spell them out first
+          break;
+        }
         // Not a descriptor the device holds. Devices use RX buffers in avail order, so this
         // entry stood for the descriptor posted at the same position: post it again rather
         // than let the ring shrink.
+        used = (used + 1) & 0xffff;
         errors++;
         const lost = u16[availRing + ((used - 1) & mask)];
         if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
@@ -234,6 +321,7 @@ export class RxQueue {
         }
         continue;
       }
+      used = (used + 1) & 0xffff;
       if (len < hdr || len > postLen) {
         errors++;
         u16[availRing + (availIdx & mask)] = id; // same buffer goes back
@@ -272,10 +360,18 @@ export class RxQueue {
   }
 
   /** Mergeable buffers: a frame is `num_buffers` used entries (5.1.6.4.2). */
-  #burstMrg(pkts: Uint32Array, max: number, usedIdx: number): number {
+  #burstMrg(
+    pkts: Uint32Array,
+    max: number,
+    usedIdx: number,
+    entries: Uint32Array,
+    usedRing: number,
+    fromRing: boolean,
+  ): number {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
+    const inOrder = this.#inOrder;
     const words16 = pool.region.u16;
     const bufOff = pool.bufOff;
     const numBuffersOff = this.#postOff + NetHdr.NUM_BUFFERS;
@@ -283,7 +379,6 @@ export class RxQueue {
     const bytesArr = pool.bytes;
     const mask = ring.mask;
     const size = ring.size;
-    const usedRing = ring.usedRing32;
     const buf = this.#buf;
     const postedAt = this.#postedAt;
     const availRing = ring.availRing16;
@@ -316,10 +411,18 @@ export class RxQueue {
     while (n < max && used !== usedIdx) {
       // First buffer of a frame: its header says how many used entries the frame has.
       let e = usedRing + 2 * (used & mask);
-      let id = u32[e];
-      let len = u32[e + 1];
-      used = (used + 1) & 0xffff;
-      if (id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN) {
+      let id = entries[e];
+      let len = entries[e + 1];
+      if (
+        inOrder
+          ? id !== (used & mask)
+          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
+      ) {
+        if (inOrder && fromRing) {
+          this.#mustExpand = true;
+          break;
+        }
+        used = (used + 1) & 0xffff;
         errors++; // as in #burstOne: repost what stood at this position
         const lost = u16[availRing + ((used - 1) & mask)];
         if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
@@ -328,6 +431,7 @@ export class RxQueue {
         }
         continue;
       }
+      used = (used + 1) & 0xffff;
       // num_buffers (le16): one u16 load when it sits at an even offset (buffers are 64-byte
       // aligned, so whenever the headroom is even).
       const nbAt = bufOff[buf[id]] + numBuffersOff;
@@ -372,6 +476,20 @@ export class RxQueue {
         bytes += l;
         continue;
       }
+      if (inOrder && fromRing) {
+        // The frame's other entries must be in place too before any is taken.
+        let k = 1;
+        while (
+          k < nb && entries[usedRing + 2 * ((used + k - 1) & mask)] === ((used + k - 1) & mask)
+        ) {
+          k++;
+        }
+        if (k < nb) {
+          used = (used - 1) & 0xffff;
+          this.#mustExpand = true;
+          break;
+        }
+      }
       postedAt[id] = oldAvail; // taken back: not held until offered again below
       segId[0] = id;
       segLen[0] = len;
@@ -379,10 +497,15 @@ export class RxQueue {
       let taken = 1;
       for (let k = 1; k < nb; k++) {
         e = usedRing + 2 * (used & mask);
-        id = u32[e];
-        len = u32[e + 1];
+        id = entries[e];
+        len = entries[e + 1];
+        const inPlace = id === (used & mask);
         used = (used + 1) & 0xffff;
-        if (id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN) {
+        if (
+          inOrder
+            ? !inPlace
+            : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
+        ) {
           bad = true; // names no buffer of ours: drop the frame, repost what stood here
           const lost = u16[availRing + ((used - 1) & mask)];
           if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
@@ -479,6 +602,8 @@ export class RxQueue {
 
   /** Give every posted buffer back to the pool (after the device was reset). */
   release(): void {
+    this.#expandedEnd = -1;
+    this.#mustExpand = false;
     const buf = this.#buf;
     for (let i = 0; i < buf.length; i++) {
       if (buf[i] !== NONE) this.pool.free(buf[i]);

@@ -18,6 +18,15 @@
  * mbuf a chain carries are kept in ordinary memory (`#free`, `#pairs`, `#next`, `#mbuf`); the
  * descriptor table is only written, never read back, so a device cannot redirect us.
  *
+ * With VIRTIO_F_IN_ORDER (2.7.5, 2.7.9) the device uses chains in the order they were made
+ * available and may skip reading the available ring, so every chain must start where the one
+ * before it ended and continue to the next descriptor (next = x + 1, wrapping to 0). Descriptors
+ * then come from the free FIFO alone (no header pairs kept aside): freed in completion order,
+ * which is ring order, the FIFO always holds the next descriptors in ring order. A header pair
+ * whose first descriptor already holds the zero header chained to the next (`#zeroHdrAt`) is
+ * not written again. Which chains finished follows from used.idx alone: the device may write
+ * one used entry for a whole batch (2.7.9), so in order the entries are not read at all.
+ *
  * Finished chains ([lastUsed, used.idx), one ordered load) are reclaimed lazily: when half the
  * descriptors are in flight, when a packet does not fit, or on a burst of 0 packets. Reading the
  * used ring every burst pulls its cache line away from the device each time it writes there.
@@ -46,6 +55,8 @@ export interface TxQueueOptions {
    * whose header area is not zero is sent as two descriptors (this header, then the frame).
    */
   zeroHeader?: number;
+  /** VIRTIO_F_IN_ORDER was negotiated: descriptors in ring order, completions by count. */
+  inOrder?: boolean;
   stats: PortStats;
   totals: PortStats;
 }
@@ -81,8 +92,13 @@ export class TxQueue {
   readonly #next: Uint16Array;
   /** Packet carried by the chain starting at each descriptor, NONE if none in flight. */
   readonly #mbuf: Int32Array;
-  /** Descriptors in the chain starting at each head; 0 for a header pair. */
+  /** Descriptors in the chain starting at each head; 0 for a header pair kept as a pair. */
   readonly #chainLen: Uint16Array;
+  readonly #inOrder: boolean;
+  /** In order: first descriptor of the oldest chain in flight. */
+  #oldest = 0;
+  /** 1 where the descriptor holds the zero header chained to the next one (in order). */
+  readonly #zeroHdrAt: Uint8Array;
   /** Packets finished in one reclaim, freed together. */
   readonly #done: Int32Array;
   /** `zeroHeader` as u32 halves; `#zeroLo` is -1 without one. */
@@ -107,6 +123,8 @@ export class TxQueue {
     this.#next = new Uint16Array(n);
     this.#mbuf = new Int32Array(n).fill(NONE);
     this.#chainLen = new Uint16Array(n);
+    this.#inOrder = o.inOrder ?? false;
+    this.#zeroHdrAt = new Uint8Array(n);
     this.#done = new Int32Array(n);
     this.#zeroLo = o.zeroHeader === undefined ? -1 : o.zeroHeader % 2 ** 32;
     this.#zeroHi = o.zeroHeader === undefined ? 0 : Math.floor(o.zeroHeader / 2 ** 32);
@@ -130,7 +148,8 @@ export class TxQueue {
     let used = this.#lastUsed;
     const pending = (usedIdx - used) & 0xffff;
     if (pending === 0) return;
-    if (pending > ring.size) {
+    if (pending > ((this.#availIdx - used) & 0xffff)) {
+      // More completions than chains in flight (2.7.8): nothing in the range can be trusted.
       if (usedIdx !== this.#badUsedIdx) {
         this.#badUsedIdx = usedIdx;
         this.stats.txErrors++;
@@ -142,6 +161,8 @@ export class TxQueue {
     const mask = ring.mask;
     const size = ring.size;
     const usedRing = ring.usedRing32;
+    const inOrder = this.#inOrder;
+    let oldest = this.#oldest;
     const mbuf = this.#mbuf;
     const next = this.#next;
     const chainLen = this.#chainLen;
@@ -158,7 +179,9 @@ export class TxQueue {
     let nDone = 0;
     let errors = 0;
     while (used !== usedIdx) {
-      let id = u32[usedRing + 2 * (used & mask)];
+      // In order the next chain to finish is the oldest, whatever the entry says (if it was
+      // written at all).
+      let id = inOrder ? oldest : u32[usedRing + 2 * (used & mask)];
       if (id >= size || mbuf[id] === NONE) {
         // Not the head of a chain in flight: only a misbehaving device gets here. Devices
         // complete transmissions in avail order, so this entry stood for the chain published at
@@ -174,6 +197,7 @@ export class TxQueue {
       done[nDone++] = mbuf[id];
       mbuf[id] = NONE;
       const c = chainLen[id];
+      oldest = (id + (c === 0 ? 2 : c)) & mask; // chains are consecutive in order
       if (c === 0) {
         pairs[(pairHead + nPairs++) & pmask] = id;
       } else if (c === 1) {
@@ -187,6 +211,7 @@ export class TxQueue {
       }
     }
     pool.freeBulk(done, nDone);
+    this.#oldest = oldest;
     this.#freeCount = nFree;
     this.#pairCount = nPairs;
     this.#lastUsed = used;
@@ -244,6 +269,8 @@ export class TxQueue {
     const words = pool.region.u32;
     const mbufOf = this.#mbuf;
     const chainLen = this.#chainLen;
+    const inOrder = this.#inOrder;
+    const zeroHdrAt = this.#zeroHdrAt;
     const VLAN_INSERT = MbufFlag.VLAN_INSERT; // a local: a property load per packet otherwise
     for (; taken < n; taken++) {
       const m = pkts[taken];
@@ -314,25 +341,30 @@ export class TxQueue {
           nPairs--;
           nd = shadowNext[head];
         } else {
-          // No pair is free (two descriptors are, checked above): make one.
+          // No pair is free (two descriptors are, checked above): make one. In order there are
+          // no pairs, and the next two descriptors in ring order are the pair.
           head = free[freeHead];
           nd = free[(freeHead + 1) & fmask];
           freeHead = (freeHead + 2) & fmask;
           nFree -= 2;
-          const h = desc32 + 4 * head;
-          u32[h] = zeroLo;
-          u32[h + 1] = zeroHi;
-          u32[h + 2] = hdr;
-          u32[h + 3] = Desc.F_NEXT | (nd << 16);
-          shadowNext[head] = nd;
+          if (zeroHdrAt[head] === 0) {
+            const h = desc32 + 4 * head;
+            u32[h] = zeroLo;
+            u32[h + 1] = zeroHi;
+            u32[h + 2] = hdr;
+            u32[h + 3] = Desc.F_NEXT | (nd << 16);
+            shadowNext[head] = nd;
+            if (inOrder) zeroHdrAt[head] = 1; // nd is always head + 1 then
+          }
         }
         const d = desc32 + 4 * nd;
         u32[d] = iovaLo[m] + off;
         u32[d + 1] = iovaHi[m];
         u32[d + 2] = first;
         u32[d + 3] = 0;
+        zeroHdrAt[nd] = 0;
         mbufOf[head] = m;
-        chainLen[head] = 0;
+        chainLen[head] = inOrder ? 2 : 0; // in order the pair goes back to the free FIFO
         if (u16[availRing + (availIdx & mask)] !== head) u16[availRing + (availIdx & mask)] = head;
         availIdx++;
         sent++;
@@ -356,6 +388,7 @@ export class TxQueue {
       u32[d + 1] = iovaHi[m];
       u32[d + 2] = hdr + first;
       u32[d + 3] = 0;
+      zeroHdrAt[head] = 0;
       if (segs > 1) {
         let prev = head;
         for (let s = next[m]; s !== NONE; s = next[s]) {
@@ -377,6 +410,7 @@ export class TxQueue {
           u32[d + 1] = iovaHi[s];
           u32[d + 2] = dataLen[s];
           u32[d + 3] = 0;
+          zeroHdrAt[nd] = 0;
           prev = nd;
         }
       }
@@ -432,7 +466,9 @@ export class TxQueue {
         dropped++;
       }
       this.#free[i] = i;
+      this.#zeroHdrAt[i] = 0;
     }
+    this.#oldest = 0;
     for (const st of [this.stats, this.#totals]) {
       st.txPackets -= dropped;
       st.txBytes -= bytes;

@@ -5,8 +5,9 @@
  *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] TREE...
  *
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
- * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf=1, in_order=0, as
- * bench-vhost.ts sets it; forwarding mode M, io for the loop). Each repetition runs every tree's
+ * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf=1, in_order=1, what vpmd
+ * negotiates), or `dpdk-in_order=0` for that front-end without in_order (forwarding mode M, io
+ * for the loop); the vpmd trees run with their defaults. Each repetition runs every tree's
  * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
@@ -75,11 +76,11 @@ const frontArgs = (tree: string): string[] =>
       "0",
     ];
 /** DPDK's virtio_user testpmd as the front-end, forwarding. */
-async function startDpdk(): Promise<Testpmd> {
+async function startDpdk(inOrder: string): Promise<Testpmd> {
   const front = await startDpdkFront({
     sock,
     fwd: mode === "loop" ? "io" : mode,
-    devargs: sameFeatures("1", 256),
+    devargs: sameFeatures("1", 256, inOrder),
     burst: 32,
     ring: 256,
   });
@@ -113,7 +114,9 @@ try {
       await vhost.cmd(`set fwd ${vhostMode}`);
       await vhost.cmd("clear port stats all");
       if (vhostMode !== "mac") await vhost.cmd("start");
-      const dpdk = tree === "dpdk" ? await startDpdk() : null;
+      const dpdk = tree === "dpdk" || tree === "dpdk-in_order=0"
+        ? await startDpdk(tree === "dpdk" ? "1" : "0")
+        : null;
       const fwd = dpdk === null
         ? new Deno.Command("taskset", {
           args: ["-c", "0", Deno.execPath(), "run", "-A", ...frontArgs(tree)],

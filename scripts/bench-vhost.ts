@@ -2,7 +2,7 @@
  * vpmd vs DPDK's own virtio_user front-end, against the same DPDK vhost PMD testpmd (issue 3).
  *
  *   deno run -A scripts/bench-vhost.ts [--reps 5] [--seconds 3] [--tests rxonly,txonly,loop]
- *                                      [--mrg 0|1] [--defaults]
+ *                                      [--mrg 0|1] [--in-order 0|1] [--defaults]
  *
  * One vhost testpmd (server socket, forwarding on CPU 1) serves every run. Each repetition runs
  * DPDK's `net_virtio_user` testpmd (A) and vpmd (B) one after the other on CPU 0, alternating
@@ -13,7 +13,8 @@
  * descriptors per ring. "ratio" is vpmd's median over DPDK's; "paired" the median of each
  * repetition's vpmd/DPDK ratio (its two runs are back to back, so it drifts less with the
  * machine). DPDK's devargs are set to the features vpmd negotiates (split ring,
- * mrg_rxbuf as --mrg, in_order=0); `--defaults` adds a column with DPDK's default devargs.
+ * mrg_rxbuf as --mrg, in_order as --in-order, default 1 on both sides: vpmd negotiates
+ * VIRTIO_F_IN_ORDER unless told not to); `--defaults` adds a column with DPDK's default devargs.
  *
  * Busy cost: vpmd's child measures the time of loop iterations whose burst moved packets (one
  * clock read per iteration, its own cost subtracted; iterations over 50 µs were preempted and are
@@ -59,12 +60,17 @@ async function childMain(args: string[]): Promise<void> {
       path: { type: "string" },
       seconds: { type: "string" },
       mrg: { type: "string", default: "1" },
+      "in-order": { type: "string", default: "1" },
       busy: { type: "boolean", default: false },
     },
   });
   const test = values.test as Test;
   const seconds = Number(values.seconds);
-  const transport = new VhostUserTransport({ path: values.path!, mrg: values.mrg === "1" });
+  const transport = new VhostUserTransport({
+    path: values.path!,
+    mrg: values.mrg === "1",
+    inOrder: values["in-order"] === "1",
+  });
   const pool = new MbufPool({ count: 8192, kind: transport.dmaKinds[0] });
   const port = new Port(0, transport);
   port.configure({ pool, rxd: RING, txd: RING, mrgRxbuf: values.mrg === "1" });
@@ -301,6 +307,7 @@ async function runVpmd(
   test: Test,
   seconds: number,
   mrg: string,
+  inOrder: string,
   busy: boolean,
 ): Promise<RunResult> {
   await prepareVhost(vhost, test);
@@ -322,6 +329,8 @@ async function runVpmd(
       String(total),
       "--mrg",
       mrg,
+      "--in-order",
+      inOrder,
       ...(busy ? ["--busy"] : []),
     ],
     stdout: "piped",
@@ -361,6 +370,7 @@ async function main(): Promise<void> {
       seconds: { type: "string", default: "3" },
       tests: { type: "string", default: "rxonly,txonly,loop" },
       mrg: { type: "string", default: "1" },
+      "in-order": { type: "string", default: "1" },
       defaults: { type: "boolean", default: false },
       "busy-reps": { type: "string", default: "3" },
     },
@@ -368,8 +378,13 @@ async function main(): Promise<void> {
   const reps = Number(values.reps);
   const seconds = Number(values.seconds);
   const mrg = values.mrg!;
+  const inOrder = values["in-order"]!;
+  if (!["0", "1"].includes(mrg) || !["0", "1"].includes(inOrder)) {
+    console.error("bench-vhost: --mrg and --in-order take 0 or 1");
+    Deno.exit(2);
+  }
   const tests = values.tests!.split(",") as Test[];
-  const same = sameFeatures(mrg, RING);
+  const same = sameFeatures(mrg, RING, inOrder);
   const sock = `/tmp/vpmd-bench-${Deno.pid}.sock`;
   const vhost = await Testpmd.start({
     vdev: `net_vhost0,iface=${sock},queues=1`,
@@ -390,7 +405,7 @@ async function main(): Promise<void> {
           if (who === "A") {
             a.push((await runDpdk(vhost, sock, test, seconds, same)).mpps);
           } else {
-            b.push((await runVpmd(vhost, sock, test, seconds, mrg, false)).mpps);
+            b.push((await runVpmd(vhost, sock, test, seconds, mrg, inOrder, false)).mpps);
           }
         }
         if (values.defaults) d.push((await runDpdk(vhost, sock, test, seconds, "")).mpps);
@@ -403,7 +418,7 @@ async function main(): Promise<void> {
       const bBusy: number[] = [];
       for (let r = 0; r < Number(values["busy-reps"]); r++) {
         const x = await runDpdk(vhost, sock, test, seconds, same);
-        const y = await runVpmd(vhost, sock, test, seconds, mrg, true);
+        const y = await runVpmd(vhost, sock, test, seconds, mrg, inOrder, true);
         if (x.busyNs !== null) aBusy.push(x.busyNs);
         if (y.busyNs !== null) bBusy.push(y.busyNs);
         console.error(
@@ -432,7 +447,7 @@ async function main(): Promise<void> {
   }
   console.log(
     `vpmd vs DPDK 22.11 net_virtio_user, same vhost testpmd, 64 B, burst ${BURST}, ring ${RING}, ` +
-      `mrg_rxbuf=${mrg}, ${reps} alternating reps x ${seconds} s, medians (Mpps at the vhost side)`,
+      `mrg_rxbuf=${mrg}, in_order=${inOrder}, ${reps} alternating reps x ${seconds} s, medians (Mpps at the vhost side)`,
   );
   console.log(
     "| test    |   DPDK |   vpmd | ratio | paired | DPDK ns/pkt busy | vpmd ns/pkt busy |" +

@@ -5,9 +5,9 @@
  */
 import { Testpmd } from "../tests/lib/testpmd.ts";
 
-/** DPDK's devargs for the features vpmd negotiates: split ring, no in_order, mrg_rxbuf as given. */
-export function sameFeatures(mrg: string, ring: number): string {
-  return `packed_vq=0,mrg_rxbuf=${mrg},in_order=0,queue_size=${ring}`;
+/** DPDK's devargs for the features vpmd negotiates: split ring, mrg_rxbuf and in_order as given. */
+export function sameFeatures(mrg: string, ring: number, inOrder: string): string {
+  return `packed_vq=0,mrg_rxbuf=${mrg},in_order=${inOrder},queue_size=${ring}`;
 }
 
 export interface DpdkFrontOptions {

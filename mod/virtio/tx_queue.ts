@@ -21,8 +21,10 @@
  * With VIRTIO_F_IN_ORDER (2.7.5, 2.7.9) the device uses chains in the order they were made
  * available and may skip reading the available ring, so every chain must start where the one
  * before it ended and continue to the next descriptor (next = x + 1, wrapping to 0). Descriptors
- * then come from the free FIFO alone (no header pairs kept aside): freed in completion order,
- * which is ring order, the FIFO always holds the next descriptors in ring order. A header pair
+ * are then taken in ring order alone (no header pairs kept aside): chains finish in the order
+ * they were made available, so the free descriptors are always the next ones in ring order and
+ * the free FIFO would hold descriptor k at index k; its index is used as the descriptor, and the
+ * FIFO itself is neither read nor written. A header pair
  * whose first descriptor already holds the zero header chained to the next (`#zeroHdrAt`) is
  * not written again. Which chains finished follows from used.idx alone: the device may write
  * one used entry for a whole batch (2.7.9), so in order the entries are not read at all.
@@ -197,8 +199,11 @@ export class TxQueue {
       done[nDone++] = mbuf[id];
       mbuf[id] = NONE;
       const c = chainLen[id];
-      oldest = (id + (c === 0 ? 2 : c)) & mask; // chains are consecutive in order
-      if (c === 0) {
+      if (inOrder) {
+        // Chains are consecutive and the free FIFO holds descriptor k at index k (see burst).
+        oldest = (id + c) & mask;
+        nFree += c;
+      } else if (c === 0) {
         pairs[(pairHead + nPairs++) & pmask] = id;
       } else if (c === 1) {
         free[(freeHead + nFree++) & fmask] = id;
@@ -343,8 +348,8 @@ export class TxQueue {
         } else {
           // No pair is free (two descriptors are, checked above): make one. In order there are
           // no pairs, and the next two descriptors in ring order are the pair.
-          head = free[freeHead];
-          nd = free[(freeHead + 1) & fmask];
+          head = inOrder ? freeHead : free[freeHead];
+          nd = inOrder ? (freeHead + 1) & fmask : free[(freeHead + 1) & fmask];
           freeHead = (freeHead + 2) & fmask;
           nFree -= 2;
           if (zeroHdrAt[head] === 0) {
@@ -374,7 +379,7 @@ export class TxQueue {
       // Single descriptors come from the free ring; when it is empty a pair is broken up.
       let head: number;
       if (nFree > 0) {
-        head = free[freeHead];
+        head = inOrder ? freeHead : free[freeHead];
         freeHead = (freeHead + 1) & fmask;
         nFree--;
       } else {
@@ -394,7 +399,7 @@ export class TxQueue {
         for (let s = next[m]; s !== NONE; s = next[s]) {
           let nd: number;
           if (nFree > 0) {
-            nd = free[freeHead];
+            nd = inOrder ? freeHead : free[freeHead];
             freeHead = (freeHead + 1) & fmask;
             nFree--;
           } else {

@@ -11,7 +11,10 @@
  * ring holds a packet per two descriptors. Packets a batch could not send are reported, and not
  * counted.
  *
- *   deno task bench [-- --rounds 7 --batches 300 --ring 512]
+ *   deno task bench [-- --rounds 7 --batches 300 --ring 512 --in-order 0|1]
+ *
+ * `--in-order 1` has the simulated devices offer VIRTIO_F_IN_ORDER (the driver then keeps ring
+ * order and counts TX completions; the device writes one used entry per TX batch).
  */
 import { parseArgs } from "cli-args";
 import { buildStreams } from "../mod/fwd/cli.ts";
@@ -30,6 +33,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "7" },
     batches: { type: "string", default: "300" },
     ring: { type: "string", default: "512" },
+    "in-order": { type: "string", default: "0" },
   },
 });
 const ROUNDS = Number(values.rounds);
@@ -37,6 +41,10 @@ const BATCHES = Number(values.batches);
 const RING = Number(values.ring);
 if (!(RING >= 32 && RING <= 512 && (RING & (RING - 1)) === 0)) {
   console.error("--ring: a power of two from 32 to 512 (TX rings are twice that, the sim's most)");
+  Deno.exit(2);
+}
+if (!["0", "1"].includes(values["in-order"]!)) {
+  console.error("--in-order: 0 or 1");
   Deno.exit(2);
 }
 const BURST = 32;
@@ -152,10 +160,11 @@ function benchIo(a: Port, b: Port, pool: MbufPool): Timing {
   return t;
 }
 
-const rxSide = open(`sim:bench-rx,size=${SIZE}`);
-const txSide = open("sim:bench-tx,gen=off");
-const ioA = open(`sim:bench-io-a,size=${SIZE}`);
-const ioB = open("sim:bench-io-b,gen=off");
+const IN_ORDER = `,in_order=${values["in-order"]}`;
+const rxSide = open(`sim:bench-rx,size=${SIZE}${IN_ORDER}`);
+const txSide = open(`sim:bench-tx,gen=off${IN_ORDER}`);
+const ioA = open(`sim:bench-io-a,size=${SIZE}${IN_ORDER}`);
+const ioB = open(`sim:bench-io-b,gen=off${IN_ORDER}`);
 const all = [rxSide, txSide, ioA, ioB];
 const pool = new MbufPool({ count: 8 * RING + 4096, kind: rxSide.t.dmaKinds[0] });
 try {

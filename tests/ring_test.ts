@@ -141,6 +141,20 @@ function frame(len: number, seed: number): Uint8Array {
   return f;
 }
 
+/** A frame as RX leaves it: num_buffers (1) in its header area. */
+function receivedFrame(pool: MbufPool, f: Uint8Array): number {
+  const m = pool.fromBytes(f);
+  pool.bytes[pool.dataStart(m) - 12 + NetHdr.NUM_BUFFERS] = 1;
+  return m;
+}
+
+/** A frame whose header area is zero: it goes out as one descriptor. */
+function plainFrame(pool: MbufPool, f: Uint8Array): number {
+  const m = pool.fromBytes(f);
+  pool.bytes.fill(0, pool.dataStart(m) - 12, pool.dataStart(m));
+  return m;
+}
+
 function bytesOf(pool: MbufPool, m: number): Uint8Array {
   const out = new Uint8Array(pool.pktLen[m]);
   assert.equal(pool.read(m, out), out.length);
@@ -719,17 +733,8 @@ Deno.test("tx queue: a frame whose header area is written goes out behind the ze
 Deno.test("tx queue: received frames keep their header descriptors; other traffic in between stays exact", () => {
   const s = setup(8, { zeroHeader: true });
   try {
-    const received = (f: Uint8Array) => {
-      const m = s.pool.fromBytes(f);
-      s.pool.bytes[s.pool.dataStart(m) - 12 + NetHdr.NUM_BUFFERS] = 1;
-      return m;
-    };
-    // A frame whose header area is zero goes out as one descriptor.
-    const plain = (f: Uint8Array) => {
-      const m = s.pool.fromBytes(f);
-      s.pool.bytes.fill(0, s.pool.dataStart(m) - 12, s.pool.dataStart(m));
-      return m;
-    };
+    const received = (f: Uint8Array) => receivedFrame(s.pool, f);
+    const plain = (f: Uint8Array) => plainFrame(s.pool, f);
     const heads = (n: number) => {
       const out: number[] = [];
       for (let i = 0; i < n; i++) {
@@ -824,16 +829,8 @@ Deno.test("tx queue in order (2.7.5, 2.7.9): chains in ring order, next = x + 1;
   const size = 8;
   const s = setup(size, { zeroHeader: true, inOrder: true });
   try {
-    const received = (f: Uint8Array) => {
-      const m = s.pool.fromBytes(f);
-      s.pool.bytes[s.pool.dataStart(m) - 12 + NetHdr.NUM_BUFFERS] = 1;
-      return m;
-    };
-    const plain = (f: Uint8Array) => {
-      const m = s.pool.fromBytes(f);
-      s.pool.bytes.fill(0, s.pool.dataStart(m) - 12, s.pool.dataStart(m));
-      return m;
-    };
+    const received = (f: Uint8Array) => receivedFrame(s.pool, f);
+    const plain = (f: Uint8Array) => plainFrame(s.pool, f);
     let expected = 0; // the descriptor the next chain must start at
     let seed = 11;
     const rnd = (n: number) => {

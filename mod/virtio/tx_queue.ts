@@ -24,10 +24,10 @@
  * are then taken in ring order alone (no header pairs kept aside): chains finish in the order
  * they were made available, so the free descriptors are always the next ones in ring order and
  * the free FIFO would hold descriptor k at index k; its index is used as the descriptor, and the
- * FIFO itself is neither read nor written. A header pair
- * whose first descriptor already holds the zero header chained to the next (`#zeroHdrAt`) is
- * not written again. Which chains finished follows from used.idx alone: the device may write
- * one used entry for a whole batch (2.7.9), so in order the entries are not read at all.
+ * FIFO itself is neither read nor written. A header pair whose first descriptor already holds the
+ * zero header chained to the next (`#zeroHdrAt`) is not written again. Which chains finished
+ * follows from used.idx alone: the device may write one used entry for a whole batch (2.7.9), so
+ * in order the entries are not read at all.
  *
  * Finished chains ([lastUsed, used.idx), one ordered load) are reclaimed lazily: when half the
  * descriptors are in flight, when a packet does not fit, or on a burst of 0 packets. Reading the

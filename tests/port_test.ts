@@ -678,6 +678,7 @@ function forwardChecked(
   assert.equal(checked, total);
   assert.equal(bad, 0);
   assert.equal(r.port.stats.rxErrors + r.port.stats.txErrors, 0);
+  assert.equal(r.t.device.errors.txHeaders, 0, "a frame left with a header the driver must zero");
 }
 
 Deno.test("port + sim: more than 65536 frames through 256-entry rings (index wrap-around)", () => {

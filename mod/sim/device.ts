@@ -45,6 +45,11 @@ export interface DeviceErrors {
   badDescriptors: number;
   /** Transmit chains shorter than the net header, or frames longer than 64 KiB: dropped. */
   txMalformed: number;
+  /**
+   * Transmitted frames whose header sets flags, gso_type or num_buffers, none of which a driver
+   * may set without offloads (5.1.6.2.1): counted, the frame still sent.
+   */
+  txHeaders: number;
   /** Control commands answered with ERR. */
   ctrlErrors: number;
 }
@@ -58,6 +63,12 @@ export interface DeviceErrors {
 export type EvilMode = "bad-id" | "bad-len" | "bad-num-buffers" | "idx-jump";
 export const EVIL_MODES: readonly EvilMode[] = ["bad-id", "bad-len", "bad-num-buffers", "idx-jump"];
 export const EVIL_EVERY = 7;
+
+/**
+ * Header bytes a driver sets to zero when no offload was negotiated, as a mask of byte offsets:
+ * flags, gso_type (5.1.6.2.1: GSO_NONE) and num_buffers (5.1.6.2.1: zero).
+ */
+const DRIVER_ZERO = (1 << NetHdr.FLAGS) | (1 << NetHdr.GSO_TYPE) | (3 << NetHdr.NUM_BUFFERS);
 
 /** Most frames delivered to one receive queue per poll. */
 const RX_BATCH = 512;
@@ -85,7 +96,12 @@ export class SimDevice {
     multicast: [],
     vlans: new Set(),
   };
-  readonly errors: DeviceErrors = { badDescriptors: 0, txMalformed: 0, ctrlErrors: 0 };
+  readonly errors: DeviceErrors = {
+    badDescriptors: 0,
+    txMalformed: 0,
+    txHeaders: 0,
+    ctrlErrors: 0,
+  };
   /** Set when a descriptor was invalid: the transport reports DEVICE_NEEDS_RESET. */
   needsReset = false;
   /** Link state (5.1.4 status VIRTIO_NET_S_LINK_UP). */
@@ -307,12 +323,16 @@ export class SimDevice {
       let single = -1;
       let singleU8: Uint8Array = scratch;
       let tooLong = false;
+      let headerSet = 0;
       for (let hops = 0;; hops++) {
         const flags = q.descFlags(d);
         const dl = q.descLen(d);
         if (hops >= q.size || (flags & (Desc.F_WRITE | Desc.F_INDIRECT)) !== 0) return this.#bad();
         if (!this.#map(q.descAddr(d), dl)) return this.#bad();
         const s = Math.min(skip, dl);
+        for (let i = 0, at = this.#hdr - skip; i < s; i++, at++) {
+          if (((DRIVER_ZERO >> at) & 1) !== 0) headerSet |= this.#mapU8[this.#mapOff + i];
+        }
         skip -= s;
         const part = dl - s;
         if (part > 0 && !tooLong) {
@@ -341,6 +361,7 @@ export class SimDevice {
       } else {
         q.putUsed(head, 0);
       }
+      if (headerSet !== 0) this.errors.txHeaders++;
       if (skip > 0 || tooLong) this.errors.txMalformed++;
       else if (!this.linkUp) this.wire.droppedLinkDown();
       else if (single >= 0) this.wire.transmitted(singleU8, single, len);

@@ -63,7 +63,7 @@ export function pageSizeOf(kind: DmaKind): number {
  * Whether iovas run on without a break over a whole region of `kind`: all but `physical`, whose
  * pages lie wherever the kernel put them.
  */
-function iovaContiguous(kind: DmaKind): boolean {
+export function iovaContiguous(kind: DmaKind): boolean {
   return kind !== "physical";
 }
 

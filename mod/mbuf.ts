@@ -7,7 +7,13 @@
  * header sits in the `hdrSize` bytes just before the data (the port checks at configure time
  * that `headroom >= hdrSize`).
  */
-import { bytesForReservations, type DmaKind, DmaRegion, HugepageShortage } from "../ffi/dma.ts";
+import {
+  bytesForReservations,
+  type DmaKind,
+  DmaRegion,
+  HugepageShortage,
+  iovaContiguous,
+} from "../ffi/dma.ts";
 
 export interface PoolOptions {
   /** Number of buffers. */
@@ -19,7 +25,15 @@ export interface PoolOptions {
   /** Memory kind; must be one the ports' transports can reach (default `memfd`). */
   kind?: DmaKind;
   name?: string;
+  /**
+   * Bytes left free after the buffers (default 256 KiB, none in `physical` memory): ports put
+   * their rings there (see Port), so that a device sees buffers and rings as one memory region.
+   */
+  ringRoom?: number;
 }
+
+/** Default `ringRoom`: the rings of a few ports with 1024-entry queues. */
+const RING_ROOM = 256 * 1024;
 
 /** Mbuf flags (bits of `flags[m]`). */
 export const MbufFlag = {
@@ -87,10 +101,12 @@ export class MbufPool {
           `space a pool may span; at most ${MbufPool.maxCount(this.dataRoom, this.headroom)}`,
       );
     }
+    const ringRoom = iovaContiguous(kind) ? opts.ringRoom ?? RING_ROOM : 0;
+    if (!(ringRoom >= 0)) throw new RangeError(`mbuf pool: ringRoom must be >= 0 (${ringRoom})`);
     // Buffers lie back to back where the region's iovas are contiguous (memfd, anon, hugepage
     // memfd), crossing pages: on 4 KiB pages that is half the pages of one buffer per page, and
     // fewer TLB misses (io forwarding on the sim: paired 0.95-0.98 in five A/B runs).
-    const bytes = bytesForReservations(kind, this.count, this.stride);
+    const bytes = bytesForReservations(kind, this.count, this.stride) + ringRoom;
     this.region = DmaRegion.create({ size: bytes, kind, name: opts.name ?? "vpmd-mbufs" });
     this.bytes = this.region.u8;
     const n = this.count;

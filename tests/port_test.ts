@@ -511,7 +511,7 @@ type SimOpts = ConstructorParameters<typeof SimTransport>[0];
 function rig(
   sim: Partial<SimOpts> = {},
   cfg: Partial<PortConfig> = {},
-  poolOpts: { count?: number; dataRoom?: number; headroom?: number } = {},
+  poolOpts: { count?: number; dataRoom?: number; headroom?: number; ringRoom?: number } = {},
   start = true,
 ): Rig {
   const t = new SimTransport({ name: "p0", gen: false, ...sim } as SimOpts);
@@ -680,6 +680,49 @@ function forwardChecked(
   assert.equal(r.port.stats.rxErrors + r.port.stats.txErrors, 0);
   assert.equal(r.t.device.errors.txHeaders, 0, "a frame left with a header the driver must zero");
 }
+
+Deno.test("port + sim: rings lie in the pool's memory when it has room, else in their own", () => {
+  // Room in the pool: the rings take some (the device sees one memory region), keep it across
+  // stop/start, take more for bigger rings, and lay smaller ones out in that (zeroed) again.
+  const r = rig({}, { rxd: 256, txd: 256 }, {}, false);
+  try {
+    const free = r.pool.region.remaining;
+    const taken = () => free - r.pool.region.remaining;
+    r.port.start();
+    const first = taken();
+    assert.ok(first > 0 && first < 64 * 1024, `${first} bytes of the pool's memory for rings`);
+    forwardChecked(r, 3000, [60, 1514], 64);
+    r.port.stop();
+    r.port.start();
+    assert.equal(taken(), first);
+    forwardChecked(r, 3000, [60, 1514], 64);
+    r.port.stop();
+    r.port.configure({ pool: r.pool, rxd: 512, txd: 1024 });
+    r.port.start();
+    const bigger = taken() - first;
+    assert.ok(bigger > first, `${bigger} bytes for the bigger rings`);
+    forwardChecked(r, 3000, [60, 1514], 64);
+    r.port.stop();
+    r.port.configure({ pool: r.pool, rxd: 128, txd: 128 });
+    r.port.start();
+    assert.equal(taken(), first + bigger);
+    // Forwarded frames carry num_buffers, so they leave behind the zero header, which now lies
+    // where the bigger layout had a ring.
+    forwardChecked(r, 3000, [60, 1514], 64);
+  } finally {
+    r.close();
+  }
+  // Buffers fill the pool's memory exactly: the rings get a region of their own.
+  const full = rig({}, {}, { count: 2048, ringRoom: 0 }, false);
+  try {
+    assert.equal(full.pool.region.remaining, 0);
+    full.port.start();
+    assert.equal(full.pool.region.remaining, 0);
+    forwardChecked(full, 3000, [60, 1514], 64);
+  } finally {
+    full.close();
+  }
+});
 
 Deno.test("port + sim: more than 65536 frames through 256-entry rings (index wrap-around)", () => {
   const r = rig({}, { rxd: 256, txd: 256 });

@@ -335,7 +335,13 @@ interface Side {
 
 function openPort(
   sock: string,
-  opts: { mrg?: boolean; inOrder?: boolean; mtu?: number; server?: boolean } = {},
+  opts: {
+    mrg?: boolean;
+    inOrder?: boolean;
+    mtu?: number;
+    server?: boolean;
+    pool?: { dataRoom?: number; ringRoom?: number };
+  } = {},
   existing?: VhostUserTransport,
 ): Side {
   const t = existing ??
@@ -348,6 +354,7 @@ function openPort(
   const pool = new MbufPool({
     count: 4096,
     kind: t.dmaKinds.includes("hugepage-memfd") ? "hugepage-memfd" : "memfd",
+    ...opts.pool,
   });
   const port = new Port(0, t);
   port.configure({ pool, rxd: 256, txd: 256, mrgRxbuf: opts.mrg ?? true, mtu: opts.mtu });
@@ -680,6 +687,37 @@ peerTest(
       ]);
     } finally {
       side?.close();
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(
+  testpmdPeer,
+  "vhost-user port: the backend maps buffers and rings as one memory region (two without room)",
+  async () => {
+    const sock = socketPath("regions");
+    const pmd = await Testpmd.start({ vdev: `net_vhost0,iface=${sock},queues=1`, fwd: "txonly" });
+    try {
+      // 4096 buffers of 2048 bytes fill 8 MiB exactly: with no ring room the rings need their own.
+      for (const [ringRoom, regions] of [[undefined, 1], [0, 2]] as const) {
+        const from = pmd.log().length;
+        const s = openPort(sock, { pool: { dataRoom: 2048 - 128, ringRoom } });
+        try {
+          await pmd.cmd("start");
+          assert.ok(rxAtLeast(s, 2000), `frames arrive (ring room ${ringRoom ?? "default"})`);
+          await pmd.cmd("stop");
+          const mapped = pmd.log().slice(from).match(/guest memory region size/g) ?? [];
+          assert.equal(
+            mapped.length,
+            regions,
+            `regions mapped (ring room ${ringRoom ?? "default"})`,
+          );
+        } finally {
+          s.close();
+        }
+      }
+    } finally {
       await pmd.stop();
     }
   },

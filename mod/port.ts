@@ -120,7 +120,7 @@ interface RingArea {
   region: DmaRegion;
   base: number;
   bytes: number;
-  /** The plan's queue counts and sizes the area was laid out for. */
+  /** The plan's queue counts and sizes (and the memory kind) the area was laid out for. */
   key: string;
   own: boolean;
 }
@@ -399,7 +399,8 @@ export class Port {
    */
   #rings(plan: Plan, pool: DmaRegion): RingArea {
     const layout = this.transport.ringLayout;
-    const key = `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}`;
+    const key =
+      `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/${pool.kind}`;
     const old = this.#ringArea;
     if (old && old.key === key && (old.own || old.region === pool)) return old;
     const pageSize = pageSizeOf(pool.kind);

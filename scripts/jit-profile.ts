@@ -18,6 +18,7 @@
  * findings in the README ("Measured").
  */
 import { parseArgs } from "cli-args";
+import { run } from "./command.ts";
 
 interface Symbol {
   start: number;
@@ -26,14 +27,6 @@ interface Symbol {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function run(cmd: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
-  }
-  return new TextDecoder().decode(out.stdout);
-}
 
 function readMap(path: string): Symbol[] {
   return Deno.readTextFileSync(path).split("\n").filter((l) => l !== "").map((l) => {

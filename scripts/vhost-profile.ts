@@ -20,6 +20,7 @@
  * scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
+import { run } from "./command.ts";
 import { Testpmd } from "../tests/lib/testpmd.ts";
 import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 
@@ -43,14 +44,6 @@ if (!(mode in VHOST_MODE) || fronts.length === 0 || !(seconds > 0) || !(top > 0)
     "usage: vhost-profile.ts [--mode txonly|rxonly|loop] [--seconds S] [--top N] FRONT...",
   );
   Deno.exit(2);
-}
-
-async function run(cmd: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
-  }
-  return new TextDecoder().decode(out.stdout);
 }
 
 /** A mapping of the vhost process: [start, end) at file offset `pgoff` of `path`. */

@@ -7,7 +7,7 @@
  * The port talks only to the `VirtioTransport` interface; what differs between transports is
  * data (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
  */
-import { DmaRegion, pageSizeOf } from "../ffi/dma.ts";
+import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
 import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
@@ -701,7 +701,33 @@ export class Port {
 }
 
 /**
- * Offsets of every ring in the ring region, the same way on every start (the region's bump
+ * Bytes a port with these settings takes in its pool's memory for its rings (see Port's `#rings`),
+ * to size `ringRoom` for a pool that several ports share: ring sizes as `configure` takes them (the
+ * device's where it fixes them), the control queue at the most the port asks for.
+ */
+export function ringRoomFor(
+  t: VirtioTransport,
+  kind: DmaKind,
+  cfg: { queues?: number; rxd?: number; txd?: number } = {},
+): number {
+  const size = (asked: number | undefined, index: number): number => {
+    const max = t.queueMaxSize(index);
+    if (t.queueSizeFixed || asked === 0) return max;
+    return asked ?? Math.min(DEFAULT_RING, max);
+  };
+  const queues = cfg.queues ?? 1;
+  const sizes: [number, number][] = [];
+  for (let q = 0; q < queues; q++) {
+    sizes.push([NetQueue.rx(q), size(cfg.rxd, NetQueue.rx(0))]);
+    sizes.push([NetQueue.tx(q), size(cfg.txd, NetQueue.tx(0))]);
+  }
+  sizes.push([NetQueue.ctrl(queues), CTRL_RING]);
+  return placeRings(sizes, t.ringLayout, pageSizeOf(kind)).end + CTRL_BUFFER_BYTES +
+    ZERO_HEADER_BYTES + ringStartAlign(t.ringLayout);
+}
+
+/**
+ * Offsets of every ring in the ring area, the same way on every start (the region's bump
  * allocator cannot rewind). A ring that fits in one page stays inside one, so it is contiguous
  * in iova space even on physical memory. `end` is where the control command buffer goes.
  */

@@ -9,7 +9,7 @@
 import assert from "assert";
 import type { DmaKind, DmaRegion } from "../ffi/dma.ts";
 import { MbufFlag, MbufPool, NONE } from "../mod/mbuf.ts";
-import { Port, type PortConfig } from "../mod/port.ts";
+import { Port, type PortConfig, ringRoomFor } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { checkTestFrame, FrameCheck, writeTestFrame } from "../mod/testframe.ts";
 import {
@@ -680,6 +680,47 @@ function forwardChecked(
   assert.equal(r.port.stats.rxErrors + r.port.stats.txErrors, 0);
   assert.equal(r.t.device.errors.txHeaders, 0, "a frame left with a header the driver must zero");
 }
+
+Deno.test("port + sim: ringRoomFor leaves room in a shared pool for every port's rings", () => {
+  const cfg = { queues: 2, rxd: 512, txd: 1024 };
+  const ts = [0, 1].map((i) =>
+    new SimTransport({ name: `p${i}`, gen: false, queuePairs: 2 } as SimOpts)
+  );
+  const ringRoom = ringRoomFor(ts[0], "memfd", cfg) + ringRoomFor(ts[1], "memfd", cfg);
+  // 4096 buffers fill whole pages: all the room there is beyond them is ringRoom, rounded up.
+  const pool = new MbufPool({ count: 4096, kind: "memfd", ringRoom });
+  const ports = ts.map((t, i) => new Port(i, t, { log: () => {} }));
+  try {
+    const free = pool.region.remaining;
+    assert.ok(free - ringRoom < 4096);
+    const taken: number[] = [];
+    for (const port of ports) {
+      port.configure({ pool, ...cfg });
+      const before = pool.region.remaining;
+      port.start();
+      taken.push(before - pool.region.remaining);
+    }
+    assert.ok(taken.every((b) => b > 0), `rings taken from the pool: ${taken.join(", ")} bytes`);
+    // Each port still moves a frame.
+    const pkts = new Uint32Array(1);
+    ports.forEach((port, i) => {
+      const f = testFrame(60, i);
+      assert.equal(ts[i].wire.inject(f), true);
+      let n = 0;
+      for (let k = 0; k < 100 && n === 0; k++) {
+        port.poll();
+        n = port.rxBurst(k % 2, pkts, 1); // the device picks the queue pair
+      }
+      assert.equal(n, 1, `port ${i} received`);
+      assert.deepEqual(bytesOf(pool, pkts[0]), f);
+      pool.free(pkts[0]);
+    });
+  } finally {
+    for (const port of ports) port.close();
+    for (const t of ts) t.close();
+    pool.close();
+  }
+});
 
 Deno.test("port + sim: rings lie in the pool's memory when it has room, else in their own", () => {
   // Room in the pool: the rings take some (the device sees one memory region), keep it across

@@ -7,7 +7,7 @@ import { parseArgs } from "cli-args";
 import { argsErrorMessage } from "../args_error.ts";
 import type { DmaKind } from "../../ffi/dma.ts";
 import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
-import { Port } from "../port.ts";
+import { Port, ringRoomFor } from "../port.ts";
 import {
   deviceKey,
   formatPortSpec,
@@ -237,7 +237,16 @@ export async function runForwarder(args: string[]): Promise<number> {
       0,
     ) + transports.length * o.queues * o.burst * nseg * 2 + 1024;
     const count = o.mbufs ?? Math.max(8192, need);
-    pool = poolOfFirstKind(kinds, { count, dataRoom: BUFFER_ROOM, name: "vpmd-fwd" }, log);
+    // Room in the pool for every port's rings, so that each device sees one memory region.
+    const rings = { queues: o.queues, rxd: o.rxd, txd: o.txd };
+    const ringRoom = Math.max(
+      ...kinds.map((k) => transports.reduce((a, t) => a + ringRoomFor(t, k, rings), 0)),
+    );
+    pool = poolOfFirstKind(
+      kinds,
+      { count, dataRoom: BUFFER_ROOM, name: "vpmd-fwd", ringRoom },
+      log,
+    );
     for (let i = 0; i < transports.length; i++) {
       const port = new Port(i, transports[i], { log });
       ports.push(port);

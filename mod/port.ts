@@ -403,9 +403,7 @@ export class Port {
       `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/${pool.kind}`;
     const old = this.#ringArea;
     if (old && old.key === key && (old.own || old.region === pool)) return old;
-    const pageSize = pageSizeOf(pool.kind);
-    const bytes = placeRings(this.#ringSizes(plan), layout, pageSize).end + CTRL_BUFFER_BYTES +
-      ZERO_HEADER_BYTES;
+    const bytes = ringAreaBytes(this.#ringSizes(plan), layout, pageSizeOf(pool.kind));
     if (old?.own) old.region.close();
     this.#ringArea = null;
     const align = ringStartAlign(layout);
@@ -722,8 +720,13 @@ export function ringRoomFor(
     sizes.push([NetQueue.tx(q), size(cfg.txd, NetQueue.tx(0))]);
   }
   sizes.push([NetQueue.ctrl(queues), CTRL_RING]);
-  return placeRings(sizes, t.ringLayout, pageSizeOf(kind)).end + CTRL_BUFFER_BYTES +
-    ZERO_HEADER_BYTES + ringStartAlign(t.ringLayout);
+  // The area may start up to one alignment step past the pool's next free byte.
+  return ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind)) + ringStartAlign(t.ringLayout);
+}
+
+/** Bytes of a ring area: the rings as `placeRings` lays them out, the control buffer, the zero header. */
+function ringAreaBytes(sizes: [number, number][], layout: RingLayout, pageSize: number): number {
+  return placeRings(sizes, layout, pageSize).end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES;
 }
 
 /**

@@ -54,6 +54,7 @@ export function writeAnnounce(out: Uint8Array, off: number, mac: Uint8Array): nu
 export interface AnnouncePort {
   readonly mac: Uint8Array;
   txBurst(queue: number, pkts: Uint32Array, n: number): number;
+  txIdle(queue: number): void;
 }
 
 /**
@@ -67,7 +68,10 @@ export function sendAnnounce(port: AnnouncePort, pool: MbufPool): string | null 
   pool.dataLen[m] = len;
   pool.pktLen[m] = len;
   const pkts = Uint32Array.of(m);
-  if (port.txBurst(0, pkts, 1) === 1) return null;
+  if (port.txBurst(0, pkts, 1) === 1) {
+    port.txIdle(0); // nothing follows it: the notification check in full (Port.txIdle)
+    return null;
+  }
   pool.free(m);
   return "the TX ring is full or the port is stopped";
 }

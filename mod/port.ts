@@ -527,16 +527,32 @@ export class Port {
     this.#ringArea = null;
   }
 
-  /** Receive up to `max` frames on `queue` into `pkts` (mbuf numbers); 0 when stopped. */
+  /**
+   * Receive up to `max` frames on `queue` into `pkts` (mbuf numbers); 0 when stopped. Poll it:
+   * an empty poll also finishes the notification check of the last burst that posted buffers
+   * (mod/virtio/split_ring.ts).
+   */
   rxBurst(queue: number, pkts: Uint32Array, max: number): number {
     const rx = this.#rx[queue];
     return rx === undefined ? 0 : rx.burst(pkts, max);
   }
 
-  /** Send `pkts[0..n)` on `queue`; returns how many were taken (0 when stopped). */
+  /**
+   * Send `pkts[0..n)` on `queue`; returns how many were taken (0 when stopped). With n = 0 it
+   * takes back frames the device has finished with, and does what `txIdle` does.
+   */
   txBurst(queue: number, pkts: Uint32Array, n: number): number {
     const tx = this.#tx[queue];
     return tx === undefined ? 0 : tx.burst(pkts, n);
+  }
+
+  /**
+   * Nothing to send on `queue` now: finish the notification check of the last burst that sent
+   * (mod/virtio/split_ring.ts). Poll it when there is nothing to send, as the forwarding engines
+   * do, or a device that turned notifications on just then may wait for the last burst's.
+   */
+  txIdle(queue: number): void {
+    this.#tx[queue]?.idle();
   }
 
   /**

@@ -157,7 +157,10 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
   }
   return () => {
     const n = port.rxBurst(0, pkts, BURST);
-    if (n === 0) return 0;
+    if (n === 0) {
+      port.txIdle(0);
+      return 0;
+    }
     const k = port.txBurst(0, pkts, n);
     for (let i = k; i < n; i++) pool.free(pkts[i]);
     return n;

@@ -277,6 +277,42 @@ Deno.test("ring layout: descriptors, chains and event fields are little-endian a
   }
 });
 
+Deno.test("ring: a burst's publish that finds notifications off is settled by a fenced look", () => {
+  const region = DmaRegion.create({ size: 65536, kind: "anon" });
+  try {
+    const ring = new SplitRing(1, 8, region, 0, SEPARATE);
+    const dv = new DataView(region.buffer);
+    const availIdx = () => dv.getUint16(ring.memory.availOffset + 2, true);
+    const setUsedFlags = (f: number) => dv.setUint16(ring.memory.usedOffset, f, true);
+    // The device wants notifications: the publish says so and leaves nothing to settle.
+    assert.equal(ring.publishBurst(0, 0x1_0003, false), true);
+    assert.equal(availIdx(), 3);
+    assert.equal(ring.unsettled, false);
+    // Notifications off: no notification now, but the look was not fenced.
+    setUsedFlags(Used.F_NO_NOTIFY);
+    assert.equal(ring.publishBurst(3, 5, false), false);
+    assert.equal(availIdx(), 5);
+    assert.equal(ring.unsettled, Deno.build.arch === "x86_64");
+    // The device turned them on meanwhile: the fenced look finds it, and leaves the index alone.
+    setUsedFlags(0);
+    assert.equal(ring.settle(), true);
+    assert.equal(ring.unsettled, false);
+    assert.equal(availIdx(), 5);
+    // Still off at the fenced look: nothing to do.
+    setUsedFlags(Used.F_NO_NOTIFY);
+    ring.publishBurst(5, 6, false);
+    assert.equal(ring.settle(), false);
+    // EVENT_IDX (avail_event 10): the fenced publish decides alone.
+    dv.setUint16(ring.memory.usedOffset + 4 + 8 * 8, 10, true);
+    assert.equal(ring.publishBurst(8, 12, true), true);
+    assert.equal(ring.publishBurst(12, 14, true), false);
+    assert.equal(ring.unsettled, false);
+    assert.equal(availIdx(), 14);
+  } finally {
+    region.close();
+  }
+});
+
 Deno.test("rx queue: fill posts every buffer device-writable with room for header + data", () => {
   const s = setup(64);
   try {

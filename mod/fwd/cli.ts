@@ -331,6 +331,9 @@ async function forward(
     // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
     // drain only gives what is already in flight a short moment.
     const allSim = wires.every((w) => w !== null);
+    // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
+    // check (Port.txIdle) now, so the device sends what is queued.
+    reclaimSent(ports, o.queues);
     await loop.drain(
       DRAIN_QUIET_MS,
       allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5,
@@ -366,8 +369,8 @@ async function forward(
 }
 
 /**
- * Let every TX queue take back what the device has finished with (a burst of 0 frames only
- * reclaims), so that stopping the port counts as dropped only frames really still in flight.
+ * Let every TX queue take back what the device has finished with (a burst of 0 frames), so that
+ * stopping the port counts as dropped only frames really still in flight.
  */
 export function reclaimSent(ports: Port[], queues: number): void {
   const none = new Uint32Array(0);

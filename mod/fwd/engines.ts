@@ -61,6 +61,12 @@ function send(s: Stream, pool: MbufPool, n: number): number {
   return k;
 }
 
+/** Nothing received: let the TX queue finish its last notification check (Port.txIdle). */
+function idle(s: Stream): number {
+  s.tx.txIdle(s.queue);
+  return 0;
+}
+
 /** Drop runts (no room for two MAC addresses) from `pkts[0..n)`; returns the new count. */
 function dropRunts(s: Stream, pool: MbufPool, n: number): number {
   const pkts = s.pkts;
@@ -83,7 +89,8 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
     case "io":
       return (s) => {
         const n = s.rx.rxBurst(s.queue, s.pkts, burst);
-        if (n > 0) send(s, pool, n);
+        if (n === 0) return idle(s);
+        send(s, pool, n);
         return n;
       };
     case "rxonly":
@@ -95,7 +102,7 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
     case "macswap":
       return (s) => {
         const got = s.rx.rxBurst(s.queue, s.pkts, burst);
-        if (got === 0) return 0;
+        if (got === 0) return idle(s);
         const n = dropRunts(s, pool, got);
         const pkts = s.pkts;
         const halves = pool.region.u16;
@@ -147,7 +154,7 @@ function macEngine(opts: EngineOptions): Engine {
   const words = pool.region.u32;
   return (s) => {
     const got = s.rx.rxBurst(s.queue, s.pkts, burst);
-    if (got === 0) return 0;
+    if (got === 0) return idle(s);
     const n = dropRunts(s, pool, got);
     let a = addrs[s.tx.id];
     if (a === undefined) {

@@ -252,6 +252,13 @@ export class SimDevice {
     q?.kick();
   }
 
+  /** Queue `index` goes to sleep unaware of the driver's last publish (DeviceQueue.sleepUnaware). */
+  sleepUnaware(index: number): void {
+    const q = index % 2 === 0 ? this.#rx[index >> 1] : this.#tx[index >> 1];
+    if (q === null || q === undefined) throw new Error(`queue ${index} is not set up`);
+    q.sleepUnaware();
+  }
+
   /** Translate [iova, iova+len) into `#mapU8`/`#mapOff`; false when outside every region. */
   #map(iova: number, len: number): boolean {
     const rs = this.#regions;

@@ -106,6 +106,17 @@ export class DeviceQueue {
     if (this.#eventIdx) this.u16[this.#availEvent16] = this.lastAvail;
   }
 
+  /**
+   * Go to sleep as a device does that read avail.idx just before the driver's last store of it
+   * reached its core: it asks for a kick and works on the queue only after one, unaware of what
+   * the driver published last (notify mode). The race the driver's notification check must
+   * survive (2.7.7.2), which a single-threaded simulation does not meet by itself.
+   */
+  sleepUnaware(): void {
+    if (!this.#notifyMode) throw new Error(`queue ${this.index}: sleepUnaware needs notify mode`);
+    this.#sleep();
+  }
+
   /** The driver notified this queue. */
   kick(): void {
     this.kicks++;

@@ -5,9 +5,23 @@
  * queues decide what goes in them.
  *
  * Every field is reached through the region's cached `u16`/`u32` views at an element index
- * computed once here, so the burst loops do plain typed-array accesses. The only ordered accesses
- * are `loadUsedIdx` (Atomics.load) and `publishAvail` (Atomics.store, a full barrier here); an
- * empty poll stops at `peekUsedIdx`, a plain load.
+ * computed once here, so the burst loops do plain typed-array accesses. The ordered accesses are
+ * `loadUsedIdx` (Atomics.load), `publishAvail` and `settle` (Atomics.store: a full barrier, an
+ * `xchg` on x86-64); an empty poll stops at `peekUsedIdx`, a plain load.
+ *
+ * A burst publishes with `publishBurst`, which on x86-64 is a plain store: x86-64 makes stores
+ * visible in program order, so the ring entries written before avail.idx are visible before it
+ * (the release order 2.7.13.3 asks for), and V8 keeps typed-array stores in program order. What a
+ * plain store leaves out is the full barrier between it and the load of used.flags that decides
+ * whether to notify (2.7.7.2): without it, a device that turns notifications on at that moment
+ * and then reads avail.idx may see the old index and wait for a kick, while the driver reads the
+ * old flags and sends none. So a publish that found notifications off leaves the ring
+ * `unsettled`, and the next burst on the queue that publishes nothing (an empty poll, a transmit
+ * of 0 packets) takes the fenced look (`settle`) and notifies if the device asks by then. In a
+ * steady stream no burst waits for the barrier: it waits for every store still in flight, here
+ * descriptor lines the device's core holds, and cost 7-10 % of the rate against DPDK's vhost
+ * (mac loop, tx-only, rx-only; README, "Measured"). Elsewhere than x86-64 the publish stays an
+ * ordered store.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory, RingLayout } from "../transport/transport.ts";
@@ -20,6 +34,9 @@ export interface RingParts {
   used: number;
   bytes: number;
 }
+
+/** x86-64 (TSO) makes stores visible in program order: a plain store is a release store there. */
+const STORES_IN_ORDER = Deno.build.arch === "x86_64";
 
 function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -77,6 +94,11 @@ export class SplitRing {
   readonly usedIdx16: number;
   readonly usedRing32: number;
   readonly availEvent16: number;
+  /**
+   * `publishBurst` found notifications off without a barrier before looking: `settle` looks
+   * again behind one.
+   */
+  unsettled = false;
 
   /**
    * A ring of `size` entries for queue `index` at byte `offset` of `region` (reserved by the
@@ -164,6 +186,39 @@ export class SplitRing {
   /** Make avail.ring entries before `idx` visible to the device (2.7.13.3, ordered store). */
   publishAvail(idx: number): void {
     Atomics.store(this.u16, this.availIdx16, idx & 0xffff);
+  }
+
+  /**
+   * Publish avail.idx at the end of a burst (from `oldIdx` to `newIdx`) and tell whether the
+   * device wants a notification (2.7.7.2). Without EVENT_IDX and on x86-64 this is a plain store
+   * and an unfenced look at used.flags (see the module comment; `settle` finishes it); with
+   * EVENT_IDX, whose check depends on the entries published, the fenced `publishAvail`.
+   */
+  publishBurst(oldIdx: number, newIdx: number, eventIdx: boolean): boolean {
+    const u16 = this.u16;
+    if (eventIdx || !STORES_IN_ORDER) {
+      Atomics.store(u16, this.availIdx16, newIdx & 0xffff);
+      return this.needsKick(oldIdx, newIdx, eventIdx);
+    }
+    u16[this.availIdx16] = newIdx & 0xffff;
+    if ((u16[this.usedFlags16] & Used.F_NO_NOTIFY) === 0) {
+      this.unsettled = false;
+      return true;
+    }
+    this.unsettled = true;
+    return false;
+  }
+
+  /**
+   * The fenced look at used.flags that `publishBurst` left out: true when the device wants a
+   * notification now (one that is not needed is harmless: the device finds nothing new). For a
+   * burst that publishes nothing while the ring is `unsettled`.
+   */
+  settle(): boolean {
+    this.unsettled = false;
+    const u16 = this.u16;
+    Atomics.store(u16, this.availIdx16, u16[this.availIdx16]); // the barrier; the index stays
+    return (Atomics.load(u16, this.usedFlags16) & Used.F_NO_NOTIFY) === 0;
   }
 
   /**

@@ -230,7 +230,7 @@ export class TxQueue {
    * Send `pkts[0..n)`; returns how many were taken (the ring may fill up). Taken packets belong to
    * the queue (freed when the device is done). A malformed packet (no room for the header or a
    * VLAN tag, a segment outside its buffer) is taken, freed and counted in txErrors. A burst of
-   * 0 packets only reclaims.
+   * 0 packets reclaims and does what `idle` does.
    */
   burst(pkts: Uint32Array, n: number): number {
     let reclaimed = n === 0 || this.#freeCount + 2 * this.#pairCount < this.#reclaimBelow;
@@ -433,8 +433,9 @@ export class TxQueue {
     this.#pairHead = pairHead;
     if (availIdx !== oldAvail) {
       this.#availIdx = availIdx & 0xffff;
-      ring.publishAvail(availIdx);
-      if (ring.needsKick(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);
+      if (ring.publishBurst(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);
+    } else {
+      this.idle(); // nothing published (0 packets, or the ring is full)
     }
     const s = this.stats;
     const t = this.#totals;
@@ -449,6 +450,17 @@ export class TxQueue {
       t.txDropped += errors;
     }
     return taken;
+  }
+
+  /**
+   * Nothing to send now: take the fenced notification check the last publish left out
+   * (split_ring.ts, `settle`) and notify if the device asks by now. A poll-mode caller calls this
+   * (or `burst` with 0 packets) when it has nothing to send, or the device may wait for a
+   * notification of the last burst.
+   */
+  idle(): void {
+    const ring = this.ring;
+    if (ring.unsettled && ring.settle()) this.#transport.notify(ring.index);
   }
 
   /**

@@ -454,13 +454,16 @@ export class TxQueue {
 
   /**
    * Nothing to send now: take the fenced notification check the last publish left out
-   * (split_ring.ts, `settle`) and notify if the device asks by now. A poll-mode caller calls this
-   * (or `burst` with 0 packets) when it has nothing to send, or the device may wait for a
-   * notification of the last burst.
+   * (split_ring.ts, `settle`) and notify if the device asks by now, unless it has used every
+   * chain published (then it saw them all). A poll-mode caller calls this (or `burst` with 0
+   * packets) when it has nothing to send, or the device may wait for a notification of the last
+   * burst.
    */
   idle(): void {
     const ring = this.ring;
-    if (ring.unsettled && ring.settle()) this.#transport.notify(ring.index);
+    if (ring.unsettled && ring.settle() && ring.loadUsedIdx() !== this.#availIdx) {
+      this.#transport.notify(ring.index);
+    }
   }
 
   /**

@@ -212,6 +212,8 @@ interface TxTemplate {
   ipBaseSum: number;
   /** The template's words W_ID, W_CSUM, W_SEQ, W_SEQ + 1 with the patched halves zero. */
   keep: Uint32Array;
+  /** A one-segment 64-byte frame as 8 doubles, when none is a NaN pattern; else null. */
+  f64: Float64Array | null;
   seq: number;
 }
 
@@ -252,7 +254,9 @@ function buildTemplate(
     w[W_SEQ] & 0xffff,
     w[W_SEQ + 1] & 0xffff0000,
   );
-  return { segs, segWords, patchSeg, patchOff, ipBaseSum: sum, keep, seq };
+  const f = new Float64Array(frame.buffer, 0, total >>> 3);
+  const f64 = lengths.length === 1 && total === 64 && !f.some(Number.isNaN) ? f : null;
+  return { segs, segWords, patchSeg, patchOff, ipBaseSum: sum, keep, f64, seq };
 }
 
 /** Check txonly segment lengths: each at least 1 and at most `dataRoom`, total at least 60. */
@@ -327,6 +331,7 @@ function txonlyEngine(opts: EngineOptions): Engine {
   const nbSegs = pool.nbSegs;
   const headroom = pool.headroom;
   const words = pool.region.u32;
+  const f64 = pool.region.f64;
   const single = nseg === 1;
   const templates: (TxTemplate | undefined)[] = [];
   const chain = new Int32Array(nseg);
@@ -370,7 +375,24 @@ function txonlyEngine(opts: EngineOptions): Engine {
         nbSegs[m] = 1;
         flags[m] = 0;
         const q = bufOff[m] + headroom;
-        copySegment(pool, t.segs[0], t.segWords[0], q);
+        const tf = t.f64;
+        if (tf !== null && (q & 7) === 0) {
+          // Eight 8-byte stores written out: the forwarder's txonly ran 1.20 times as fast as
+          // with copySegment's word loop (bench-ab --front fwd, 6 paired runs). A double that is
+          // a NaN pattern might be quieted on its way (V8 tiers differ), so such frames take
+          // the word copy (buildTemplate).
+          const d = q >>> 3;
+          f64[d] = tf[0];
+          f64[d + 1] = tf[1];
+          f64[d + 2] = tf[2];
+          f64[d + 3] = tf[3];
+          f64[d + 4] = tf[4];
+          f64[d + 5] = tf[5];
+          f64[d + 6] = tf[6];
+          f64[d + 7] = tf[7];
+        } else {
+          copySegment(pool, t.segs[0], t.segWords[0], q);
+        }
         const seq = t.seq;
         t.seq = (seq + 1) >>> 0;
         const cs = ipChecksum(t, seq);

@@ -35,6 +35,7 @@ function rig(
     burst?: number;
     headroom?: number;
     txSeqStart?: number;
+    poolCount?: number;
   } = {},
 ): Rig {
   const sims: SimTransport[] = [];
@@ -48,7 +49,11 @@ function rig(
   };
   try {
     for (const s of specs) sims.push(openTransport(s) as SimTransport);
-    pool = new MbufPool({ count: 4096, kind: sims[0].dmaKinds[0], headroom: opts.headroom });
+    pool = new MbufPool({
+      count: opts.poolCount ?? 4096,
+      kind: sims[0].dmaKinds[0],
+      headroom: opts.headroom,
+    });
     for (let i = 0; i < sims.length; i++) {
       const port = new Port(i, sims[i], { log: () => {} });
       ports.push(port);
@@ -263,6 +268,22 @@ Deno.test("fwd txonly: one-segment frames, word and byte patches, sequence numbe
 // in optimized code as well; the word copy is for the tiers that would not.)
 Deno.test("fwd txonly: a frame template holding a NaN pattern is copied exactly", async () => {
   await txonly([64], 128, 0, "sim:t,gen=off,mac=f2:ff:00:00:00:01");
+});
+
+// All free buffers fit in the TX ring: the engine finds the pool empty and must take buffers back
+// from the ring itself (a burst of 0), or it stops for good.
+Deno.test("fwd txonly: a pool that the TX ring can empty keeps going", async () => {
+  const r = rig("txonly", ["sim:t,gen=off"], { burst: 8, poolCount: 256 + 40 });
+  try {
+    const free = r.pool.available;
+    assert.ok(free > 0 && free < 64, `${free} buffers free after the RX ring took its own`);
+    await runUntil(r, 0, 1000);
+    assert.ok(r.sent[0].length >= 1000, `only ${r.sent[0].length} frames at the wire`);
+    const acc = accountFrames("txonly", await finish(r, "txonly"))!;
+    assert.ok(acc.ok, acc.message);
+  } finally {
+    r.close();
+  }
 });
 
 Deno.test("fwd rxonly: receives and frees everything (pool conservation)", async () => {

@@ -430,7 +430,12 @@ function txonlyEngine(opts: EngineOptions): Engine {
         pkts[n] = head;
       }
     }
-    if (n === 0) return 0;
+    if (n === 0) {
+      // No free buffer: they are all in flight. A burst of 0 takes back what the device finished
+      // and its last notification check (Port.txIdle).
+      s.tx.txBurst(s.queue, pkts, 0);
+      return 0;
+    }
     return send(s, pool, n);
   };
 }

@@ -106,10 +106,21 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
         const n = dropRunts(s, pool, got);
         const pkts = s.pkts;
         const halves = pool.region.u16;
+        const words = pool.region.u32;
         for (let i = 0; i < n; i++) {
           const m = pkts[i];
           const d = bufOff[m] + dataOff[m];
-          if ((d & 1) === 0) {
+          if ((d & 3) === 0) {
+            // The 12 address bytes as three words, rotated by half a word: dst = bytes 0-5,
+            // src = bytes 6-11 (little-endian words: byte 0 is the low byte of word 0).
+            const w = d >>> 2;
+            const w0 = words[w];
+            const w1 = words[w + 1];
+            const w2 = words[w + 2];
+            words[w] = (w1 >>> 16) | (w2 << 16);
+            words[w + 1] = (w2 >>> 16) | (w0 << 16);
+            words[w + 2] = (w0 >>> 16) | (w1 << 16);
+          } else if ((d & 1) === 0) {
             // Three 16-bit halves each way (received frames start at an even offset).
             const h = d >>> 1;
             const t0 = halves[h];

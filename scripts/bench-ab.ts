@@ -23,6 +23,7 @@
 import { parseArgs } from "cli-args";
 import { coreCycles, Testpmd } from "../tests/lib/testpmd.ts";
 import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
+import { childArgs, pinnedDeno } from "./command.ts";
 import { median } from "./median.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -51,30 +52,17 @@ const sock = `/tmp/vpmd-ab-${Deno.pid}.sock`;
 const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : "mac";
 /** The front-end command for a tree. */
 const frontArgs = (tree: string): string[] =>
-  child
-    ? [
-      `${tree}/scripts/bench-vhost.ts`,
-      "--child",
-      "--test",
-      mode,
-      "--path",
-      sock,
-      "--seconds",
-      "4.5",
-      "--mrg",
-      "1",
-    ]
-    : [
-      `${tree}/main.ts`,
-      "fwd",
-      `vhost-user:${sock}`,
-      "--mode",
-      mode,
-      "--duration",
-      "4.5",
-      "--stats-period",
-      "0",
-    ];
+  child ? childArgs(`${tree}/scripts/bench-vhost.ts`, mode, sock, 4.5, ["--mrg", "1"]) : [
+    `${tree}/main.ts`,
+    "fwd",
+    `vhost-user:${sock}`,
+    "--mode",
+    mode,
+    "--duration",
+    "4.5",
+    "--stats-period",
+    "0",
+  ];
 /** DPDK's virtio_user testpmd as the front-end, forwarding. */
 async function startDpdk(inOrder: string): Promise<Testpmd> {
   const front = await startDpdkFront({
@@ -119,7 +107,7 @@ try {
         : null;
       const fwd = dpdk === null
         ? new Deno.Command("taskset", {
-          args: ["-c", "0", Deno.execPath(), "run", "-A", ...frontArgs(tree)],
+          args: pinnedDeno(frontArgs(tree)),
           stdout: "null",
           stderr: "piped",
         }).spawn()

@@ -31,6 +31,7 @@ import type { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import { coreCycles, type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
+import { childArgs, pinnedDeno } from "./command.ts";
 import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { median } from "./median.ts";
 
@@ -316,26 +317,15 @@ async function runVpmd(
   await prepareVhost(vhost, test);
   const total = seconds + 1.5;
   const child = new Deno.Command("taskset", {
-    args: [
-      "-c",
-      "0",
-      Deno.execPath(),
-      "run",
-      "-A",
-      new URL(import.meta.url).pathname,
-      "--child",
-      "--test",
-      test,
-      "--path",
-      sock,
-      "--seconds",
-      String(total),
-      "--mrg",
-      mrg,
-      "--in-order",
-      inOrder,
-      ...(busy ? ["--busy"] : []),
-    ],
+    args: pinnedDeno(
+      childArgs(new URL(import.meta.url).pathname, test, sock, total, [
+        "--mrg",
+        mrg,
+        "--in-order",
+        inOrder,
+        ...(busy ? ["--busy"] : []),
+      ]),
+    ),
     stdout: "piped",
     stderr: "piped",
   }).spawn();

@@ -20,7 +20,7 @@
  * scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
-import { run } from "./command.ts";
+import { childArgs, pinnedDeno, run } from "./command.ts";
 import { Testpmd } from "../tests/lib/testpmd.ts";
 import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 
@@ -167,21 +167,7 @@ try {
       }
     } else {
       const child = new Deno.Command("taskset", {
-        args: [
-          "-c",
-          "0",
-          Deno.execPath(),
-          "run",
-          "-A",
-          `${front}/scripts/bench-vhost.ts`,
-          "--child",
-          "--test",
-          mode,
-          "--path",
-          sock,
-          "--seconds",
-          String(seconds + 4),
-        ],
+        args: pinnedDeno(childArgs(`${front}/scripts/bench-vhost.ts`, mode, sock, seconds + 4)),
         stdout: "null",
         stderr: "inherit",
       }).spawn();

@@ -2,7 +2,7 @@
  * vpmd from two or more trees against one DPDK vhost testpmd, interleaved: A/B tests of driver or
  * engine changes.
  *
- *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] TREE...
+ *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] [--busy] TREE...
  *
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
  * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf=1, in_order=1, what vpmd
@@ -17,7 +17,9 @@
  * over 2 s in the middle of each 4.5 s run. Each run also prints the vhost lcore's busy cycles
  * per packet (`--record-core-cycles`) and the share of its time that cost takes at the measured
  * rate: near 100 % the vhost side sets the rate, and the front-end's way of using the rings shows
- * as the vhost's cost per packet. Then the median per tree and the median of each repetition's
+ * as the vhost's cost per packet. `--busy` (child front only) adds the front-end's busy ns per
+ * packet, measured as bench-vhost.ts's busy runs do (vpmd's timed loop, DPDK's
+ * `--record-core-cycles`). Then the median per tree and the median of each repetition's
  * ratio to the first tree. Needs scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
@@ -35,15 +37,18 @@ const { values, positionals: trees } = parseArgs({
     front: { type: "string", default: "fwd" },
     mode: { type: "string", default: "txonly" },
     reps: { type: "string", default: "4" },
+    busy: { type: "boolean", default: false },
   },
 });
 const mode = values.mode!;
 const child = values.front === "child";
+/** Also report the front-end's busy ns/packet (child front only; see bench-vhost.ts). */
+const busy = values.busy! && child;
 const modes = child ? ["txonly", "loop", "rxonly"] : ["txonly", "io", "mac", "macswap"];
 if (!["fwd", "child"].includes(values.front!) || !modes.includes(mode) || trees.length === 0) {
   console.error(
     "usage: bench-ab.ts [--front fwd|child] [--mode txonly|io|mac|macswap (fwd), " +
-      "txonly|loop|rxonly (child)] [--reps N] TREE...",
+      "txonly|loop|rxonly (child)] [--reps N] [--busy (child)] TREE...",
   );
   Deno.exit(2);
 }
@@ -52,17 +57,23 @@ const sock = `/tmp/vpmd-ab-${Deno.pid}.sock`;
 const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : "mac";
 /** The front-end command for a tree. */
 const frontArgs = (tree: string): string[] =>
-  child ? childArgs(`${tree}/scripts/bench-vhost.ts`, mode, sock, 4.5, ["--mrg", "1"]) : [
-    `${tree}/main.ts`,
-    "fwd",
-    `vhost-user:${sock}`,
-    "--mode",
-    mode,
-    "--duration",
-    "4.5",
-    "--stats-period",
-    "0",
-  ];
+  child
+    ? childArgs(`${tree}/scripts/bench-vhost.ts`, mode, sock, 4.5, [
+      "--mrg",
+      "1",
+      ...(busy ? ["--busy"] : []),
+    ])
+    : [
+      `${tree}/main.ts`,
+      "fwd",
+      `vhost-user:${sock}`,
+      "--mode",
+      mode,
+      "--duration",
+      "4.5",
+      "--stats-period",
+      "0",
+    ];
 /** DPDK's virtio_user testpmd as the front-end, forwarding. */
 async function startDpdk(inOrder: string): Promise<Testpmd> {
   const front = await startDpdkFront({
@@ -71,6 +82,7 @@ async function startDpdk(inOrder: string): Promise<Testpmd> {
     devargs: sameFeatures("1", 256, inOrder),
     burst: 32,
     ring: 256,
+    app: busy ? ["--record-core-cycles"] : [],
   });
   await front.cmd("start");
   return front;
@@ -95,6 +107,7 @@ const vhost = await Testpmd.start({
 });
 const rates = new Map<string, number[]>(trees.map((t: string) => [t, []]));
 const vhostCycles = new Map<string, number[]>(trees.map((t: string) => [t, []]));
+const frontBusy = new Map<string, number[]>(trees.map((t: string) => [t, []]));
 try {
   for (let r = 0; r < Number(values.reps); r++) {
     for (const tree of r % 2 ? [...trees].reverse() : trees) {
@@ -108,12 +121,13 @@ try {
       const fwd = dpdk === null
         ? new Deno.Command("taskset", {
           args: pinnedDeno(frontArgs(tree)),
-          stdout: "null",
+          stdout: "piped",
           stderr: "piped",
         }).spawn()
         : null;
       let mpps: number;
       let cost: VhostCost;
+      let busyNs = NaN;
       try {
         await sleep(dpdk === null ? 1200 : 500); // connected and started
         if (vhostMode === "mac") await vhost.cmd("start tx_first 32");
@@ -125,6 +139,10 @@ try {
         const moved = vhostMode === "txonly" ? b.opackets - a.opackets : b.ipackets - a.ipackets;
         mpps = moved / ((performance.now() - t0) / 1000) / 1e6;
         cost = vhostCost(await vhost.cmd("stop"), mpps);
+        const c = dpdk !== null && busy
+          ? coreCycles(await dpdk.cmd("stop", /Done\.|testpmd> /))
+          : null;
+        if (c !== null) busyNs = c.perPacket / (c.mhz / 1000);
       } finally {
         await dpdk?.stop();
       }
@@ -132,11 +150,18 @@ try {
       if (done !== undefined && !done.success) {
         throw new Error(`${tree}: vpmd failed: ${new TextDecoder().decode(done.stderr)}`);
       }
+      if (done !== undefined && busy) {
+        // The child's last stdout line is its result (bench-vhost.ts, ChildResult).
+        const last = new TextDecoder().decode(done.stdout).trim().split("\n").pop()!;
+        busyNs = JSON.parse(last).busyNsPerPacket ?? NaN;
+      }
+      if (busy) frontBusy.get(tree)!.push(busyNs);
       rates.get(tree)!.push(mpps);
       vhostCycles.get(tree)!.push(cost.cycles);
       console.log(
         `rep ${r + 1} ${tree}: ${mpps.toFixed(2)} Mpps, vhost ${cost.cycles.toFixed(1)} ` +
-          `cycles/packet (${(100 * cost.busy).toFixed(0)} % busy)`,
+          `cycles/packet (${(100 * cost.busy).toFixed(0)} % busy)` +
+          (busy ? `, front-end busy ${busyNs.toFixed(1)} ns/packet` : ""),
       );
     }
   }
@@ -148,6 +173,7 @@ for (const [tree, xs] of rates) {
   const paired = median(xs.map((x, i) => x / first[i]));
   console.log(
     `${tree}: median ${median(xs).toFixed(2)} Mpps, paired vs first ${paired.toFixed(3)}, ` +
-      `vhost median ${median(vhostCycles.get(tree)!).toFixed(1)} cycles/packet`,
+      `vhost median ${median(vhostCycles.get(tree)!).toFixed(1)} cycles/packet` +
+      (busy ? `, front-end busy median ${median(frontBusy.get(tree)!).toFixed(1)} ns/packet` : ""),
   );
 }

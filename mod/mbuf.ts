@@ -41,6 +41,12 @@ export const MbufFlag = {
   VLAN_STRIPPED: 1,
   /** Insert `vlanTci[m]` as an 802.1Q tag on transmit. */
   VLAN_INSERT: 2,
+  /**
+   * The bytes just before the data hold the header a device wrote on receive with MRG_RXBUF
+   * (num_buffers is at least 1, so they are not zero): a TX queue sends the frame behind a zero
+   * header of its own without reading them (tx_queue.ts).
+   */
+  DEVICE_HEADER: 4,
 } as const;
 
 /** Sentinel for "no next segment" / "no buffer". */

@@ -1,7 +1,8 @@
 /**
  * The driver against a misbehaving simulated device (`sim:NAME,evil=MODE`, every 7th received
  * frame wrong): it counts an error, drops the frame, never throws out of the burst loop, keeps
- * forwarding the good frames with correct content, and gets every buffer back at stop.
+ * forwarding the good frames with correct content, and gets every buffer back at stop. (A bad
+ * num_buffers in a buffer with room left is not seen: such a buffer is a whole frame.)
  */
 import assert from "assert";
 import { buildStreams, reclaimSent } from "../mod/fwd/cli.ts";
@@ -57,7 +58,14 @@ for (const mode of EVIL_MODES) {
           assert.ok(good.device.batchedEntries > 0, "and on the TX side");
         }
         assert.equal(evil.device.needsReset, false, "the device itself saw nothing wrong");
-        assert.ok(s.rxErrors > 0, `rxErrors ${s.rxErrors}`);
+        if (mode === "bad-num-buffers" && !v.mtu) {
+          // Every frame fits its buffer with room left, so it is whole (5.1.6.4.1) and the
+          // driver does not read num_buffers: the bad counts go unnoticed, nothing is lost.
+          assert.equal(s.rxErrors, 0);
+          assert.equal(s.rxPackets, evil.wire.counters.delivered);
+        } else {
+          assert.ok(s.rxErrors > 0, `rxErrors ${s.rxErrors}`);
+        }
         assert.ok(s.rxPackets > 100, `good frames still received: ${s.rxPackets}`);
         // Most frames are good: at most a few frames lost per bad entry.
         assert.ok(

@@ -34,7 +34,7 @@
  * path: DPDK's vhost writes every entry) and the next bursts read that copy, so the loops below
  * see one entry per buffer either way.
  */
-import { type MbufPool, NONE } from "../mbuf.ts";
+import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
 import { Avail, Desc, NetHdr } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
@@ -109,6 +109,8 @@ export class RxQueue {
   #expandedEnd = -1;
   /** In order: a burst stopped at an entry not in its place; expand from `#lastUsed`. */
   #mustExpand = false;
+  /** Mergeable: an entry was bad; read num_buffers of every buffer until a frame checks out. */
+  #resync = false;
 
   constructor(o: RxQueueOptions) {
     this.ring = o.ring;
@@ -404,6 +406,8 @@ export class RxQueue {
     const flags = pool.flags;
     const portArr = pool.port;
     const portId = this.#portId;
+    const DEVICE_HEADER = MbufFlag.DEVICE_HEADER;
+    let resync = this.#resync;
     const oldAvail = this.#availIdx;
     const lastPublished = oldAvail - 1;
     let availIdx = oldAvail;
@@ -428,6 +432,7 @@ export class RxQueue {
         }
         used = (used + 1) & 0xffff;
         errors++; // as in #burstOne: repost what stood at this position
+        resync = true;
         const lost = u16[availRing + ((used - 1) & mask)];
         if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
           u16[availRing + (availIdx & mask)] = lost;
@@ -436,11 +441,18 @@ export class RxQueue {
         continue;
       }
       used = (used + 1) & 0xffff;
-      // num_buffers (le16): one u16 load when it sits at an even offset (buffers are 64-byte
-      // aligned, so whenever the headroom is even).
+      // num_buffers (le16), read only from a full buffer: a frame spread over buffers fills all
+      // but its last (5.1.6.4.1), so a first buffer with room left is the whole frame. The
+      // header's line is then left in the device's cache; the TX queue does not read it either
+      // (DEVICE_HEADER). After an error it is read from every buffer until a frame checks out:
+      // the entries after a bad one may be the rest of its frame, buffers without a header.
+      // One u16 load when it sits at an even offset (buffers are 64-byte aligned, so whenever
+      // the headroom is even).
       const nbAt = bufOff[buf[id]] + numBuffersOff;
       const nb = len < hdr
         ? 0
+        : len < postLen && !resync
+        ? 1
         : evenNb
         ? words16[nbAt >>> 1]
         : bytesArr[nbAt] | (bytesArr[nbAt + 1] << 8);
@@ -448,6 +460,7 @@ export class RxQueue {
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
+        resync = true;
         u16[availRing + (availIdx & mask)] = id;
         postedAt[id] = availIdx++;
         continue;
@@ -474,9 +487,10 @@ export class RxQueue {
         dataLen[m] = l;
         pktLen[m] = l;
         nbSegs[m] = 1;
-        flags[m] = 0;
+        flags[m] = DEVICE_HEADER;
         portArr[m] = portId;
         pkts[n++] = m;
+        resync = false;
         bytes += l;
         continue;
       }
@@ -525,8 +539,10 @@ export class RxQueue {
         if (len > postLen || len === 0) bad = true;
       }
       if (bad || pool.available < taken) {
-        if (bad) errors++;
-        else noMbuf++;
+        if (bad) {
+          errors++;
+          resync = true;
+        } else noMbuf++;
         for (let k = 0; k < taken; k++) {
           u16[availRing + (availIdx & mask)] = segId[k];
           postedAt[segId[k]] = availIdx++;
@@ -553,12 +569,14 @@ export class RxQueue {
       }
       pktLen[head] = total;
       nbSegs[head] = taken;
-      flags[head] = 0;
+      flags[head] = DEVICE_HEADER;
       portArr[head] = portId;
       pkts[n++] = head;
+      resync = false;
       bytes += total;
     }
     this.#lastUsed = used;
+    this.#resync = resync;
     this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
     return n;
   }
@@ -614,6 +632,7 @@ export class RxQueue {
   release(): void {
     this.#expandedEnd = -1;
     this.#mustExpand = false;
+    this.#resync = false;
     const buf = this.#buf;
     for (let i = 0; i < buf.length; i++) {
       if (buf[i] !== NONE) this.pool.free(buf[i]);

@@ -22,7 +22,8 @@
  * has read are then fetched back at once, where writing each as it went waited for one line at a
  * time and held up every store behind it (the stores drain in order). A burst that keeps up writes
  * them as it goes: written together they cost the device more per packet in a vhost-bound phase
- * (always together: mac loop -5 % there, +14-19 % where vpmd was the bottleneck; A/B in README).
+ * (A/B against DPDK's vhost, mac loop: always together -5 % there; together when behind +27 % where
+ * vpmd was the bottleneck, -1 to -3 % vhost-bound; README, "Measured").
  *
  * The device is not trusted: every used entry is checked (id in range and held by the device,
  * length within what was posted, num_buffers within the entries that are there). A bad entry is

@@ -665,32 +665,28 @@ Deno.test("rx queue: mergeable buffers become one segment chain with exact conte
     s.pool.free(pkts[0]);
     s.pool.free(pkts[1]);
 
-    // A full buffer whose num_buffers is larger than the entries returned: error, buffer reused.
+    // The device returns the next buffer posted, `len` bytes used, num_buffers `nb` in its header.
     let used = ids.length + 2;
-    const head = s.rxDev.nextAvail();
-    const off = s.rxDev.poolOffset(s.rxDev.desc(head).addr);
-    s.pool.bytes[off + NetHdr.NUM_BUFFERS] = 200;
-    s.rxDev.putUsed(head, 12 + 512, used++);
+    const give = (nb: number, len: number) => {
+      const h = s.rxDev.nextAvail();
+      s.pool.bytes[s.rxDev.poolOffset(s.rxDev.desc(h).addr) + NetHdr.NUM_BUFFERS] = nb;
+      s.rxDev.putUsed(h, len, used++);
+    };
+    // A full buffer whose num_buffers is larger than the entries returned: error, buffer reused.
+    give(200, 12 + 512);
     s.rxDev.setUsedIdx(used);
     assert.equal(s.rx.burst(pkts, 8), 0);
     assert.equal(s.stats.rx.rxErrors, 1);
     // Right after an error a short buffer's num_buffers is read too (it may be the rest of the
     // bad frame): 200 is an error again.
-    const h2 = s.rxDev.nextAvail();
-    const off2 = s.rxDev.poolOffset(s.rxDev.desc(h2).addr);
-    s.pool.bytes[off2 + NetHdr.NUM_BUFFERS] = 200;
-    s.rxDev.putUsed(h2, 12 + 60, used++);
+    give(200, 12 + 60);
     s.rxDev.setUsedIdx(used);
     assert.equal(s.rx.burst(pkts, 8), 0);
     assert.equal(s.stats.rx.rxErrors, 2);
     // A good frame ends the resync; after it a buffer with room left is a whole frame
     // (5.1.6.4.1) and its num_buffers is not read: 200 there goes unnoticed.
-    const h3 = s.rxDev.nextAvail();
-    s.pool.bytes[s.rxDev.poolOffset(s.rxDev.desc(h3).addr) + NetHdr.NUM_BUFFERS] = 1;
-    s.rxDev.putUsed(h3, 12 + 60, used++);
-    const h4 = s.rxDev.nextAvail();
-    s.pool.bytes[s.rxDev.poolOffset(s.rxDev.desc(h4).addr) + NetHdr.NUM_BUFFERS] = 200;
-    s.rxDev.putUsed(h4, 12 + 61, used++);
+    give(1, 12 + 60);
+    give(200, 12 + 61);
     s.rxDev.setUsedIdx(used);
     assert.equal(s.rx.burst(pkts, 8), 2);
     assert.deepEqual([s.pool.pktLen[pkts[0]], s.pool.pktLen[pkts[1]]], [60, 61]);

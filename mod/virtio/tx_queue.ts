@@ -12,8 +12,9 @@
  * descriptors alone. A frame received with MRG_RXBUF (marked DEVICE_HEADER: its header holds
  * num_buffers) goes behind the zero header without its header area being read, and the RX queue
  * reads num_buffers only from full buffers, so in forwarding neither reads the header's line and
- * it stays in the device's cache (A/B, the mac loop against DPDK's vhost: vpmd's busy time
- * 28.3 against 31.3 ns/packet, 5 of 6 pairs; the rate, set by the vhost, unchanged). Measured against DPDK's vhost (A/B, pairs of runs in the same minute): the
+ * it stays in the device's cache (A/B, the mac loop against DPDK's vhost: vpmd's busy time 28.3
+ * against 31.3 ns/packet, 5 of 6 pairs; the rate, set by the vhost, unchanged). Measured against
+ * DPDK's vhost (A/B, pairs of runs in the same minute): the
  * zero header +20 % on the mac loop in one set of runs, mixed in a second; keeping the pairs a
  * further +1 to +11 % (the gain is largest while the machine is in its slow phase). Free
  * descriptors and free pairs are reused first in, first out: the device then reads the table in

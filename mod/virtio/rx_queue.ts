@@ -471,14 +471,12 @@ export class RxQueue {
       // the entries after a bad one may be the rest of its frame, buffers without a header.
       // One u16 load when it sits at an even offset (buffers are 64-byte aligned, so whenever
       // the headroom is even).
-      const nbAt = bufOff[buf[id]] + numBuffersOff;
-      const nb = len < hdr
-        ? 0
-        : len < postLen && !resync
-        ? 1
-        : evenNb
-        ? words16[nbAt >>> 1]
-        : bytesArr[nbAt] | (bytesArr[nbAt + 1] << 8);
+      let nb = 1;
+      if (len < hdr) nb = 0;
+      else if (len >= postLen || resync) {
+        const nbAt = bufOff[buf[id]] + numBuffersOff;
+        nb = evenNb ? words16[nbAt >>> 1] : bytesArr[nbAt] | (bytesArr[nbAt + 1] << 8);
+      }
       const left = (usedIdx - used) & 0xffff;
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.

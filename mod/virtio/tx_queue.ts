@@ -327,28 +327,27 @@ export class TxQueue {
       // Zero header just before the data (5.1.6.2: no offloads, num_buffers 0). Only the words
       // that are not zero yet are written: a buffer sent before still has a zero header, and an
       // unwritten line stays in the device's cache (A/B against DPDK's vhost: tx-only +11-22 %).
-      const h = bufOff[m] + off - hdr;
-      let split = false;
-      if (
-        (flags[m] & DEVICE_HEADER) !== 0 && segs === 1 && zeroLo >= 0 && nFree + 2 * nPairs >= 2
-      ) {
-        // Received with a header the device wrote: behind our zero header, its line unread.
-        // (flags[m] is loaded again: keeping `fl` live to here cost tx-only 3-5 %, A/B.)
-        split = true;
-      } else if ((h & 3) === 0 && hdr === 12) {
-        const w = h >>> 2;
-        if ((words[w] | words[w + 1] | words[w + 2]) !== 0) {
-          // A header someone wrote (a received frame carries num_buffers): rather than write
-          // its line, send the frame behind our own zero header (a header pair) when we can.
-          split = segs === 1 && zeroLo >= 0 && nFree + 2 * nPairs >= 2;
-          if (!split) {
-            words[w] = 0;
-            words[w + 1] = 0;
-            words[w + 2] = 0;
+      // Received with a header the device wrote: behind our zero header, its line unread.
+      // (flags[m] is loaded again: keeping `fl` live to here cost tx-only 3-5 %, A/B.)
+      let split = (flags[m] & DEVICE_HEADER) !== 0 && segs === 1 && zeroLo >= 0 &&
+        nFree + 2 * nPairs >= 2;
+      if (!split) {
+        const h = bufOff[m] + off - hdr;
+        if ((h & 3) === 0 && hdr === 12) {
+          const w = h >>> 2;
+          if ((words[w] | words[w + 1] | words[w + 2]) !== 0) {
+            // A header someone wrote (a received frame carries num_buffers): rather than write
+            // its line, send the frame behind our own zero header (a header pair) when we can.
+            split = segs === 1 && zeroLo >= 0 && nFree + 2 * nPairs >= 2;
+            if (!split) {
+              words[w] = 0;
+              words[w + 1] = 0;
+              words[w + 2] = 0;
+            }
           }
+        } else {
+          for (let i = 0; i < hdr; i++) bytesArr[h + i] = 0;
         }
-      } else {
-        for (let i = 0; i < hdr; i++) bytesArr[h + i] = 0;
       }
       // Descriptor (2.7.5): addr lo, addr hi, len, flags | next << 16.
       if (split) {
@@ -381,7 +380,7 @@ export class TxQueue {
         u32[d + 1] = iovaHi[m];
         u32[d + 2] = first;
         u32[d + 3] = 0;
-        zeroHdrAt[nd] = 0;
+        if (inOrder) zeroHdrAt[nd] = 0; // only in order is any set to 1 (above)
         mbufOf[head] = m;
         chainLen[head] = inOrder ? 2 : 0; // in order the pair goes back to the free FIFO
         if (u16[availRing + (availIdx & mask)] !== head) u16[availRing + (availIdx & mask)] = head;

@@ -19,8 +19,11 @@
  * rate: near 100 % the vhost side sets the rate, and the front-end's way of using the rings shows
  * as the vhost's cost per packet. `--busy` (child front only) adds the front-end's busy ns per
  * packet, measured as bench-vhost.ts's busy runs do (vpmd's timed loop, DPDK's
- * `--record-core-cycles`). Then the median per tree and the median of each repetition's
- * ratio to the first tree. Needs scripts/setup-dpdk.sh.
+ * `--record-core-cycles`), and for vpmd the share of its run spent waiting on the vhost side
+ * (iterations that moved nothing) and descheduled (iterations over 50 µs, left out of the busy
+ * cost): a front-end that waits does not set the rate, whatever the vhost's busy share says.
+ * Then the median per tree and the median of each repetition's ratio to the first tree. Needs
+ * scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
 import { coreCycles, Testpmd } from "../tests/lib/testpmd.ts";
@@ -128,6 +131,7 @@ try {
       let mpps: number;
       let cost: VhostCost;
       let busyNs = NaN;
+      let shares = "";
       try {
         await sleep(dpdk === null ? 1200 : 500); // connected and started
         if (vhostMode === "mac") await vhost.cmd("start tx_first 32");
@@ -153,7 +157,10 @@ try {
       if (done !== undefined && busy) {
         // The child's last stdout line is its result (bench-vhost.ts, ChildResult).
         const last = new TextDecoder().decode(done.stdout).trim().split("\n").pop()!;
-        busyNs = JSON.parse(last).busyNsPerPacket ?? NaN;
+        const r = JSON.parse(last);
+        busyNs = r.busyNsPerPacket ?? NaN;
+        shares = `, waiting ${(100 * r.waitShare).toFixed(0)} %, ` +
+          `descheduled ${(100 * r.deschedShare).toFixed(0)} %`;
       }
       if (busy) frontBusy.get(tree)!.push(busyNs);
       rates.get(tree)!.push(mpps);
@@ -161,7 +168,7 @@ try {
       console.log(
         `rep ${r + 1} ${tree}: ${mpps.toFixed(2)} Mpps, vhost ${cost.cycles.toFixed(1)} ` +
           `cycles/packet (${(100 * cost.busy).toFixed(0)} % busy)` +
-          (busy ? `, front-end busy ${busyNs.toFixed(1)} ns/packet` : ""),
+          (busy ? `, front-end busy ${busyNs.toFixed(1)} ns/packet${shares}` : ""),
       );
     }
   }

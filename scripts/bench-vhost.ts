@@ -46,6 +46,13 @@ interface ChildResult {
   packets: number;
   seconds: number;
   busyNsPerPacket: number | null;
+  /**
+   * Timed runs: the share of the run spent in iterations that moved no packet (waiting for the
+   * vhost side: nothing received, or a TX ring it has not emptied), and in iterations left out as
+   * descheduled. A front-end that waits is not what sets the rate.
+   */
+  waitShare: number | null;
+  deschedShare: number | null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,7 +185,13 @@ function loop(test: Test, port: Port, pool: MbufPool, seconds: number): ChildRes
     port.poll();
     if ((i & 4095) === 0 && performance.now() > end) break;
   }
-  return { packets, seconds: (performance.now() - t0) / 1000, busyNsPerPacket: null };
+  return {
+    packets,
+    seconds: (performance.now() - t0) / 1000,
+    busyNsPerPacket: null,
+    waitShare: null,
+    deschedShare: null,
+  };
 }
 
 /** Like `loop`, plus the time of iterations that moved packets (one clock read each). */
@@ -198,28 +211,33 @@ function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): Chi
   let busyPackets = 0;
   let busyMs = 0;
   let busyIters = 0;
+  let waitMs = 0;
+  let deschedMs = 0;
   let prev = performance.now();
   for (let i = 1;; i++) {
     const n = step();
     port.poll();
     const now = performance.now();
-    if (n > 0) {
-      packets += n;
-      // An iteration this long was descheduled (shared cores): leave it out of the cost.
-      if (now - prev < PREEMPTED_MS) {
-        busyPackets += n;
-        busyMs += now - prev;
-        busyIters++;
-      }
+    // An iteration this long was descheduled (shared cores): leave it out of the cost.
+    if (now - prev >= PREEMPTED_MS) deschedMs += now - prev;
+    else if (n === 0) waitMs += now - prev;
+    else {
+      busyPackets += n;
+      busyMs += now - prev;
+      busyIters++;
     }
+    packets += n;
     prev = now;
     if ((i & 4095) === 0 && now > end) break;
   }
   const busyNs = (busyMs - busyIters * clockMs) * 1e6;
+  const totalMs = performance.now() - t0;
   return {
     packets,
-    seconds: (performance.now() - t0) / 1000,
+    seconds: totalMs / 1000,
     busyNsPerPacket: busyPackets > 0 ? busyNs / busyPackets : null,
+    waitShare: waitMs / totalMs,
+    deschedShare: deschedMs / totalMs,
   };
 }
 

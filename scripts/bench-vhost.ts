@@ -23,10 +23,12 @@
  * to back), since the machine's speed changes between phases and the two must be compared within
  * one.
  *
- * `--child` is the vpmd side (run by this script pinned to CPU 0; not for direct use).
+ * `--child` is the vpmd side (run by this script pinned to CPU 0; not for direct use). It polls as
+ * the forwarder does: an iteration that moved nothing ends with `idlePause` (mod/fwd/loop.ts).
  */
 import { parseArgs } from "cli-args";
 import { MbufPool, NONE } from "../mod/mbuf.ts";
+import { idlePause } from "../mod/fwd/loop.ts";
 import type { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
@@ -181,8 +183,10 @@ function loop(test: Test, port: Port, pool: MbufPool, seconds: number): ChildRes
   const end = t0 + seconds * 1000;
   let packets = 0;
   for (let i = 1;; i++) {
-    packets += step();
+    const n = step();
     port.poll();
+    if (n === 0) idlePause();
+    packets += n;
     if ((i & 4095) === 0 && performance.now() > end) break;
   }
   return {
@@ -217,6 +221,7 @@ function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): Chi
   for (let i = 1;; i++) {
     const n = step();
     port.poll();
+    if (n === 0) idlePause();
     const now = performance.now();
     // An iteration this long was descheduled (shared cores): leave it out of the cost.
     if (now - prev >= PREEMPTED_MS) deschedMs += now - prev;

@@ -157,10 +157,10 @@ try {
       if (done !== undefined && busy) {
         // The child's last stdout line is its result (bench-vhost.ts, ChildResult).
         const last = new TextDecoder().decode(done.stdout).trim().split("\n").pop()!;
-        const r = JSON.parse(last);
-        busyNs = r.busyNsPerPacket ?? NaN;
-        shares = `, waiting ${(100 * r.waitShare).toFixed(0)} %, ` +
-          `descheduled ${(100 * r.deschedShare).toFixed(0)} %`;
+        const child = JSON.parse(last);
+        busyNs = child.busyNsPerPacket ?? NaN;
+        shares = `, waiting ${(100 * child.waitShare).toFixed(0)} %, ` +
+          `descheduled ${(100 * child.deschedShare).toFixed(0)} %`;
       }
       if (busy) frontBusy.get(tree)!.push(busyNs);
       rates.get(tree)!.push(mpps);

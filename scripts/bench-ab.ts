@@ -22,8 +22,10 @@
  * `--record-core-cycles`), and for vpmd the share of its run spent waiting on the vhost side
  * (iterations that moved nothing) and descheduled (iterations over 50 µs, left out of the busy
  * cost): a front-end that waits does not set the rate, whatever the vhost's busy share says.
- * Then the median per tree and the median of each repetition's ratio to the first tree. Needs
- * scripts/setup-dpdk.sh.
+ * Then the median per tree and the median of each repetition's ratio to the first tree, and the
+ * repetitions ordered by the vhost's cost behind the first tree, each with the other trees'
+ * ratios: that cost tells the machine's phases apart (README, "Measured"), and a change can gain
+ * in one phase and lose in another. Needs scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
 import { coreCycles, Testpmd } from "../tests/lib/testpmd.ts";
@@ -182,5 +184,18 @@ for (const [tree, xs] of rates) {
     `${tree}: median ${median(xs).toFixed(2)} Mpps, paired vs first ${paired.toFixed(3)}, ` +
       `vhost median ${median(vhostCycles.get(tree)!).toFixed(1)} cycles/packet` +
       (busy ? `, front-end busy median ${median(frontBusy.get(tree)!).toFixed(1)} ns/packet` : ""),
+  );
+}
+// The machine's phase shows in what a packet costs the vhost behind the first tree: the
+// repetitions in that order, so that a ratio can be read phase by phase.
+const firstCycles = vhostCycles.get(trees[0])!;
+console.log(`repetitions by the vhost's cycles/packet behind ${trees[0]}, rates paired to it:`);
+for (const i of first.map((_, k) => k).sort((a, b) => firstCycles[a] - firstCycles[b])) {
+  const others = trees.slice(1).map((t: string) =>
+    `, ${t} ${(rates.get(t)![i] / first[i]).toFixed(3)}`
+  );
+  console.log(
+    `  rep ${i + 1}: ${firstCycles[i].toFixed(1)} cycles/packet, ${first[i].toFixed(2)} Mpps` +
+      others.join(""),
   );
 }

@@ -2,12 +2,15 @@
  * vpmd from two or more trees against one DPDK vhost testpmd, interleaved: A/B tests of driver or
  * engine changes.
  *
- *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] [--busy] TREE...
+ *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] [--busy] [--mrg 0|1]
+ *                                   TREE...
  *
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
- * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf=1, in_order=1, what vpmd
- * negotiates), or `dpdk-in_order=0` for that front-end without in_order (forwarding mode M, io
- * for the loop); the vpmd trees run with their defaults. Each repetition runs every tree's
+ * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf as `--mrg`, in_order=1:
+ * what vpmd negotiates; forwarding mode M, io for the loop), or `dpdk-DEVARGS` for that front-end
+ * with some of its devargs changed (`dpdk-in_order=0`, `dpdk-mrg_rxbuf=0,in_order=0`). The vpmd
+ * trees run with their defaults but for mergeable buffers: `--mrg` (default 1) for every
+ * front-end, `TREE,mrg=0|1` for one. Each repetition runs every tree's
  * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
@@ -43,6 +46,7 @@ const { values, positionals: trees } = parseArgs({
     mode: { type: "string", default: "txonly" },
     reps: { type: "string", default: "4" },
     busy: { type: "boolean", default: false },
+    mrg: { type: "string", default: "1" },
   },
 });
 const mode = values.mode!;
@@ -50,28 +54,61 @@ const child = values.front === "child";
 /** Also report the front-end's busy ns/packet (child front only; see bench-vhost.ts). */
 const busy = values.busy! && child;
 const modes = child ? ["txonly", "loop", "rxonly"] : ["txonly", "io", "mac", "macswap"];
-if (!["fwd", "child"].includes(values.front!) || !modes.includes(mode) || trees.length === 0) {
+const mrg = values.mrg!;
+function usage(why?: string): never {
+  if (why) console.error(`bench-ab: ${why}`);
   console.error(
     "usage: bench-ab.ts [--front fwd|child] [--mode txonly|io|mac|macswap (fwd), " +
-      "txonly|loop|rxonly (child)] [--reps N] [--busy (child)] TREE...",
+      "txonly|loop|rxonly (child)] [--reps N] [--busy (child)] [--mrg 0|1] " +
+      "(dpdk[-DEVARGS] | PATH[,mrg=0|1])...",
   );
   Deno.exit(2);
 }
+if (
+  !["fwd", "child"].includes(values.front!) || !modes.includes(mode) || trees.length === 0 ||
+  !["0", "1"].includes(mrg)
+) usage();
 const sock = `/tmp/vpmd-ab-${Deno.pid}.sock`;
 /** The vhost side's forwarding mode: the front-end's counterpart. */
 const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : "mac";
-/** The front-end command for a tree. */
-const frontArgs = (tree: string): string[] =>
+/** A TREE argument: DPDK's front-end with its devargs, or a vpmd checkout. */
+type Front = { dpdk: true; devargs: string } | { dpdk: false; path: string; mrg: string };
+function front(tree: string): Front {
+  if (tree === "dpdk" || tree.startsWith("dpdk-")) {
+    // sameFeatures' devargs, those named after "dpdk-" replaced or added.
+    const args = new Map<string, string>();
+    for (const a of sameFeatures(mrg, 256, "1").split(",")) {
+      const [k, v] = a.split("=", 2);
+      args.set(k, v);
+    }
+    for (const a of tree.slice(5).split(",").filter((a) => a !== "")) {
+      const [k, v] = a.split("=", 2);
+      if (v === undefined) usage(`${tree}: devargs are KEY=VALUE`);
+      args.set(k, v);
+    }
+    return { dpdk: true, devargs: [...args].map(([k, v]) => `${k}=${v}`).join(",") };
+  }
+  const [path, ...opts] = tree.split(",");
+  let m = mrg;
+  for (const o of opts) {
+    if (o !== "mrg=0" && o !== "mrg=1") usage(`${tree}: a vpmd tree takes only ,mrg=0|1`);
+    m = o.slice(4);
+  }
+  return { dpdk: false, path, mrg: m };
+}
+const fronts = new Map<string, Front>(trees.map((t: string) => [t, front(t)]));
+/** The vpmd front-end command for a checkout. */
+const frontArgs = (path: string, treeMrg: string): string[] =>
   child
-    ? childArgs(`${tree}/scripts/bench-vhost.ts`, mode, sock, 4.5, [
+    ? childArgs(`${path}/scripts/bench-vhost.ts`, mode, sock, 4.5, [
       "--mrg",
-      "1",
+      treeMrg,
       ...(busy ? ["--busy"] : []),
     ])
     : [
-      `${tree}/main.ts`,
+      `${path}/main.ts`,
       "fwd",
-      `vhost-user:${sock}`,
+      `vhost-user:${sock},mrg=${treeMrg}`,
       "--mode",
       mode,
       "--duration",
@@ -80,11 +117,11 @@ const frontArgs = (tree: string): string[] =>
       "0",
     ];
 /** DPDK's virtio_user testpmd as the front-end, forwarding. */
-async function startDpdk(inOrder: string): Promise<Testpmd> {
+async function startDpdk(devargs: string): Promise<Testpmd> {
   const front = await startDpdkFront({
     sock,
     fwd: mode === "loop" ? "io" : mode,
-    devargs: sameFeatures("1", 256, inOrder),
+    devargs,
     burst: 32,
     ring: 256,
     app: busy ? ["--record-core-cycles"] : [],
@@ -120,12 +157,11 @@ try {
       await vhost.cmd(`set fwd ${vhostMode}`);
       await vhost.cmd("clear port stats all");
       if (vhostMode !== "mac") await vhost.cmd("start");
-      const dpdk = tree === "dpdk" || tree === "dpdk-in_order=0"
-        ? await startDpdk(tree === "dpdk" ? "1" : "0")
-        : null;
-      const fwd = dpdk === null
+      const f = fronts.get(tree)!;
+      const dpdk = f.dpdk ? await startDpdk(f.devargs) : null;
+      const fwd = !f.dpdk
         ? new Deno.Command("taskset", {
-          args: pinnedDeno(frontArgs(tree)),
+          args: pinnedDeno(frontArgs(f.path, f.mrg)),
           stdout: "piped",
           stderr: "piped",
         }).spawn()

@@ -8,9 +8,9 @@
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
  * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf as `--mrg`, in_order=1:
  * what vpmd negotiates; forwarding mode M, io for the loop), or `dpdk-DEVARGS` for that front-end
- * with some of its devargs changed (`dpdk-in_order=0`, `dpdk-mrg_rxbuf=0,in_order=0`). The vpmd
- * trees run with their defaults but for mergeable buffers: `--mrg` (default 1) for every
- * front-end, `TREE,mrg=0|1` for one. Each repetition runs every tree's
+ * with some of its devargs changed (`dpdk-in_order=0`, `dpdk-mrg_rxbuf=1,in_order=0`). The vpmd
+ * trees run with their defaults but for mergeable buffers: `--mrg` (default 0, vpmd's default for
+ * 64-byte frames) for every front-end, `TREE,mrg=0|1` for one. Each repetition runs every tree's
  * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
@@ -46,7 +46,7 @@ const { values, positionals: trees } = parseArgs({
     mode: { type: "string", default: "txonly" },
     reps: { type: "string", default: "4" },
     busy: { type: "boolean", default: false },
-    mrg: { type: "string", default: "1" },
+    mrg: { type: "string", default: "0" },
   },
 });
 const mode = values.mode!;

@@ -4,8 +4,9 @@
  * A packet is one descriptor chain (2.7.5, VIRTQ_DESC_F_NEXT): the first descriptor covers the
  * zeroed virtio-net header just before the first segment's data plus that data; every further
  * segment gets its own descriptor. A single-segment frame whose header area holds something (a
- * received frame carries num_buffers) is sent as two descriptors instead, a zero header of the
- * queue's own and the frame (any layout is allowed, 5.1.6.2): its header line is then never
+ * frame received with MRG_RXBUF carries num_buffers; without it DPDK's vhost leaves the header
+ * zero, and the frame goes out as it came) is sent as two descriptors instead, a zero header of
+ * the queue's own and the frame (any layout is allowed, 5.1.6.2): its header line is then never
  * written, and a device on another core reads the frame from its own cache. Such header
  * descriptors are kept as pairs (header descriptor, frame descriptor) from one frame to the next,
  * so a stream of forwarded frames writes one descriptor per frame and leaves the header

@@ -18,11 +18,11 @@
  * to); `--defaults` adds a column with DPDK's default devargs (mrg_rxbuf=1 among them).
  *
  * Busy cost: vpmd's child measures the time of loop iterations whose burst moved packets (one
- * clock read per iteration, its own cost subtracted; iterations over 50 µs were preempted and are
- * left out); DPDK's figure is testpmd's `--record-core-cycles` "CPU cycles/packet" at its TSC rate.
- * Both come from extra pairs of runs after the throughput runs (`--busy-reps`, DPDK then vpmd back
- * to back), since the machine's speed changes between phases and the two must be compared within
- * one.
+ * iteration in 16 timed, a clock read's own cost subtracted; iterations over 50 µs were preempted
+ * and are left out); DPDK's figure is testpmd's `--record-core-cycles` "CPU cycles/packet" at
+ * its TSC rate. Both come from extra pairs of runs after the throughput runs (`--busy-reps`, DPDK
+ * then vpmd back to back), since the machine's speed changes between phases and the two must be
+ * compared within one.
  *
  * `--child` is the vpmd side (run by this script pinned to CPU 0; not for direct use). It polls as
  * the forwarder does: an iteration that moved nothing ends with `idlePause` (mod/fwd/loop.ts).
@@ -199,7 +199,18 @@ function loop(test: Test, port: Port, pool: MbufPool, seconds: number): ChildRes
   };
 }
 
-/** Like `loop`, plus the time of iterations that moved packets (one clock read each). */
+/**
+ * One timed iteration in SAMPLE_EVERY: a clock read costs ~100 ns in Deno (performance.now()), and
+ * reading it after every iteration slowed tx-only by 12 % (bench-ab --busy against no --busy,
+ * same phase, README "Measured"); sampled, it costs about 0.4 ns per packet.
+ */
+const SAMPLE_EVERY = 16;
+
+/**
+ * Like `loop`, plus the time of a sample of iterations (every SAMPLE_EVERY-th, two clock reads):
+ * busy ns per packet from the sampled iterations that moved packets, and the shares of the sampled
+ * time spent in iterations that moved nothing (waiting) or that were descheduled.
+ */
 function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): ChildResult {
   const step = makeStep(test, port, pool);
   // Cost of one performance.now(), subtracted from every timed iteration: the least of many
@@ -215,35 +226,42 @@ function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): Chi
   let packets = 0;
   let busyPackets = 0;
   let busyMs = 0;
-  let busyIters = 0;
   let waitMs = 0;
   let deschedMs = 0;
-  let prev = performance.now();
+  let sampledMs = 0;
   for (let i = 1;; i++) {
+    if (i % SAMPLE_EVERY !== 0) {
+      const n = step();
+      port.poll();
+      if (n === 0) idlePause();
+      packets += n;
+      continue;
+    }
+    const a = performance.now();
     const n = step();
     port.poll();
     if (n === 0) idlePause();
-    const now = performance.now();
+    const b = performance.now();
+    // The interval holds one clock read's own cost.
+    const dt = b - a - clockMs;
+    sampledMs += dt;
     // An iteration this long was descheduled (shared cores): leave it out of the cost.
-    if (now - prev >= PREEMPTED_MS) deschedMs += now - prev;
-    else if (n === 0) waitMs += now - prev;
+    if (dt >= PREEMPTED_MS) deschedMs += dt;
+    else if (n === 0) waitMs += dt;
     else {
       busyPackets += n;
-      busyMs += now - prev;
-      busyIters++;
+      busyMs += dt;
     }
     packets += n;
-    prev = now;
-    if ((i & 4095) === 0 && now > end) break;
+    if (i % (256 * SAMPLE_EVERY) === 0 && b > end) break;
   }
-  const busyNs = (busyMs - busyIters * clockMs) * 1e6;
   const totalMs = performance.now() - t0;
   return {
     packets,
     seconds: totalMs / 1000,
-    busyNsPerPacket: busyPackets > 0 ? busyNs / busyPackets : null,
-    waitShare: waitMs / totalMs,
-    deschedShare: deschedMs / totalMs,
+    busyNsPerPacket: busyPackets > 0 ? busyMs * 1e6 / busyPackets : null,
+    waitShare: waitMs / sampledMs,
+    deschedShare: deschedMs / sampledMs,
   };
 }
 

@@ -264,9 +264,9 @@ export class Port {
     // Mergeable buffers (5.1.6.3.1) by default only when a frame of the MTU needs more than one
     // buffer. Without them DPDK 22.11's vhost leaves a received frame's num_buffers as it was
     // (5.1.6.4 asks for 1), so the header is zero and a forwarded frame goes back out behind it,
-    // one descriptor (a device that writes 1 gets the pair below). With them num_buffers is 1, which
-    // a transmitted header must not carry (5.1.6.2), so the frame goes behind a zero header of
-    // the TX queue's own, two descriptors (tx_queue.ts). Measured in README, "Measured".
+    // one descriptor (a device that writes 1 gets the pair below). With them num_buffers is 1,
+    // which a transmitted header must not carry (5.1.6.2), so the frame goes behind a zero header
+    // of the TX queue's own, two descriptors (tx_queue.ts). Measured in README, "Measured".
     if ((cfg.mrgRxbuf ?? pool.dataRoom < maxFrame) && has(offered, NetFeature.MRG_RXBUF)) {
       features |= bit(NetFeature.MRG_RXBUF);
     }

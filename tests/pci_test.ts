@@ -18,11 +18,13 @@ import {
 import { listDevices, runPciCommand } from "../mod/pci/commands.ts";
 import { PolledConfigChange } from "../mod/pci/interrupts.ts";
 import { normalizeAddress, parseResources, Sysfs } from "../mod/pci/sysfs.ts";
+import type { IoBar } from "../mod/pci/io_bar.ts";
 import { PciTransport } from "../mod/transport/pci.ts";
-import { LegacyReg } from "../mod/transport/pci_legacy.ts";
+import { LegacyPciTransport, LegacyReg } from "../mod/transport/pci_legacy.ts";
 import { CommonCfg } from "../mod/transport/pci_modern.ts";
 import { TransportEvent } from "../mod/transport/transport.ts";
 import type { QueueMemory } from "../mod/transport/transport.ts";
+import { bit, NetConfig, NetFeature } from "../mod/virtio/constants.ts";
 
 // Configuration spaces (first bytes; the rest is zero) of the lab's NICs, bound to virtio-pci
 // (MSI-X enabled by the kernel driver): `od -An -tx1 /sys/bus/pci/devices/ADDR/config`.
@@ -473,6 +475,130 @@ Deno.test("pci transport: a closed transport never touches its old mappings", ()
     const legacy = PciTransport.fromSpec("0000:00:06.0", { portio: "sysfs" }, sysfs);
     legacy.close();
     assert.throws(() => legacy.notify(0), /EBADF|Bad file descriptor/);
+  } finally {
+    cleanup();
+  }
+});
+
+/**
+ * An I/O BAR of `size` bytes that records every access outside it (on the ioperm path such an
+ * access is an `in`/`out` on a port not granted: SIGSEGV).
+ */
+class SmallIoBar implements IoBar {
+  readonly method = "ioperm";
+  readonly regs: Uint8Array;
+  readonly outside: string[] = [];
+  constructor(readonly size: number) {
+    this.regs = new Uint8Array(size);
+  }
+  #at(offset: number, width: number): number {
+    if (offset < 0 || offset + width > this.size) this.outside.push(`${width}@${offset}`);
+    let v = 0;
+    for (let i = width - 1; i >= 0; i--) v = v * 256 + (this.regs[offset + i] ?? 0);
+    return v;
+  }
+  #set(offset: number, width: number, value: number): void {
+    if (offset < 0 || offset + width > this.size) this.outside.push(`${width}@${offset}`);
+    for (let i = 0; i < width; i++) this.regs[offset + i] = (value >>> (8 * i)) & 0xff;
+  }
+  read8 = (o: number) => this.#at(o, 1);
+  read16 = (o: number) => this.#at(o, 2);
+  read32 = (o: number) => this.#at(o, 4);
+  write8 = (o: number, v: number) => this.#set(o, 1, v);
+  write16 = (o: number, v: number) => this.#set(o, 2, v);
+  write32 = (o: number, v: number) => this.#set(o, 4, v);
+  close(): void {}
+}
+
+Deno.test("pci legacy: config fields past a small BAR0 are an error, never an access outside it", () => {
+  const { sysfs, cleanup } = fakeSysfs();
+  const fn = sysfs.function("0000:00:06.0");
+  try {
+    // 32 bytes with MSI-X on: 24 bytes of registers, 8 of device configuration (mac, status),
+    // but the device offers MQ and MTU, whose fields would be at 32-35.
+    const bar = new SmallIoBar(32);
+    const offered = bit(NetFeature.MAC) | bit(NetFeature.STATUS) | bit(NetFeature.CTRL_VQ) |
+      bit(NetFeature.MQ) | bit(NetFeature.MTU);
+    bar.write32(LegacyReg.DEVICE_FEATURES, Number(offered));
+    bar.regs.set([0x52, 0x54, 0x00, 0x12, 0x34, 0x12, 0x01, 0x00], LegacyReg.DEVICE_CONFIG_MSIX);
+    const t = new LegacyPciTransport(fn, bar, true, new PolledConfigChange(null));
+    assert.equal(t.getDeviceFeatures(), offered);
+    assert.deepEqual(Array.from(t.readConfig(NetConfig.MAC, 6)), [0x52, 0x54, 0, 0x12, 0x34, 0x12]);
+    assert.deepEqual(Array.from(t.readConfig(NetConfig.STATUS, 2)), [1, 0]);
+    assert.throws(
+      () => t.readConfig(NetConfig.MTU, 2),
+      /0000:00:06\.0: device configuration field mtu \(offset 10, 2 bytes, with VIRTIO_NET_F_MTU\) lies past the end of BAR0 \(32 bytes, device configuration from byte 24\)/,
+    );
+    assert.throws(
+      () => t.readConfig(NetConfig.MAX_VIRTQUEUE_PAIRS, 2),
+      /field max_virtqueue_pairs \(offset 8, 2 bytes, with VIRTIO_NET_F_MQ\) lies past the end of BAR0 \(32 bytes/,
+    );
+    assert.throws(() => t.readConfig(6, 3), /bytes \[6, 9\).* past the end of BAR0/);
+    // Negotiating a feature whose field the BAR lacks fails before the device sees the features.
+    assert.throws(
+      () => t.setDriverFeatures(bit(NetFeature.MAC) | bit(NetFeature.MTU)),
+      /field mtu .* past the end of BAR0 \(32 bytes/,
+    );
+    assert.equal(bar.read32(LegacyReg.DRIVER_FEATURES), 0);
+    t.setDriverFeatures(bit(NetFeature.MAC) | bit(NetFeature.STATUS));
+    assert.equal(
+      bar.read32(LegacyReg.DRIVER_FEATURES),
+      Number(bit(NetFeature.MAC) | bit(NetFeature.STATUS)),
+    );
+    t.notify(1);
+    t.close();
+    // Without MSI-X the same BAR holds every field up to mtu (configuration from byte 20).
+    const t2 = new LegacyPciTransport(fn, bar, false, new PolledConfigChange(null));
+    t2.setDriverFeatures(offered);
+    assert.equal(t2.readConfig(NetConfig.MTU, 2).length, 2);
+    t2.close();
+    assert.deepEqual(bar.outside, []);
+    // A BAR too small for the registers themselves is refused before any access.
+    const tiny = new SmallIoBar(16);
+    assert.throws(
+      () => new LegacyPciTransport(fn, tiny, false, new PolledConfigChange(null)),
+      /0000:00:06\.0: BAR0 has 16 bytes, fewer than the 20 bytes of legacy registers/,
+    );
+    assert.deepEqual(tiny.outside, []);
+  } finally {
+    cleanup();
+  }
+});
+
+Deno.test("pci legacy: through sysfs resource0, a field past the BAR names the field and BAR size", () => {
+  const { root, sysfs, cleanup } = fakeSysfs();
+  const dev = `${root}/bus/pci/devices/0000:00:06.0`;
+  // MSI-X on (24 bytes of registers) and a device offering MTU in its 32-byte BAR0.
+  Deno.writeFileSync(`${dev}/config`, config(TRANSITIONAL_CONFIG));
+  const bar0 = Deno.readFileSync(`${dev}/resource0`);
+  new DataView(bar0.buffer).setUint32(
+    LegacyReg.DEVICE_FEATURES,
+    Number(bit(NetFeature.MAC) | bit(NetFeature.STATUS) | bit(NetFeature.MTU)),
+    true,
+  );
+  Deno.writeFileSync(`${dev}/resource0`, bar0);
+  try {
+    const t = PciTransport.fromSpec("0000:00:06.0", { portio: "sysfs" }, sysfs);
+    try {
+      assert.equal(t.readConfig(NetConfig.MAC, 6).length, 6);
+      assert.throws(
+        () => t.readConfig(NetConfig.MTU, 2),
+        /field mtu \(offset 10, 2 bytes, with VIRTIO_NET_F_MTU\) lies past the end of BAR0 \(32 bytes/,
+      );
+      assert.throws(() => t.setDriverFeatures(t.getDeviceFeatures()), /field mtu/);
+    } finally {
+      t.close();
+    }
+    // A resource file listing BAR0 smaller than the legacy registers: refused when opened.
+    const res = Deno.readTextFileSync(`${dev}/resource`).replace(
+      /^0x000000000000c040 0x000000000000c05f/,
+      "0x000000000000c040 0x000000000000c04f",
+    );
+    Deno.writeTextFileSync(`${dev}/resource`, res);
+    assert.throws(
+      () => PciTransport.fromSpec("0000:00:06.0", { portio: "sysfs" }, sysfs),
+      /BAR0 has 16 bytes, fewer than the 24 bytes of legacy registers \(with MSI-X\)/,
+    );
   } finally {
     cleanup();
   }

@@ -86,10 +86,15 @@ function peekNetConfig(
     if (b === null) return { mac: null, link: null };
     return { mac: macText(b), link: (b[NetConfig.STATUS] & NetConfig.S_LINK_UP) ? "up" : "down" };
   }
-  const bar = new SysfsIoBar(fn.resourcePath(0));
+  // Every read below must lie inside BAR0 (io_bar.ts: the accessors check nothing).
+  const base = msixEnabled(config) ? LegacyReg.DEVICE_CONFIG_MSIX : LegacyReg.DEVICE_CONFIG;
+  const res = fn.resources()[0];
+  if (res === undefined || res.kind !== "io" || base + wanted > res.size) {
+    return { mac: null, link: null };
+  }
+  const bar = new SysfsIoBar(fn.resourcePath(0), res.size);
   try {
     const features = BigInt(bar.read32(LegacyReg.DEVICE_FEATURES) >>> 0);
-    const base = msixEnabled(config) ? LegacyReg.DEVICE_CONFIG_MSIX : LegacyReg.DEVICE_CONFIG;
     const b = new Uint8Array(wanted);
     for (let i = 0; i < wanted; i++) b[i] = bar.read8(base + i);
     return {

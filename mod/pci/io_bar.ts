@@ -12,8 +12,15 @@ import { close, errno, O_RDWR, open, raw, SysError } from "../../ffi/libc.ts";
 
 export type PortIoMethod = "ioperm" | "sysfs";
 
+/**
+ * The accessors do not check `offset` (notify is one of them, on the hot path): whoever accesses a
+ * BAR checks its register ranges against `size` once, before the first access. Past the end, an
+ * `in`/`out` on the ioperm path hits a port not granted and kills the process (SIGSEGV).
+ */
 export interface IoBar {
   readonly method: PortIoMethod;
+  /** Bytes of the BAR (sysfs `resource`). */
+  readonly size: number;
   read8(offset: number): number;
   read16(offset: number): number;
   read32(offset: number): number;
@@ -39,13 +46,13 @@ const CLOSED_PORTS: PortIoStubs = {
 export class IopermBar implements IoBar {
   readonly method = "ioperm";
   readonly #base: number;
-  readonly #size: number;
+  readonly size: number;
   #io: PortIoStubs = portIoStubs();
 
   constructor(base: number, size: number) {
     requestPorts(base, size);
     this.#base = base;
-    this.#size = size;
+    this.size = size;
   }
 
   read8(offset: number): number {
@@ -69,7 +76,7 @@ export class IopermBar implements IoBar {
   close(): void {
     // Without the permission an in/out instruction kills the process: later calls throw instead.
     this.#io = CLOSED_PORTS;
-    releasePorts(this.#base, this.#size);
+    releasePorts(this.#base, this.size);
   }
 }
 
@@ -85,7 +92,7 @@ export class SysfsIoBar implements IoBar {
   readonly #b2u8 = new Uint8Array(this.#b2.buffer);
   readonly #b4u8 = new Uint8Array(this.#b4.buffer);
 
-  constructor(path: string) {
+  constructor(path: string, readonly size: number) {
     this.#path = path;
     this.#fd = open(path, O_RDWR);
   }

@@ -75,14 +75,14 @@ function openIoBar(fn: PciFunction, method: PortIoMethod | undefined): IoBar {
   if (bar === undefined || bar.kind !== "io") {
     throw new Error(`PCI port ${fn.address}: BAR0 is not an I/O BAR; it cannot be used as legacy`);
   }
-  if (method === "sysfs") return new SysfsIoBar(fn.resourcePath(0));
+  if (method === "sysfs") return new SysfsIoBar(fn.resourcePath(0), bar.size);
   try {
     return new IopermBar(bar.start, bar.size);
   } catch (e) {
     if (method === "ioperm") {
       throw new Error(`PCI port ${fn.address}: portio=ioperm: ${(e as Error).message}`);
     }
-    return new SysfsIoBar(fn.resourcePath(0));
+    return new SysfsIoBar(fn.resourcePath(0), bar.size);
   }
 }
 
@@ -124,7 +124,12 @@ export const PciTransport = {
     try {
       if (mode === "legacy") {
         const bar = openIoBar(fn, portio);
-        return new LegacyPciTransport(fn, bar, msixEnabled(config), interrupts);
+        try {
+          return new LegacyPciTransport(fn, bar, msixEnabled(config), interrupts);
+        } catch (e) {
+          bar.close();
+          throw e;
+        }
       }
       return new ModernPciTransport(
         fn,

@@ -11,7 +11,15 @@ import { PciCommand } from "../pci/config.ts";
 import type { ConfigChangeSource } from "../pci/interrupts.ts";
 import type { IoBar } from "../pci/io_bar.ts";
 import type { PciFunction } from "../pci/sysfs.ts";
-import { Avail, Desc, RingAlign } from "../virtio/constants.ts";
+import {
+  Avail,
+  bit,
+  Desc,
+  featureNames,
+  has,
+  NET_CONFIG_FIELDS,
+  RingAlign,
+} from "../virtio/constants.ts";
 import {
   type QueueMemory,
   type RingLayout,
@@ -70,6 +78,38 @@ export class LegacyPciTransport implements VirtioTransport {
     this.configOffset = msix ? LegacyReg.DEVICE_CONFIG_MSIX : LegacyReg.DEVICE_CONFIG;
     this.interrupts = interrupts;
     this.name = `${fn.address} (legacy, ${bar.method}, ${interrupts.kind} link events)`;
+    // Every register before the device configuration is accessed at a fixed offset (LegacyReg),
+    // so this one check covers them all, notify included; configuration reads are checked in
+    // setDriverFeatures and readConfig (io_bar.ts: the accessors check nothing).
+    if (bar.size < this.configOffset) {
+      throw new Error(
+        `${fn.address}: BAR0 has ${bar.size} bytes, fewer than the ${this.configOffset} bytes of ` +
+          `legacy registers${msix ? " (with MSI-X)" : ""}`,
+      );
+    }
+  }
+
+  /**
+   * Throws unless device configuration bytes [offset, offset + length) lie inside BAR0: a device
+   * may promise fields (by its features) that its BAR does not hold, and a port access past the
+   * BAR is outside the ioperm grant.
+   */
+  #checkConfigRange(offset: number, length: number): void {
+    if (
+      Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0 &&
+      this.configOffset + offset + length <= this.bar.size
+    ) return;
+    const field = NET_CONFIG_FIELDS.find((f) => f.offset === offset && f.size === length);
+    const what = field === undefined
+      ? `bytes [${offset}, ${offset + length})`
+      : `field ${field.name} (offset ${field.offset}, ${field.size} bytes, with VIRTIO_NET_F_${
+        featureNames(bit(field.feature))[0]
+      })`;
+    throw new Error(
+      `${this.fn.address}: device configuration ${what} lies past the end of BAR0 ` +
+        `(${this.bar.size} bytes, device configuration from byte ${this.configOffset}): ` +
+        `the device's I/O BAR is too small for what it offers`,
+    );
   }
 
   reset(): void {
@@ -102,6 +142,11 @@ export class LegacyPciTransport implements VirtioTransport {
         })`,
       );
     }
+    // Once per negotiation: every field the features make exist must be reachable before the
+    // device is used (readConfig checks again, for reads made before negotiation).
+    for (const f of NET_CONFIG_FIELDS) {
+      if (has(features, f.feature)) this.#checkConfigRange(f.offset, f.size);
+    }
     this.bar.write32(LegacyReg.DRIVER_FEATURES, Number(features));
   }
 
@@ -110,6 +155,7 @@ export class LegacyPciTransport implements VirtioTransport {
    * Configuration Space"): read until two passes agree.
    */
   readConfig(offset: number, length: number): Uint8Array {
+    this.#checkConfigRange(offset, length);
     const read = () => {
       const b = new Uint8Array(length);
       for (let i = 0; i < length; i++) b[i] = this.bar.read8(this.configOffset + offset + i);

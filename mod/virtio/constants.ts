@@ -184,6 +184,29 @@ export const NetConfig = {
   S_ANNOUNCE: 2,
 } as const;
 
+/**
+ * 5.1.4: the fields of struct virtio_net_config, their sizes, and the feature bit that makes each
+ * one exist (a device without the feature may end its configuration before the field).
+ */
+export const NET_CONFIG_FIELDS: readonly {
+  name: string;
+  offset: number;
+  size: number;
+  feature: number;
+}[] = [
+  { name: "mac", offset: NetConfig.MAC, size: 6, feature: NetFeature.MAC },
+  { name: "status", offset: NetConfig.STATUS, size: 2, feature: NetFeature.STATUS },
+  {
+    name: "max_virtqueue_pairs",
+    offset: NetConfig.MAX_VIRTQUEUE_PAIRS,
+    size: 2,
+    feature: NetFeature.MQ,
+  },
+  { name: "mtu", offset: NetConfig.MTU, size: 2, feature: NetFeature.MTU },
+  { name: "speed", offset: NetConfig.SPEED, size: 4, feature: NetFeature.SPEED_DUPLEX },
+  { name: "duplex", offset: NetConfig.DUPLEX, size: 1, feature: NetFeature.SPEED_DUPLEX },
+];
+
 /** 5.1.2 Virtqueues: receiveqN = 2(N-1), transmitqN = 2(N-1)+1, controlq = 2 * max pairs. */
 export const NetQueue = {
   rx: (pair: number) => 2 * pair,

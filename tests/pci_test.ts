@@ -480,6 +480,85 @@ Deno.test("pci transport: a closed transport never touches its old mappings", ()
   }
 });
 
+// What a reader without CAP_SYS_ADMIN gets from sysfs `config`: the 64-byte header only.
+const unprivileged = (hex: string) => config(hex).slice(0, 64);
+
+Deno.test("pci config: the 64-byte unprivileged view means 'needs root', not a corrupt list", () => {
+  for (const hex of [LEGACY_CONFIG, TRANSITIONAL_CONFIG, MODERN_CONFIG]) {
+    assert.throws(
+      () => listCapabilities(unprivileged(hex)),
+      (e: Error) => /needs root/.test(e.message) && !/corrupt/.test(e.message),
+    );
+  }
+  assert.throws(() => virtioNetKind(unprivileged(TRANSITIONAL_CONFIG)), /needs root/);
+  // The header alone tells a modern function (by its device ID) and a function that is not
+  // virtio-net at all.
+  assert.equal(virtioNetKind(unprivileged(MODERN_CONFIG)), "modern");
+  const other = unprivileged(LEGACY_CONFIG);
+  other.set([0x86, 0x80, 0x37, 0x12]);
+  assert.equal(virtioNetKind(other), null);
+});
+
+Deno.test("pci devices: as non-root, a 64-byte config is listed as 'needs root', the rest as usual", async () => {
+  const { root, sysfs, cleanup } = fakeSysfs();
+  const cfg = (a: string) => `${root}/bus/pci/devices/${a}/config`;
+  Deno.writeFileSync(cfg("0000:00:06.0"), unprivileged(TRANSITIONAL_CONFIG));
+  const out: string[] = [];
+  const errors: string[] = [];
+  const origLog = console.log;
+  const origError = console.error;
+  console.log = (m: string) => out.push(m);
+  console.error = (m: string) => errors.push(m);
+  try {
+    const rows = listDevices(sysfs);
+    assert.deepEqual(
+      rows.map((r) => [r.address, r.kind, r.driver, r.mac, r.needsRoot, r.error]),
+      [
+        ["0000:00:04.0", "legacy", "virtio-pci", "52:54:00:12:34:10", false, null],
+        ["0000:00:05.0", "modern", "uio_pci_generic", "52:54:00:12:34:11", false, null],
+        // Legacy or transitional cannot be told without the capabilities; nothing else is read.
+        ["0000:00:06.0", null, null, null, true, null],
+      ],
+    );
+    assert.equal(await runPciCommand("devices", [], sysfs), 0);
+    const lines = out.pop()!.split("\n");
+    assert.match(lines[0], /^ADDRESS +TYPE +DRIVER +MAC +LINK +INTERFACE +NOTE$/);
+    assert.match(lines[1], /^0000:00:04\.0 +legacy .*eth0$/);
+    assert.match(lines[3], /^0000:00:06\.0 +- +- +- +- +- +needs root$/);
+    assert.equal(await runPciCommand("devices", ["--json"], sysfs), 0);
+    const json = JSON.parse(out.pop()!) as { address: string; needsRoot: boolean }[];
+    assert.deepEqual(json.map((r) => [r.address, r.needsRoot]), [
+      ["0000:00:04.0", false],
+      ["0000:00:05.0", false],
+      ["0000:00:06.0", true],
+    ]);
+    // A modern function is still known as modern from its header.
+    Deno.writeFileSync(cfg("0000:00:05.0"), unprivileged(MODERN_CONFIG));
+    assert.deepEqual(
+      listDevices(sysfs).map((r) => [r.kind, r.mac, r.needsRoot]),
+      [["legacy", "52:54:00:12:34:10", false], ["modern", null, true], [null, null, true]],
+    );
+    // Opening one as a port, or binding it, says plainly that it needs root.
+    for (const a of ["0000:00:05.0", "0000:00:06.0"]) {
+      assert.throws(
+        () => PciTransport.fromSpec(a, {}, sysfs),
+        new RegExp(`^Error: PCI port ${a.replaceAll(".", "\\.")} needs root: .*run vpmd as root$`),
+      );
+    }
+    assert.equal(await runPciCommand("bind", ["0000:00:06.0"], sysfs), 2);
+    assert.match(errors.pop()!, /0000:00:06\.0: needs root/);
+    // Without a hidden function the table keeps its usual columns.
+    Deno.writeFileSync(cfg("0000:00:05.0"), config(MODERN_CONFIG));
+    Deno.writeFileSync(cfg("0000:00:06.0"), config(TRANSITIONAL_CONFIG));
+    assert.equal(await runPciCommand("devices", [], sysfs), 0);
+    assert.match(out.pop()!.split("\n")[0], /^ADDRESS +TYPE +DRIVER +MAC +LINK +INTERFACE$/);
+  } finally {
+    console.log = origLog;
+    console.error = origError;
+    cleanup();
+  }
+});
+
 /**
  * An I/O BAR of `size` bytes that records every access outside it (on the ioperm path such an
  * access is an `in`/`out` on a port not granted: SIGSEGV).

@@ -10,7 +10,14 @@
 import { argsErrorMessage } from "../args_error.ts";
 import { parseArgs } from "cli-args";
 import { has, NetConfig, NetFeature } from "../virtio/constants.ts";
-import { msixEnabled, parseVirtioCaps, virtioNetKind } from "./config.ts";
+import {
+  configHidden,
+  isVirtioNet,
+  msixEnabled,
+  parseVirtioCaps,
+  PciConfigHiddenError,
+  virtioNetKind,
+} from "./config.ts";
 import { SysfsIoBar } from "./io_bar.ts";
 import { type PciFunction, Sysfs } from "./sysfs.ts";
 import { LegacyReg } from "../transport/pci_legacy.ts";
@@ -20,12 +27,17 @@ import { KERNEL_DRIVER, USERSPACE_DRIVER } from "../transport/pci.ts";
 /** One row of `vpmd devices`. */
 export interface DeviceInfo {
   address: string;
-  kind: "legacy" | "transitional" | "modern";
+  /** null when it cannot be told: legacy or transitional with `needsRoot`, or `error`. */
+  kind: "legacy" | "transitional" | "modern" | null;
   driver: string | null;
   mac: string | null;
   link: "up" | "down" | null;
   interfaces: string[];
   uio: string | null;
+  /** Only the 64-byte header of the configuration space is readable (config.ts `configHidden`). */
+  needsRoot: boolean;
+  /** Why the function could not be examined (e.g. a corrupt capability list), else null. */
+  error: string | null;
 }
 
 /** How long bind/unbind wait for the kernel to finish probing (ms). */
@@ -34,7 +46,10 @@ const PROBE_WAIT_MS = 3000;
 const hex2 = (b: number) => b.toString(16).padStart(2, "0");
 const macText = (b: Uint8Array) => Array.from(b.subarray(0, 6), hex2).join(":");
 
-/** Every virtio-net function under `sysfs`, with what can be learnt without disturbing it. */
+/**
+ * Every virtio-net function under `sysfs`, with what can be learnt without disturbing it. A
+ * function that cannot be examined is listed with `needsRoot` or `error`, never dropped.
+ */
 export function listDevices(sysfs: Sysfs = new Sysfs()): DeviceInfo[] {
   const out: DeviceInfo[] = [];
   for (const address of sysfs.addresses()) {
@@ -45,25 +60,31 @@ export function listDevices(sysfs: Sysfs = new Sysfs()): DeviceInfo[] {
     } catch {
       continue;
     }
-    const kind = virtioNetKind(config);
-    if (kind === null) continue;
+    if (!isVirtioNet(config)) continue;
     const info: DeviceInfo = {
       address,
-      kind,
+      kind: null,
       driver: fn.driver(),
       mac: null,
       link: null,
       interfaces: fn.interfaces(),
       uio: fn.uioDevice(),
+      needsRoot: configHidden(config),
+      error: null,
     };
+    try {
+      info.kind = virtioNetKind(config); // a modern function is known from the header alone
+    } catch (e) {
+      if (!(e instanceof PciConfigHiddenError)) info.error = (e as Error).message;
+    }
     const ifname = info.interfaces[0];
     if (ifname !== undefined) {
       info.mac = sysfs.interfaceAddress(ifname);
       const carrier = sysfs.interfaceUp(ifname) ? sysfs.interfaceCarrier(ifname) : null;
       info.link = carrier === null ? null : carrier ? "up" : "down";
-    } else {
+    } else if (info.kind !== null && !info.needsRoot) {
       try {
-        Object.assign(info, peekNetConfig(fn, kind, config));
+        Object.assign(info, peekNetConfig(fn, info.kind, config));
       } catch {
         // the registers are not reachable (no root, no BAR): leave MAC and link unknown
       }
@@ -76,7 +97,7 @@ export function listDevices(sysfs: Sysfs = new Sysfs()): DeviceInfo[] {
 /** MAC and link from the device configuration (5.1.4) of a function no kernel driver holds. */
 function peekNetConfig(
   fn: PciFunction,
-  kind: DeviceInfo["kind"],
+  kind: NonNullable<DeviceInfo["kind"]>,
   config: Uint8Array,
 ): Pick<DeviceInfo, "mac" | "link"> {
   const wanted = NetConfig.STATUS + 2;
@@ -112,9 +133,12 @@ function peekNetConfig(
 function virtioNet(sysfs: Sysfs, address: string): PciFunction {
   const fn = sysfs.function(address);
   const config = fn.readConfig();
-  if (virtioNetKind(config) === null) {
+  if (!isVirtioNet(config)) {
     const id = (o: number) => (config[o] | (config[o + 1] << 8)).toString(16).padStart(4, "0");
     throw new Error(`${fn.address} is not a virtio-net device (${id(0)}:${id(2)})`);
+  }
+  if (configHidden(config)) {
+    throw new Error(`${fn.address}: needs root (binding writes sysfs files only root may write)`);
   }
   return fn;
 }
@@ -191,15 +215,21 @@ export async function unbindDevice(sysfs: Sysfs, address: string): Promise<strin
 }
 
 function table(rows: DeviceInfo[]): string {
+  const note = (r: DeviceInfo) => r.needsRoot ? "needs root" : r.error ?? "";
   const head = ["ADDRESS", "TYPE", "DRIVER", "MAC", "LINK", "INTERFACE"];
   const cells = rows.map((r) => [
     r.address,
-    r.kind,
+    r.kind ?? "-",
     r.driver ?? "-",
     r.mac ?? "-",
     r.link ?? "-",
     r.interfaces.join(",") || r.uio || "-",
   ]);
+  // The NOTE column appears only when a function has something to say.
+  if (rows.some((r) => note(r) !== "")) {
+    head.push("NOTE");
+    cells.forEach((c, i) => c.push(note(rows[i])));
+  }
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   return [head, ...cells].map((c) => c.map((s, i) => s.padEnd(widths[i])).join("  ").trimEnd())
     .join("\n");

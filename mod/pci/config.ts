@@ -104,13 +104,34 @@ const u16 = (b: Uint8Array, o: number) => b[o] | (b[o + 1] << 8);
 const u32 = (b: Uint8Array, o: number) => (u16(b, o) + u16(b, o + 2) * 0x10000) >>> 0;
 
 /**
+ * True when `config` is the unprivileged view of sysfs `config`: Linux gives a reader without
+ * CAP_SYS_ADMIN only the 64-byte standard header (drivers/pci/pci-sysfs.c), so the capabilities,
+ * and with them the virtio structures (4.1.4), cannot be seen.
+ */
+export function configHidden(config: Uint8Array): boolean {
+  return config.length === PciConfig.HEADER_SIZE;
+}
+
+/** The capability list lies in the part of the configuration space hidden from non-root readers. */
+export class PciConfigHiddenError extends Error {
+  constructor() {
+    super(
+      "needs root: only the 64-byte header of the PCI configuration space is readable " +
+        "without CAP_SYS_ADMIN, not the virtio capabilities",
+    );
+  }
+}
+
+/**
  * Walks the capability list of a configuration space image. Loops and pointers into the header are
- * errors (a corrupt list must not hang or mislead the driver).
+ * errors (a corrupt list must not hang or mislead the driver); an image cut at the header by the
+ * kernel (`configHidden`) is a PciConfigHiddenError.
  */
 export function listCapabilities(config: Uint8Array): { id: number; offset: number }[] {
   const caps: { id: number; offset: number }[] = [];
   if (config.length < PciConfig.HEADER_SIZE) return caps;
   if ((u16(config, PciConfig.STATUS) & PciStatus.CAPABILITIES_LIST) === 0) return caps;
+  if (configHidden(config)) throw new PciConfigHiddenError();
   const seen = new Set<number>();
   let p = config[PciConfig.CAPABILITIES_POINTER] & 0xfc; // 6.7: the bottom two bits are reserved
   while (p !== 0) {
@@ -184,16 +205,25 @@ export function msixEnabled(config: Uint8Array): boolean {
   return false;
 }
 
-/** What kind of virtio-net function this is, or null when it is not one (4.1.2, 4.1.2.1). */
+/** True when the IDs in the header name a virtio-net function (4.1.2, 4.1.2.1). */
+export function isVirtioNet(config: Uint8Array): boolean {
+  if (config.length < PciConfig.HEADER_SIZE) return false;
+  if (u16(config, PciConfig.VENDOR_ID) !== VirtioPciId.VENDOR) return false;
+  const device = u16(config, PciConfig.DEVICE_ID);
+  if (device === VirtioPciId.NET_MODERN) return true;
+  // 4.1.2.1: transitional devices carry the virtio device ID in the subsystem device ID.
+  return device === VirtioPciId.NET_TRANSITIONAL &&
+    u16(config, PciConfig.SUBSYSTEM_ID) === VirtioPciId.VIRTIO_ID_NET;
+}
+
+/**
+ * What kind of virtio-net function this is, or null when it is not one. Telling legacy from
+ * transitional needs the capabilities: a PciConfigHiddenError on an unprivileged view.
+ */
 export function virtioNetKind(
   config: Uint8Array,
 ): "legacy" | "transitional" | "modern" | null {
-  if (config.length < PciConfig.HEADER_SIZE) return null;
-  if (u16(config, PciConfig.VENDOR_ID) !== VirtioPciId.VENDOR) return null;
-  const device = u16(config, PciConfig.DEVICE_ID);
-  if (device === VirtioPciId.NET_MODERN) return "modern";
-  if (device !== VirtioPciId.NET_TRANSITIONAL) return null;
-  // 4.1.2.1: transitional devices carry the virtio device ID in the subsystem device ID.
-  if (u16(config, PciConfig.SUBSYSTEM_ID) !== VirtioPciId.VIRTIO_ID_NET) return null;
+  if (!isVirtioNet(config)) return null;
+  if (u16(config, PciConfig.DEVICE_ID) === VirtioPciId.NET_MODERN) return "modern";
   return hasModernCaps(parseVirtioCaps(config)) ? "transitional" : "legacy";
 }

@@ -8,7 +8,14 @@
  * reads the ISR periodically instead of waiting for interrupts on /dev/uioN.
  */
 import { type IoBar, IopermBar, type PortIoMethod, SysfsIoBar } from "../pci/io_bar.ts";
-import { msixEnabled, parseVirtioCaps, PciCommand, virtioNetKind } from "../pci/config.ts";
+import {
+  configHidden,
+  isVirtioNet,
+  msixEnabled,
+  parseVirtioCaps,
+  PciCommand,
+  virtioNetKind,
+} from "../pci/config.ts";
 import { type ConfigChangeSource, PolledConfigChange, UioInterrupts } from "../pci/interrupts.ts";
 import { type PciFunction, Sysfs } from "../pci/sysfs.ts";
 import { LegacyPciTransport } from "./pci_legacy.ts";
@@ -96,13 +103,20 @@ export const PciTransport = {
     checkPciOptions(address, options);
     const fn = sysfs.function(address);
     const config = fn.readConfig();
-    const kind = virtioNetKind(config);
-    if (kind === null) {
+    if (!isVirtioNet(config)) {
       const id = (o: number) => (config[o] | (config[o + 1] << 8)).toString(16).padStart(4, "0");
       throw new Error(
         `PCI port ${fn.address} is not a virtio-net device (${id(0)}:${id(2)}; see 'vpmd devices')`,
       );
     }
+    if (configHidden(config)) {
+      throw new Error(
+        `PCI port ${fn.address} needs root: to other users the kernel shows only the first ` +
+          `64 bytes of its PCI configuration space (no virtio capabilities) and none of its ` +
+          `BARs; run vpmd as root`,
+      );
+    }
+    const kind = virtioNetKind(config)!;
     checkDriver(fn);
     const portio = options.portio as PortIoMethod | undefined;
     let mode = options.mode ?? (portio !== undefined || kind === "legacy" ? "legacy" : "modern");

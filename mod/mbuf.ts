@@ -111,7 +111,7 @@ export class MbufPool {
     if (!(ringRoom >= 0)) throw new RangeError(`mbuf pool: ringRoom must be >= 0 (${ringRoom})`);
     // Buffers lie back to back where the region's iovas are contiguous (memfd, anon, hugepage
     // memfd), crossing pages: on 4 KiB pages that is half the pages of one buffer per page, and
-    // fewer TLB misses (io forwarding on the sim: paired 0.95-0.98 in five A/B runs).
+    // fewer TLB misses.
     const bytes = bytesForReservations(kind, this.count, this.stride) + ringRoom;
     this.region = DmaRegion.create({ size: bytes, kind, name: opts.name ?? "vpmd-mbufs" });
     this.bytes = this.region.u8;

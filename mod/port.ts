@@ -266,7 +266,7 @@ export class Port {
     // (5.1.6.4 asks for 1), so the header is zero and a forwarded frame goes back out behind it,
     // one descriptor (a device that writes 1 gets the pair below). With them num_buffers is 1,
     // which a transmitted header must not carry (5.1.6.2), so the frame goes behind a zero header
-    // of the TX queue's own, two descriptors (tx_queue.ts). Measured in README, "Measured".
+    // of the TX queue's own, two descriptors (tx_queue.ts; docs/performance.md).
     if ((cfg.mrgRxbuf ?? pool.dataRoom < maxFrame) && has(offered, NetFeature.MRG_RXBUF)) {
       features |= bit(NetFeature.MRG_RXBUF);
     }
@@ -402,11 +402,11 @@ export class Port {
   /**
    * Memory for this plan's rings: one area per queue, then the control command buffer and the zero
    * header. It is taken from the pool's region when that has room and contiguous iovas, so that the
-   * device sees rings and buffers as one memory region: DPDK's vhost spent 11 % more cycles per
-   * packet receiving vpmd's tx-only traffic when they were two (README, "Measured"). Otherwise it
-   * is a region of its own, in the pool's kind of memory (which the transport reaches, checked in
-   * #resolve). An area in the pool cannot be given back: a port reconfigured to bigger rings
-   * takes a new one and the old stays unused until the pool is closed.
+   * device sees rings and buffers as one memory region: a vhost-user backend such as DPDK's
+   * spends more cycles per packet with two (docs/performance.md). Otherwise it is a region of its
+   * own, in the pool's kind of memory (which the transport reaches, checked in #resolve). An area
+   * in the pool cannot be given back: a port reconfigured to bigger rings takes a new one and the
+   * old stays unused until the pool is closed.
    */
   #rings(plan: Plan, pool: DmaRegion): RingArea {
     const layout = this.transport.ringLayout;

@@ -27,7 +27,7 @@
  * cost): a front-end that waits does not set the rate, whatever the vhost's busy share says.
  * Then the median per tree and the median of each repetition's ratio to the first tree, and the
  * repetitions ordered by the vhost's cost behind the first tree, each with the other trees'
- * ratios: that cost tells the machine's phases apart (README, "Measured"), and a change can gain
+ * ratios: that cost tells the machine's phases apart (docs/performance.md), and a change can gain
  * in one phase and lose in another. Needs scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";

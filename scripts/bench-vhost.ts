@@ -1,5 +1,5 @@
 /**
- * vpmd vs DPDK's own virtio_user front-end, against the same DPDK vhost PMD testpmd (issue 3).
+ * vpmd vs DPDK's own virtio_user front-end, against the same DPDK vhost PMD testpmd.
  *
  *   deno run -A scripts/bench-vhost.ts [--reps 5] [--seconds 3] [--tests rxonly,txonly,loop]
  *                                      [--mrg 0|1] [--in-order 0|1] [--defaults]
@@ -118,10 +118,9 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
   // The frame as 8 doubles: data starts 8-byte aligned (headroom 128), so a copy is 8 stores
   // (testpmd's txonly copies its header template per packet too; the frame holds no NaN pattern,
   // so every double is stored back exactly). They are written out, from locals: a loop over the
-  // template cost ~14 instructions a word (two bounds checks, overflow checks, the loop's own),
-  // written out ~3, and tx-only ran 18 % faster for it (6 paired runs); 8-byte stores instead of
-  // 4-byte ones a further 5 % (10 paired runs: fewer stores wait in the store buffer while the
-  // frame's line comes back from the core that last read it).
+  // template costs ~14 instructions a word (two bounds checks, overflow checks, the loop's own),
+  // written out ~3; and 8-byte stores rather than 4-byte ones leave fewer stores waiting in the
+  // store buffer while the frame's line comes back from the core that last read it.
   const tpl = new Float64Array(frameTemplate().buffer);
   if (test === "rxonly") {
     return () => {
@@ -200,9 +199,9 @@ function loop(test: Test, port: Port, pool: MbufPool, seconds: number): ChildRes
 }
 
 /**
- * One timed iteration in SAMPLE_EVERY: a clock read costs ~100 ns in Deno (performance.now()), and
- * reading it after every iteration slowed tx-only by 12 % (bench-ab --busy against no --busy,
- * same phase, README "Measured"); sampled, it costs about 0.4 ns per packet.
+ * One timed iteration in SAMPLE_EVERY: a clock read costs ~100 ns in Deno (performance.now()),
+ * ~3 ns per packet if read after every iteration, enough to slow vpmd's side measurably against
+ * DPDK's; sampled, it costs about 0.4 ns per packet.
  */
 const SAMPLE_EVERY = 16;
 

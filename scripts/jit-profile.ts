@@ -14,8 +14,7 @@
  * found the store buffer full), so read a hot line together with the one before it.
  *
  * The program must run for at least warmup + seconds. Needs `perf` and `gdb` (Debian packages
- * linux-perf and gdb) and root (or perf_event_paranoid <= 1). Used for the engine and benchmark
- * findings in the README ("Measured").
+ * linux-perf and gdb) and root (or perf_event_paranoid <= 1). See docs/performance.md.
  */
 import { parseArgs } from "cli-args";
 import { run } from "./command.ts";

@@ -6,18 +6,17 @@
  * gives the packets of that window. Printed per front-end: samples per million packets, in all and
  * at the hottest instructions (library and offset, named after the nearest exported symbol), side
  * by side: a cost that one front-end causes the vhost shows as an instruction that is hot behind it
- * and not behind the others. This is how the eighth session found what a second memory region cost
- * the vhost (README, "Measured").
+ * and not behind the others (docs/performance.md: what a second memory region costs the vhost).
  *
  *   deno run -A scripts/vhost-profile.ts [--mode txonly|rxonly|loop] [--seconds 4] [--top 12]
  *                                        FRONT...
  *
- * FRONT is `dpdk` (split ring, mrg_rxbuf=1, in_order=1: what vpmd negotiates) or a vpmd checkout.
- * The mode is the front-end's: txonly (the vhost receives), rxonly (the vhost sends) or loop (both
- * forward, the vhost starting with `start tx_first 32`). 64-byte frames, burst 32, ring 256. The
- * machine's phase changes the figures; run the front-ends of one comparison in one invocation, and
- * more than once (`dpdk A B dpdk A B`). Needs perf (Debian linux-perf), nm (binutils) and
- * scripts/setup-dpdk.sh.
+ * FRONT is `dpdk` (split ring, mrg_rxbuf=1, in_order=1) or a vpmd checkout (bench-vhost.ts's
+ * defaults: no mergeable buffers, in order). The mode is the front-end's: txonly (the vhost
+ * receives), rxonly (the vhost sends) or loop (both forward, the vhost starting with
+ * `start tx_first 32`). 64-byte frames, burst 32, ring 256. The machine's phase changes the
+ * figures; run the front-ends of one comparison in one invocation, and more than once
+ * (`dpdk A B dpdk A B`). Needs perf (Debian linux-perf), nm (binutils) and scripts/setup-dpdk.sh.
  */
 import { parseArgs } from "cli-args";
 import { childArgs, pinnedDeno, run } from "./command.ts";

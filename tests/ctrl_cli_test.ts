@@ -1,6 +1,6 @@
 /**
- * Issue 5 without a guest: the `vpmd fwd` receive-filter and MTU flags (mod/fwd/filters.ts)
- * checked and applied through the port against the simulated device (whose receive filter drops
+ * Without a guest: the `vpmd fwd` receive-filter and MTU flags (mod/fwd/filters.ts) checked
+ * and applied through the port against the simulated device (whose receive filter drops
  * injected frames like QEMU's), CTRL_VLAN negotiated only for --vlan-filter, queue-size rules,
  * stopped-only configuration and the library flow stop/configure/start, the announce frame's
  * bytes, the CLI's exit code for a device without the feature, and the error class (exit 1) for a

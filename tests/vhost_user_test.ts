@@ -563,8 +563,9 @@ peerTest(
       assert.equal(has(side.port.features, NetFeature.MRG_RXBUF), false);
       await pmd.cmd("start tx_first");
       // The header in front of every received frame: what TX sends back as it is when zero
-      // (num_buffers 0, 5.1.6.2), one descriptor per frame (README, "Mergeable buffers only when
-      // needed"). The pool starts zeroed, and DPDK's vhost writes no num_buffers without MRG_RXBUF.
+      // (num_buffers 0, 5.1.6.2), one descriptor per frame (docs/design.md, "Mergeable buffers
+      // only when needed"). The pool starts zeroed, and DPDK's vhost writes no num_buffers without
+      // MRG_RXBUF.
       const { pool, port } = side;
       const pkts = new Uint32Array(32);
       let frames = 0;

@@ -33,8 +33,7 @@ const IDLE_PAUSES = 40;
  * Wait about a microsecond without touching memory: what a polling loop does after an iteration
  * that moved nothing. Polling again at once reads the used rings' lines while the device is still
  * writing them, and each read takes a line the device then has to fetch back; waiting lets the
- * device finish a burst, and the next poll finds more of it (A/B against DPDK's vhost, README
- * "Measured").
+ * device finish a burst, and the next poll finds more of it (docs/performance.md).
  */
 export function idlePause(): void {
   for (let i = 0; i < IDLE_PAUSES; i++) Atomics.pause();

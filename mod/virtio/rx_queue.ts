@@ -11,19 +11,18 @@
  * With MRG_RXBUF (5.1.6.4.2) a frame may span `num_buffers` used entries; the buffers become a
  * segment chain. Later buffers carry no header, so their data starts at the descriptor address.
  *
- * On the paths that hand out frames, an avail.ring entry is written only when it changes: a device that uses buffers in order gets
- * the same descriptor in the same slot ring after ring, and a line left unwritten stays in the
- * device's cache instead of moving to ours and back (A/B against DPDK's vhost: mac loop +5-20 %,
- * rx-only +1-15 %). The check is written out at each place: as a function it was a call per
- * packet (the burst functions are past V8's inlining budget) and cost 5 ns/packet.
+ * On the paths that hand out frames, an avail.ring entry is written only when it changes: a
+ * device that uses buffers in order gets the same descriptor in the same slot ring after ring,
+ * and a line left unwritten stays in the device's cache instead of moving to ours and back. The
+ * check is written out at each place: as a function it would be a call per packet (the burst
+ * functions are past V8's inlining budget).
  *
  * A burst that finds more used entries than it takes (the driver is behind the device) writes the
  * refilled descriptors' addresses after its loop, all together: the descriptor lines the device
- * has read are then fetched back at once, where writing each as it went waited for one line at a
- * time and held up every store behind it (the stores drain in order). A burst that keeps up writes
- * them as it goes: written together they cost the device more per packet in a vhost-bound phase
- * (A/B against DPDK's vhost, mac loop: always together -5 % there; together when behind +27 % where
- * vpmd was the bottleneck, -1 to -3 % vhost-bound; README, "Measured").
+ * has read are then fetched back at once, where writing each as it goes waits for one line at a
+ * time and holds up every store behind it (the stores drain in order). A burst that keeps up
+ * writes them as it goes: written together they cost the device more per packet when the device
+ * sets the pace (docs/performance.md).
  *
  * The device is not trusted: every used entry is checked (id in range and held by the device,
  * length within what was posted, num_buffers within the entries that are there). A bad entry is

@@ -19,9 +19,8 @@
  * `unsettled`, and the next burst on the queue that publishes nothing (an empty poll, a transmit
  * of 0 packets) takes the fenced look (`settle`) and notifies if the device asks by then. In a
  * steady stream no burst waits for the barrier: it waits for every store still in flight, here
- * descriptor lines the device's core holds, and cost 6-8 % of the rate against DPDK's vhost in
- * slow phases (mac loop, tx-only, the forwarder's io; README, "Measured"). Elsewhere than x86-64
- * the publish stays an ordered store.
+ * descriptor lines the device's core holds (6-8 % of the rate against DPDK's vhost in slow
+ * phases, docs/performance.md). Elsewhere than x86-64 the publish stays an ordered store.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory, RingLayout } from "../transport/transport.ts";

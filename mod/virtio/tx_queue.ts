@@ -13,14 +13,9 @@
  * descriptors alone. A frame received with MRG_RXBUF (marked DEVICE_HEADER: its header holds
  * num_buffers) goes behind the zero header without its header area being read, and the RX queue
  * reads num_buffers only from full buffers, so in forwarding neither reads the header's line and
- * it stays in the device's cache (A/B, the mac loop against DPDK's vhost: vpmd's busy time 28.3
- * against 31.3 ns/packet, 5 of 6 pairs; the rate, set by the vhost, unchanged). Measured against
- * DPDK's vhost (A/B, pairs of runs in the same minute): the
- * zero header +20 % on the mac loop in one set of runs, mixed in a second; keeping the pairs a
- * further +1 to +11 % (the gain is largest while the machine is in its slow phase). Free
- * descriptors and free pairs are reused first in, first out: the device then reads the table in
- * order, line after line, and its prefetching hides the transfers (mac loop +8 %, 8/8 paired runs,
- * against reusing the last freed first). Which descriptors are free, how chains continue and which
+ * it stays in the device's cache. Free descriptors and free pairs are reused first in, first out:
+ * the device then reads the table in order, line after line, and its prefetching hides the
+ * transfers (docs/performance.md). Which descriptors are free, how chains continue and which
  * mbuf a chain carries are kept in ordinary memory (`#free`, `#pairs`, `#next`, `#mbuf`); the
  * descriptor table is only written, never read back, so a device cannot redirect us.
  *
@@ -37,11 +32,10 @@
  *
  * Finished chains ([lastUsed, used.idx), one ordered load) are reclaimed lazily: when half the
  * descriptors are in flight, when a packet does not fit, or on a burst of 0 packets. Reading the
- * used ring every burst pulls its cache line away from the device each time it writes there.
- * Measured against DPDK's vhost (ring 256, A/B in one run): reclaiming below 32 free
- * descriptors sped tx-only up ~10 % but slowed the mac loop ~5 % (buffers came back to the pool
- * later and colder); below half the ring kept the tx-only gain and the loop's rate. A burst then
- * enqueues, publishes avail.idx once and notifies at most once, only when the device asks.
+ * used ring every burst pulls its cache line away from the device each time it writes there;
+ * reclaiming only when a few descriptors are left returns buffers to the pool later and colder,
+ * which slows forwarding. A burst then enqueues, publishes avail.idx once and notifies at most
+ * once, only when the device asks.
  */
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
 import type { VirtioTransport } from "../transport/transport.ts";
@@ -326,13 +320,13 @@ export class TxQueue {
         continue;
       }
       // Received with a header the device wrote: behind our zero header, its line unread.
-      // (flags[m] is loaded again: keeping `fl` live to here cost tx-only 3-5 %, A/B.)
+      // (flags[m] is loaded again: keeping `fl` live to here slows tx-only measurably.)
       let split = (flags[m] & DEVICE_HEADER) !== 0 && segs === 1 && zeroLo >= 0 &&
         nFree + 2 * nPairs >= 2;
       if (!split) {
         // Zero header just before the data (5.1.6.2: no offloads, num_buffers 0). Only the words
         // that are not zero yet are written: a buffer sent before still has a zero header, and an
-        // unwritten line stays in the device's cache (A/B against DPDK's vhost: tx-only +11-22 %).
+        // unwritten line stays in the device's cache.
         const h = bufOff[m] + off - hdr;
         if ((h & 3) === 0 && hdr === 12) {
           const w = h >>> 2;

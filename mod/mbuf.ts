@@ -49,6 +49,17 @@ export const MbufFlag = {
   DEVICE_HEADER: 4,
 } as const;
 
+/**
+ * Something outside the pool that holds its buffers and can give back those it is done with: a TX
+ * queue whose device has sent them (mod/virtio/tx_queue.ts). TX queues take finished buffers back
+ * lazily (when their ring fills), so a pool too small for every ring can find itself empty while
+ * its buffers sit, sent, in TX rings; an allocation that finds the pool empty asks the holders
+ * first.
+ */
+export interface BufferHolder {
+  reclaim(): void;
+}
+
 /** Sentinel for "no next segment" / "no buffer". */
 export const NONE = -1;
 
@@ -91,6 +102,8 @@ export class MbufPool {
 
   readonly #free: Uint32Array;
   #freeCount: number;
+  /** An array, not a Set: asking them must not allocate an iterator. */
+  readonly #holders: BufferHolder[] = [];
 
   constructor(opts: PoolOptions) {
     this.count = opts.count;
@@ -158,9 +171,30 @@ export class MbufPool {
     return this.#freeCount;
   }
 
-  /** Take one buffer, reset to an empty single segment; NONE when the pool is empty. */
+  /** Register a holder of this pool's buffers (a TX queue), asked for them when the pool is empty. */
+  addHolder(h: BufferHolder): void {
+    if (!this.#holders.includes(h)) this.#holders.push(h);
+  }
+
+  removeHolder(h: BufferHolder): void {
+    const i = this.#holders.indexOf(h);
+    if (i >= 0) this.#holders.splice(i, 1);
+  }
+
+  /**
+   * Ask every holder to give back the buffers it is done with (the allocations below do this
+   * when they find the pool short; a poller that sees receive starve may call it). Returns the
+   * buffers then free. A cold path: only a starving pool gets here.
+   */
+  reclaimHeld(): number {
+    const holders = this.#holders;
+    for (let i = 0; i < holders.length; i++) holders[i].reclaim();
+    return this.#freeCount;
+  }
+
+  /** Take one buffer, reset to an empty single segment; NONE when the pool and its holders have none. */
   alloc(): number {
-    if (this.#freeCount === 0) return NONE;
+    if (this.#freeCount === 0 && this.reclaimHeld() === 0) return NONE;
     const m = this.#free[--this.#freeCount];
     this.dataOff[m] = this.headroom;
     this.dataLen[m] = 0;
@@ -175,10 +209,10 @@ export class MbufPool {
   /**
    * Take one buffer, resetting only `next` (NONE: one segment); the other fields are whatever its
    * last use left (receive refill: the queue sets them when the buffer comes back filled). NONE
-   * when the pool is empty.
+   * when the pool and its holders have none.
    */
   allocRaw(): number {
-    if (this.#freeCount === 0) return NONE;
+    if (this.#freeCount === 0 && this.reclaimHeld() === 0) return NONE;
     const m = this.#free[--this.#freeCount];
     this.next[m] = NONE;
     return m;
@@ -186,7 +220,7 @@ export class MbufPool {
 
   /** Take `n` buffers into `out[0..n)` or none at all; returns false when fewer than `n` are free. */
   allocBulk(out: Uint32Array | Int32Array, n: number): boolean {
-    if (this.#freeCount < n) return false;
+    if (this.#freeCount < n && this.reclaimHeld() < n) return false;
     for (let i = 0; i < n; i++) out[i] = this.alloc();
     return true;
   }
@@ -253,7 +287,9 @@ export class MbufPool {
    */
   fromBytes(data: Uint8Array, segSize = this.dataRoom): number {
     const segs = Math.max(1, Math.ceil(data.length / segSize));
-    if (this.#freeCount < segs || segSize > this.dataRoom) return NONE;
+    if (segSize > this.dataRoom || (this.#freeCount < segs && this.reclaimHeld() < segs)) {
+      return NONE;
+    }
     const head = this.alloc();
     let prev = NONE;
     for (let i = 0; i < segs; i++) {

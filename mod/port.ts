@@ -500,6 +500,8 @@ export class Port {
         }),
       );
     }
+    // Sent buffers come back when the pool runs short, not only when a ring fills (mbuf.ts).
+    for (const tx of this.#tx) cfg.pool.addHolder(tx);
     if (plan.ctrlSize > 0) {
       const ring = place(plan.ctrlIndex, plan.ctrlSize);
       rings.push(ring);
@@ -523,7 +525,10 @@ export class Port {
       this.transport.reset();
     } finally {
       for (const rx of this.#rx) rx.release();
-      for (const tx of this.#tx) tx.release(); // frames in flight: counted as dropped there
+      for (const tx of this.#tx) {
+        tx.pool.removeHolder(tx);
+        tx.release(); // frames in flight: counted as dropped there
+      }
       this.#rx = [];
       this.#tx = [];
       this.#ctrl = null;

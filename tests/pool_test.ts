@@ -32,6 +32,38 @@ Deno.test("pool: alloc resets metadata, free returns buffers, an empty pool says
   }
 });
 
+Deno.test("pool: an empty pool asks its holders for buffers before it says NONE", () => {
+  const pool = new MbufPool({ count: 4, kind: "anon" });
+  try {
+    // A holder (as a TX queue) with two buffers it is done with, given back when asked.
+    const held = [pool.alloc(), pool.alloc()];
+    let asked = 0;
+    const holder = {
+      reclaim() {
+        asked++;
+        while (held.length > 0) pool.free(held.pop()!);
+      },
+    };
+    pool.addHolder(holder);
+    pool.addHolder(holder); // once is enough
+    const mine = [pool.alloc(), pool.alloc()];
+    assert.equal(asked, 0, "not asked while the pool has buffers");
+    assert.notEqual(pool.allocRaw(), NONE);
+    assert.equal(asked, 1);
+    const out = new Uint32Array(2);
+    assert.equal(pool.allocBulk(out, 2), false, "one left: not two");
+    assert.equal(asked, 2);
+    mine.push(pool.alloc());
+    assert.equal(pool.alloc(), NONE, "nothing held any more");
+    pool.removeHolder(holder);
+    const before = asked;
+    assert.equal(pool.allocRaw(), NONE);
+    assert.equal(asked, before, "a removed holder is not asked");
+  } finally {
+    pool.close();
+  }
+});
+
 Deno.test("pool: a double free is ignored instead of corrupting the free list", () => {
   const pool = new MbufPool({ count: 2, kind: "anon" });
   try {

@@ -61,10 +61,21 @@ function send(s: Stream, pool: MbufPool, n: number): number {
   return k;
 }
 
-/** Nothing received: let the TX queue finish its last notification check (Port.txIdle). */
-function idle(s: Stream): number {
+/**
+ * Nothing received: let the TX queue finish its last notification check (Port.txIdle). With
+ * fewer free buffers than the largest frame needs (`starvedBelow`), receive may be starving while
+ * the pool's buffers sit, sent, in TX rings: a frame of several buffers is dropped as rxNoMbuf
+ * without the allocation that would ask for them back (mbuf.ts, BufferHolder), so ask here.
+ */
+function idle(s: Stream, pool: MbufPool, starvedBelow: number): number {
+  if (pool.available < starvedBelow) pool.reclaimHeld();
   s.tx.txIdle(s.queue);
   return 0;
+}
+
+/** Buffers the largest frame takes (its header needs room too). */
+function buffersOfLargestFrame(pool: MbufPool): number {
+  return Math.ceil(Eth.LARGEST_FRAME / pool.dataRoom) + 1;
 }
 
 /** Drop runts (no room for two MAC addresses) from `pkts[0..n)`; returns the new count. */
@@ -82,6 +93,7 @@ function dropRunts(s: Stream, pool: MbufPool, n: number): number {
 
 export function createEngine(mode: Mode, opts: EngineOptions): Engine {
   const { pool, burst } = opts;
+  const starved = buffersOfLargestFrame(pool);
   const bytes = pool.bytes;
   const bufOff = pool.bufOff;
   const dataOff = pool.dataOff;
@@ -89,7 +101,7 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
     case "io":
       return (s) => {
         const n = s.rx.rxBurst(s.queue, s.pkts, burst);
-        if (n === 0) return idle(s);
+        if (n === 0) return idle(s, pool, starved);
         send(s, pool, n);
         return n;
       };
@@ -102,7 +114,7 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
     case "macswap":
       return (s) => {
         const got = s.rx.rxBurst(s.queue, s.pkts, burst);
-        if (got === 0) return idle(s);
+        if (got === 0) return idle(s, pool, starved);
         const n = dropRunts(s, pool, got);
         const pkts = s.pkts;
         const halves = pool.region.u16;
@@ -152,6 +164,7 @@ export function createEngine(mode: Mode, opts: EngineOptions): Engine {
 
 function macEngine(opts: EngineOptions): Engine {
   const { pool, burst } = opts;
+  const starved = buffersOfLargestFrame(pool);
   const bytes = pool.bytes;
   const bufOff = pool.bufOff;
   const dataOff = pool.dataOff;
@@ -165,7 +178,7 @@ function macEngine(opts: EngineOptions): Engine {
   const words = pool.region.u32;
   return (s) => {
     const got = s.rx.rxBurst(s.queue, s.pkts, burst);
-    if (got === 0) return idle(s);
+    if (got === 0) return idle(s, pool, starved);
     const n = dropRunts(s, pool, got);
     let a = addrs[s.tx.id];
     if (a === undefined) {

@@ -364,7 +364,7 @@ export class Port {
         status |= Status.FEATURES_OK;
         t.setStatus(status);
         if ((t.getStatus() & Status.FEATURES_OK) === 0) {
-          this.#fail(`the device did not accept the features ${plan.features.toString(16)}`);
+          this.#fail(`the device did not accept the features 0x${plan.features.toString(16)}`);
         }
       }
       this.#readMac(plan.features);

@@ -82,4 +82,10 @@ Deno.test("portspec: openTransport dispatches and reports bad options clearly", 
   assert.throws(() => openTransport("vhost-user:/nonexistent/vpmd.sock,colour=blue"), /colour/);
   assert.throws(() => openTransport("0000:00:04.0,colour=blue"), /colour/);
   assert.throws(() => openTransport("0000:7f:1f.7"), /0000:7f:1f\.7/);
+  // Every queue of a sim has its qsize, the control queue too: below 4 entries it needs ctrl=0.
+  assert.throws(
+    () => openTransport("sim:s,qsize=2"),
+    /^Error: sim:s: qsize=2: the control queue needs 4 entries; use ctrl=0 or qsize >= 4$/,
+  );
+  openTransport("sim:s,qsize=2,ctrl=0").close();
 });

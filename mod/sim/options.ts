@@ -4,6 +4,7 @@
  */
 import { parseOwnMac } from "../mac.ts";
 import { MAX_QUEUE_SIZE } from "../virtio/constants.ts";
+import { CTRL_MIN_ENTRIES } from "../virtio/ctrl_queue.ts";
 import { EVIL_MODES, type EvilMode } from "./device.ts";
 import type { GeneratorOptions } from "./wire.ts";
 
@@ -108,6 +109,14 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
   if (qsize !== undefined && (qsize & (qsize - 1)) !== 0) {
     throw new Error(`${where}: qsize=${qsize}: expected a power of two (2.7: split ring sizes)`);
   }
+  const ctrlVq = flag("ctrl", "1", "0");
+  if (qsize !== undefined && qsize < CTRL_MIN_ENTRIES && ctrlVq !== false) {
+    // Every queue of a sim has this size, the control queue too (see CtrlQueue).
+    throw new Error(
+      `${where}: qsize=${qsize}: the control queue needs ${CTRL_MIN_ENTRIES} entries; ` +
+        `use ctrl=0 or qsize >= ${CTRL_MIN_ENTRIES}`,
+    );
+  }
   const gen = flag("gen", "on", "off");
   const rate = int("rate", 0, 1e9);
   const stream = int("stream", 0, 0xffff);
@@ -121,7 +130,7 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
     queueSizeFixed: flag("qfixed", "1", "0"),
     queuePairs: int("queues", 1, SIM_MAX_PAIRS),
     mtu: int("mtu", 68, 65535),
-    ctrlVq: flag("ctrl", "1", "0"),
+    ctrlVq,
     ctrlRx: flag("ctrl_rx", "1", "0"),
     ctrlVlan: flag("ctrl_vlan", "1", "0"),
     legacy: flag("legacy", "1", "0"),

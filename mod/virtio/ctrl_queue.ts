@@ -22,6 +22,12 @@ import type { SplitRing } from "./split_ring.ts";
  */
 export class CtrlCommandError extends Error {}
 
+/**
+ * Descriptors the longest command chain takes: header, two data parts (the MAC table command's
+ * unicast and multicast tables, 5.1.6.5.2), ack.
+ */
+export const CTRL_MIN_ENTRIES = 4;
+
 /** Bytes of DMA memory a control queue needs for its command buffer. */
 export const CTRL_BUFFER_BYTES = 4096;
 /** Offsets inside the command buffer: header, ack, then the data parts one after another. */
@@ -58,8 +64,10 @@ export class CtrlQueue {
     eventIdx: boolean,
     timeoutMs = 2000,
   ) {
-    if (ring.size < 4) {
-      throw new Error(`${label}: control queue has ${ring.size} entries, 4 are needed`);
+    if (ring.size < CTRL_MIN_ENTRIES) {
+      throw new Error(
+        `${label}: control queue has ${ring.size} entries, ${CTRL_MIN_ENTRIES} are needed`,
+      );
     }
     this.ring = ring;
     this.#transport = transport;

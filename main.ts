@@ -52,6 +52,9 @@ fwd flags:
   --vlan-filter VID,...  receive tagged frames of these VLANs only (device filter)
   --mtu N             port MTU (default 1500)
 
+Stopping: SIGINT (Ctrl-C), SIGTERM or SIGHUP drains, resets the devices, prints the
+summary and exits 0; a second signal resets the devices and exits 128 + its number.
+
 Example:
   vpmd fwd sim:p0 sim:p1 --mode io --duration 5
 `;

@@ -1,7 +1,7 @@
 /**
  * `vpmd fwd`: parse the flags, open the ports, share one buffer pool between them, run the
- * forwarding loop with live statistics, stop cleanly (SIGINT or --duration), drain what is in
- * flight, and print the summary (with --json, the last stdout line).
+ * forwarding loop with live statistics, stop cleanly (SIGINT, SIGTERM, SIGHUP or --duration),
+ * drain what is in flight, and print the summary (with --json, the last stdout line).
  */
 import { parseArgs } from "cli-args";
 import { argsErrorMessage } from "../args_error.ts";
@@ -23,6 +23,7 @@ import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
+import { StopSignals } from "./signals.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
 export class UsageError extends Error {}
@@ -214,6 +215,7 @@ export async function runForwarder(args: string[]): Promise<number> {
   const transports: VirtioTransport[] = [];
   const ports: Port[] = [];
   let pool: MbufPool | null = null;
+  let signals: StopSignals | null = null;
   const log = (msg: string) => console.error(msg);
   try {
     for (const s of o.specs) {
@@ -247,6 +249,17 @@ export async function runForwarder(args: string[]): Promise<number> {
       { count, dataRoom: BUFFER_ROOM, name: "vpmd-fwd", ringRoom },
       log,
     );
+    // From here on devices run: a signal must stop them cleanly, and a second one still reset them.
+    signals = new StopSignals((sig) => {
+      log(`vpmd fwd: ${sig} again: resetting the devices and exiting now`);
+      for (const p of ports) {
+        try {
+          p.stop();
+        } catch (e) {
+          log(`port ${p.id}: reset: ${(e as Error).message}`);
+        }
+      }
+    });
     for (let i = 0; i < transports.length; i++) {
       const port = new Port(i, transports[i], { log });
       ports.push(port);
@@ -275,7 +288,7 @@ export async function runForwarder(args: string[]): Promise<number> {
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool);
+    return await forward(o, names, ports, transports, pool, signals);
   } finally {
     for (const p of ports) {
       try {
@@ -292,6 +305,7 @@ export async function runForwarder(args: string[]): Promise<number> {
       }
     }
     pool?.close();
+    signals?.close();
   }
 }
 
@@ -301,6 +315,7 @@ async function forward(
   ports: Port[],
   transports: VirtioTransport[],
   pool: MbufPool,
+  signals: StopSignals,
 ): Promise<number> {
   const engine = createEngine(o.mode, {
     pool,
@@ -316,12 +331,7 @@ async function forward(
   const wireOf = (i: number): WireCounters | null => wires[i]?.counters() ?? null;
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
-  let interrupted = false;
-  const onSigint = () => {
-    interrupted = true;
-    loop.stop();
-  };
-  Deno.addSignalListener("SIGINT", onSigint);
+  signals.onStop = () => loop.stop();
   try {
     await loop.run({
       untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
@@ -352,7 +362,7 @@ async function forward(
       durationSec: Math.round(durationSec * 1000) / 1000,
       mode: o.mode,
       burst: o.burst,
-      stoppedBy: interrupted ? "SIGINT" : o.durationSec > 0 ? "duration" : "stop",
+      stoppedBy: signals.by ?? (o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
       poolAvailable: pool.available,
       poolSize: pool.count,
@@ -364,7 +374,7 @@ async function forward(
     }
     return 0;
   } finally {
-    Deno.removeSignalListener("SIGINT", onSigint);
+    signals.close();
   }
 }
 

@@ -232,6 +232,26 @@ Deno.test("cli: SIGINT -> clean exit 0 with the summary", async () => {
   assert.equal(s.accounting.ok, true, s.accounting.message);
 });
 
+Deno.test("cli: frames that failed are never 'all accounted for'", async () => {
+  // 9000-byte frames arrive in five buffers; port 1's 4-entry TX ring can never take one.
+  const r = await vpmd([
+    "fwd",
+    "sim:a,mtu=9000,size=9000",
+    "sim:b,mtu=9000,qsize=4,gen=off",
+    "--mtu",
+    "9000",
+    "--duration",
+    "0.3",
+    "--json",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const s = lastJson(r.stdout);
+  assert.ok(s.ports[1].txErrors > 0, JSON.stringify(s.ports[1]));
+  assert.equal(s.accounting.ok, false);
+  assert.match(s.accounting.message, /^frames failed: port 1: \d+ TX errors \(0 frames sent\)$/);
+  assert.doesNotMatch(s.accounting.message, /accounted for/);
+});
+
 /**
  * Run vpmd until its first stdout line (forwarding is under way), then send `signals` back to
  * back and collect the rest.

@@ -8,7 +8,7 @@ import { accountFrames } from "../mod/fwd/accounting.ts";
 import { buildStreams, reclaimSent } from "../mod/fwd/cli.ts";
 import { createEngine, defaultPeer, type Mode } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";
-import { StatsReporter } from "../mod/fwd/stats.ts";
+import { type Counters, type PortRow, STAT_KEYS, StatsReporter } from "../mod/fwd/stats.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { openTransport } from "../mod/portspec.ts";
@@ -350,6 +350,39 @@ Deno.test("fwd rxonly: receives and frees everything (pool conservation)", async
   } finally {
     r.close();
   }
+});
+
+Deno.test("fwd accounting: frames that failed are never all accounted for", () => {
+  const row = (c: Partial<Counters>, wire: Record<string, number>): PortRow => ({
+    port: 0,
+    name: "sim:t",
+    linkUp: true,
+    ...Object.fromEntries(STAT_KEYS.map((k) => [k, c[k] ?? 0])) as Counters,
+    wire,
+  });
+  // txonly: 9 segments for an 8-entry ring, every frame refused as malformed (each counted).
+  let acc = accountFrames("txonly", [
+    row({ txDropped: 6_100_000, txErrors: 6_100_000 }, { checkedOk: 0 }),
+  ])!;
+  assert.equal(acc.ok, false);
+  assert.equal(acc.message, "frames failed: port 0: 6100000 TX errors (0 frames sent)");
+  assert.deepEqual(
+    [acc.directions[0].generated, acc.directions[0].drops, acc.directions[0].lost],
+    [6_100_000, 6_100_000, 0],
+  );
+  // Frames a full ring refused are built and counted as drops: load, not failure.
+  acc = accountFrames("txonly", [row({ txPackets: 10, txDropped: 5 }, { checkedOk: 10 })])!;
+  assert.equal(acc.ok, true, acc.message);
+  assert.equal(acc.message, "all 15 frames accounted for, content verified (5 counted drops)");
+  // io: a frame port 1 could not send is a counted drop, but an error makes the run fail.
+  const io = (txErrors: number) =>
+    accountFrames("io", [
+      row({ rxPackets: 10 }, { generated: 10, checkedOk: 0 }),
+      { ...row({ txPackets: 8, txDropped: 2, txErrors }, { generated: 0, checkedOk: 8 }), port: 1 },
+    ])!;
+  assert.equal(io(0).ok, true, io(0).message);
+  assert.equal(io(2).ok, false);
+  assert.match(io(2).message, /^frames failed: port 1: 2 TX errors \(8 frames sent\)$/);
 });
 
 Deno.test("fwd io with --vlan-insert: frames leave tagged, content intact", async () => {

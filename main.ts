@@ -5,9 +5,10 @@
  *   vpmd devices [--json] | bind [--force] ADDR... | unbind ADDR...   virtio-net PCI functions
  *   vpmd help
  *
- * Exit codes: 0 success (also a clean stop on SIGINT or --duration), 1 a failure while running
- * (also a device refusing a control command), 2 bad usage (flag, port spec, missing device, a
- * flag the device has no feature for): one line on stderr.
+ * Exit codes: 0 success (also a clean stop on SIGINT, SIGTERM, SIGHUP or --duration), 1 a failure
+ * while running (also a device refusing a control command), 2 bad usage (flag, port spec, missing
+ * device, a flag the device has no feature for, a pool too small for the rings): one line on
+ * stderr. A second stop signal: devices reset, exit 128 + the signal's number.
  */
 import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
 import { runPciCommand } from "./mod/pci/commands.ts";
@@ -37,14 +38,16 @@ fwd flags:
                       0 = the device's maximum)
   --queues N          queue pairs per port (default 1)
   --duration S        stop after S seconds (default: run until Ctrl-C)
-  --stats-period S    statistics every S seconds (default 1; 0 = none)
+  --stats-period S    statistics every S seconds (default 1, at least 0.01; 0 = none)
   --json              JSON lines: one object per period, a summary object as the last line
   --eth-peer N,MAC    destination MAC for port N (mac and txonly; default 02:00:00:00:00:NN)
-  --txpkts L[,L...]   txonly frame: segment lengths (several = one multi-segment frame)
+  --txpkts L[,L...]   txonly frame: segment lengths (several = one multi-segment frame;
+                      at most one segment per TX ring entry, at most MTU + 18 bytes)
   --vlan-strip        strip 802.1Q tags on receive (TCI kept in the packet metadata)
   --vlan-insert VID   insert an 802.1Q tag with this VLAN id on transmit
   --mbufs N           buffers in the shared pool (default: enough for every ring;
-                      at most 1973790, 4 GiB)
+                      at least every RX and TX ring's entries and a burst; at most
+                      1973790, 4 GiB)
   --promisc, --no-promisc  promiscuous mode (default on when the device can filter)
   --allmulti          receive every multicast frame
   --mac [N,]ADDR      set port N's MAC address (default port 0)

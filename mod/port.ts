@@ -138,6 +138,9 @@ interface Plan {
   txd: number;
   ctrlSize: number;
   ctrlIndex: number;
+  mtu: number;
+  /** Largest frame received or sent: mtu + Ethernet header + a VLAN tag. */
+  maxFrame: number;
 }
 
 /** Receive filter state, re-applied through the control queue on every start. */
@@ -199,6 +202,24 @@ export class Port {
 
   get linkUp(): boolean {
     return this.#linkUp;
+  }
+
+  /**
+   * What `configure` settled on (the device's ring sizes where it fixes them, its MTU limit): queue
+   * pairs, RX and TX ring sizes, MTU, largest frame, header size. Zeros before configure.
+   */
+  get limits(): {
+    queues: number;
+    rxd: number;
+    txd: number;
+    mtu: number;
+    maxFrame: number;
+    hdrSize: number;
+  } {
+    const p = this.#plan;
+    if (p === null) return { queues: 0, rxd: 0, txd: 0, mtu: 0, maxFrame: 0, hdrSize: 0 };
+    const { queues, rxd, txd, mtu, maxFrame, hdrSize } = p;
+    return { queues, rxd, txd, mtu, maxFrame, hdrSize };
   }
 
   /** Check `cfg` against the device and keep it for `start`. Only while stopped. */
@@ -319,7 +340,7 @@ export class Port {
         this.#fail(`control queue size ${ctrlSize} is not a power of two`);
       }
     }
-    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex };
+    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex, mtu, maxFrame };
   }
 
   #queueSize(flag: string, asked: number | undefined, index: number, warnings: string[]): number {

@@ -131,6 +131,11 @@ Deno.test("cli: durations and pool sizes: what 0 means, and limits stated up fro
   assert.equal(fwd("--duration", "0.5").durationSec, 0.5);
   assert.equal(fwd().durationSec, 0); // not given: until Ctrl-C
   assert.equal(fwd("--stats-period", "0").statsPeriodSec, 0);
+  assert.equal(fwd("--stats-period", "0.01").statsPeriodSec, 0.01);
+  assert.throws(
+    () => fwd("--stats-period", "0.000001"),
+    /--stats-period 0.000001: expected at least 0.01 seconds \(0: no periodic statistics\)/,
+  );
   assert.throws(() => fwd("--stats-period", "x"), /\(0: no periodic statistics\)/);
   // The most buffers a pool can span (4 GiB of iova space) is the flag's limit, not a late failure.
   const max = MbufPool.maxCount(2048);
@@ -232,6 +237,98 @@ Deno.test("cli: SIGINT -> clean exit 0 with the summary", async () => {
   assert.equal(s.accounting.ok, true, s.accounting.message);
 });
 
+Deno.test("cli: a pool too small for the rings and a burst is refused, naming the minimum", async () => {
+  for (
+    const [args, min] of [
+      // 256 RX + 256 TX + a burst of 32, per port.
+      [["sim:a", "--mbufs", "300"], 544],
+      [["sim:a", "sim:b", "--mbufs", "700"], 1056],
+      [["sim:a", "sim:b", "--mbufs", "1055"], 1056],
+      [["sim:a,qsize=64", "--burst", "16", "--mbufs", "100"], 64 + 64 + 16],
+      // rxonly leaves nothing in TX rings.
+      [["sim:a", "--mode", "rxonly", "--mbufs", "287"], 256 + 32],
+      // Nine 64-byte segments a frame: a burst takes 9 x 32 buffers.
+      [
+        ["sim:a,gen=off", "--mode", "txonly", "--txpkts", "64,8,8,8,8,8,8,8,8", "--mbufs", "600"],
+        800,
+      ],
+    ] as const
+  ) {
+    const r = await vpmd(["fwd", ...args, "--duration", "0.2"]);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`too small: .*; use --mbufs ${min} or more`), args.join(" "));
+    assert.equal(r.stdout, "");
+  }
+});
+
+Deno.test("cli: the smallest pool accepted forwards at the default pool's rate, to the end", async () => {
+  const run = (...flags: string[]) =>
+    vpmd(["fwd", "sim:a", "sim:b", "--duration", "1", "--json", "--stats-period", "0.2", ...flags]);
+  // At once, so that both see the same machine.
+  const [small, dflt] = await Promise.all([run("--mbufs", "1056"), run()]);
+  for (const r of [small, dflt]) assert.equal(r.code, 0, r.stderr);
+  const s = lastJson(small.stdout);
+  const d = lastJson(dflt.stdout);
+  assert.equal(s.poolSize, 1056);
+  assert.ok(
+    s.totals.rxPackets >= 0.5 * d.totals.rxPackets,
+    `1056 buffers: ${s.totals.rxPackets} frames; default pool: ${d.totals.rxPackets}`,
+  );
+  assert.equal(s.totals.rxNoMbuf, 0);
+  assert.equal(s.accounting.ok, true, s.accounting.message);
+  // Frames flow through the whole run: every period received more than the one before.
+  const rx = small.stdout.trim().split("\n").slice(0, -1).map((l) =>
+    JSON.parse(l).ports.reduce((a: number, p: { rxPackets: number }) => a + p.rxPackets, 0)
+  );
+  assert.ok(rx.length >= 3, `${rx.length} periods`);
+  for (let i = 1; i < rx.length; i++) assert.ok(rx[i] > rx[i - 1], `rx per period: ${rx}`);
+});
+
+Deno.test("cli: --txpkts must fit the TX ring and the port's largest frame (exit 2)", async () => {
+  const txonly = (spec: string, ...flags: string[]) =>
+    vpmd(["fwd", spec, "--mode", "txonly", "--duration", "0.3", "--json", ...flags]);
+  const nine = Array(9).fill(20).join(",");
+  let r = await txonly(
+    "sim:t,gen=off,qsize=8,ctrl=0",
+    "--rxd",
+    "8",
+    "--txd",
+    "8",
+    "--txpkts",
+    nine,
+  );
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /a frame of 9 segments needs 9 TX descriptors, but the TX ring of port 0 .* has 8; use at most 8 segments/,
+  );
+  r = await txonly("sim:t,gen=off", "--txpkts", "1000,1000");
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /a 2000-byte frame is longer than port 0 .* takes at MTU 1500, 1518 bytes/,
+  );
+  r = await txonly("sim:t,gen=off", "--txpkts", "1000,500,18", "--vlan-insert", "5");
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /a 1522-byte frame \(with its VLAN tag\) is longer/);
+  // At the limits: as many segments as the ring has, a frame as long as the MTU allows.
+  for (
+    const flags of [
+      ["--rxd", "8", "--txd", "8", "--txpkts", Array(8).fill(20).join(",")],
+      ["--txpkts", "1000,518"],
+      ["--txpkts", "1000,1000", "--mtu", "1982"],
+    ]
+  ) {
+    r = await txonly("sim:t,gen=off,qsize=8,ctrl=0", ...flags);
+    assert.equal(r.code, 0, `${flags.join(" ")}: ${r.stderr}`);
+    const s = lastJson(r.stdout);
+    assert.ok(s.totals.txPackets > 0, flags.join(" "));
+    assert.equal(s.totals.txErrors, 0);
+    assert.equal(s.accounting.ok, true, s.accounting.message);
+  }
+});
+
 Deno.test("cli: frames that failed are never 'all accounted for'", async () => {
   // 9000-byte frames arrive in five buffers; port 1's 4-entry TX ring can never take one.
   const r = await vpmd([
@@ -250,6 +347,18 @@ Deno.test("cli: frames that failed are never 'all accounted for'", async () => {
   assert.equal(s.accounting.ok, false);
   assert.match(s.accounting.message, /^frames failed: port 1: \d+ TX errors \(0 frames sent\)$/);
   assert.doesNotMatch(s.accounting.message, /accounted for/);
+});
+
+Deno.test("cli: a sim with queues below 4 entries needs ctrl=0, and says so", async () => {
+  let r = await vpmd(["fwd", "sim:a,qsize=2", "--duration", "0.2"]);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /^vpmd fwd: sim:a: qsize=2: the control queue needs 4 entries; use ctrl=0 or qsize >= 4\n$/,
+  );
+  r = await vpmd(["fwd", "sim:a,qsize=2,ctrl=0", "--duration", "0.2", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(lastJson(r.stdout).totals.rxPackets > 0);
 });
 
 /**

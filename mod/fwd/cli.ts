@@ -23,6 +23,7 @@ import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
+import { Eth, has, NetFeature } from "../virtio/constants.ts";
 import { StopSignals } from "./signals.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
@@ -49,6 +50,10 @@ export interface FwdOptions {
 }
 
 const BUFFER_ROOM = 2048;
+/** The longest virtio-net header (5.1.6: with MRG_RXBUF or VERSION_1). */
+const NET_HDR_MAX = 12;
+/** Shortest statistics period: a line per 10 ms is already more than anyone reads. */
+const MIN_STATS_PERIOD = 0.01;
 /** Draining: stop once nothing moved for this long, and never take longer than the cap. */
 const DRAIN_QUIET_MS = 20;
 const DRAIN_MAX_MS = 2000;
@@ -70,6 +75,16 @@ function seconds(flag: string, v: string | undefined, dflt: number, zero?: strin
       `--${flag} ${v}: expected a number of seconds ${
         zero === undefined ? "above 0 (leave it out to run until Ctrl-C)" : `(0: ${zero})`
       }`,
+    );
+  }
+  return n;
+}
+
+function statsPeriod(v: string | undefined): number {
+  const n = seconds("stats-period", v, 1, "no periodic statistics");
+  if (n > 0 && n < MIN_STATS_PERIOD) {
+    throw new UsageError(
+      `--stats-period ${v}: expected at least ${MIN_STATS_PERIOD} seconds (0: no periodic statistics)`,
     );
   }
   return n;
@@ -164,7 +179,7 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     txd: v.txd === undefined ? undefined : int("txd", v.txd, 0, 32768, 0),
     queues: int("queues", v.queues, 1, 128, 1),
     durationSec: seconds("duration", v.duration, 0),
-    statsPeriodSec: seconds("stats-period", v["stats-period"], 1, "no periodic statistics"),
+    statsPeriodSec: statsPeriod(v["stats-period"]),
     json: v.json === true,
     peers,
     txpkts,
@@ -205,8 +220,11 @@ export function buildStreams(ports: Port[], mode: Mode, queues: number, burst: n
   return streams;
 }
 
+/** At least the ring size `configure` will take (a device that fixes its sizes ignores --rxd/--txd). */
 function ringEstimate(t: VirtioTransport, asked: number | undefined): number {
-  return asked !== undefined && asked > 0 ? asked : Math.max(256, t.queueMaxSize(0));
+  return asked !== undefined && asked > 0 && !t.queueSizeFixed
+    ? asked
+    : Math.max(256, t.queueMaxSize(0));
 }
 
 export async function runForwarder(args: string[]): Promise<number> {
@@ -233,7 +251,11 @@ export async function runForwarder(args: string[]): Promise<number> {
         }); use them in separate forwarders`,
       );
     }
-    const nseg = o.mode === "txonly" ? o.txpkts.length : 1;
+    // Buffers a frame may take: txonly's segments, or a received frame of the MTU (mergeable).
+    const mtu = o.filters.mtu ?? Eth.MTU;
+    const nseg = o.mode === "txonly"
+      ? o.txpkts.length
+      : Math.ceil((mtu + Eth.HDR + Eth.VLAN_TAG + NET_HDR_MAX) / BUFFER_ROOM);
     const need = transports.reduce(
       (a, t) => a + o.queues * (ringEstimate(t, o.rxd) + ringEstimate(t, o.txd) * nseg),
       0,
@@ -249,17 +271,6 @@ export async function runForwarder(args: string[]): Promise<number> {
       { count, dataRoom: BUFFER_ROOM, name: "vpmd-fwd", ringRoom },
       log,
     );
-    // From here on devices run: a signal must stop them cleanly, and a second one still reset them.
-    signals = new StopSignals((sig) => {
-      log(`vpmd fwd: ${sig} again: resetting the devices and exiting now`);
-      for (const p of ports) {
-        try {
-          p.stop();
-        } catch (e) {
-          log(`port ${p.id}: reset: ${(e as Error).message}`);
-        }
-      }
-    });
     for (let i = 0; i < transports.length; i++) {
       const port = new Port(i, transports[i], { log });
       ports.push(port);
@@ -278,6 +289,29 @@ export async function runForwarder(args: string[]): Promise<number> {
       } catch (e) {
         throw new UsageError((e as Error).message);
       }
+    }
+    // Checked against what the devices allow (their ring sizes, MTU), before any device starts.
+    if (o.mode === "txonly") checkTxpktsFit(o, ports, names);
+    const min = minimumPool(ports, o, pool.dataRoom);
+    if (pool.count < min.count) {
+      throw new UsageError(
+        `--mbufs ${pool.count} is too small: ${min.why}; use --mbufs ${min.count} or more ` +
+          `(or smaller rings, --rxd/--txd)`,
+      );
+    }
+    // From here on devices run: a signal must stop them cleanly, and a second one still reset them.
+    signals = new StopSignals((sig) => {
+      log(`vpmd fwd: ${sig} again: resetting the devices and exiting now`);
+      for (const p of ports) {
+        try {
+          p.stop();
+        } catch (e) {
+          log(`port ${p.id}: reset: ${(e as Error).message}`);
+        }
+      }
+    });
+    for (let i = 0; i < ports.length; i++) {
+      const port = ports[i];
       try {
         port.start();
       } catch (e) {
@@ -306,6 +340,63 @@ export async function runForwarder(args: string[]): Promise<number> {
     }
     pool?.close();
     signals?.close();
+  }
+}
+
+/**
+ * The smallest pool that forwards at full rate: every RX ring full, every TX ring full of frames
+ * the device has not finished (none in rxonly), and the buffers of one burst being received or
+ * built (a burst is sent or freed before the next begins). With fewer, a TX ring that fills takes
+ * the buffers receive needs, and frames flow only as fast as buffers come back one by one.
+ */
+export function minimumPool(
+  ports: Port[],
+  o: Pick<FwdOptions, "mode" | "burst" | "txpkts">,
+  dataRoom: number,
+): { count: number; why: string } {
+  let rx = 0;
+  let tx = 0;
+  let perFrame = o.mode === "txonly" ? o.txpkts.length : 1;
+  for (const p of ports) {
+    const l = p.limits;
+    rx += l.queues * l.rxd;
+    if (o.mode !== "rxonly") tx += l.queues * l.txd;
+    if (o.mode !== "txonly" && has(p.features, NetFeature.MRG_RXBUF)) {
+      perFrame = Math.max(perFrame, Math.ceil((l.maxFrame + l.hdrSize) / dataRoom));
+    }
+  }
+  const burst = o.burst * perFrame;
+  const rings = tx > 0
+    ? `RX rings hold ${rx} buffers, TX rings ${tx}`
+    : `RX rings hold ${rx} buffers`;
+  return { count: rx + tx + burst, why: `${rings}, a burst takes ${burst}` };
+}
+
+/**
+ * txonly: a frame of `--txpkts` segments needs one TX descriptor per segment, so no more segments
+ * than the TX ring has (the ring would refuse every frame), and no frame longer than the port's
+ * largest (MTU + Ethernet header + a VLAN tag, which --vlan-insert adds).
+ */
+function checkTxpktsFit(o: FwdOptions, ports: Port[], names: string[]): void {
+  const total = o.txpkts.reduce((a, b) => a + b, 0) +
+    (o.vlanInsert === undefined ? 0 : Eth.VLAN_TAG);
+  for (let i = 0; i < ports.length; i++) {
+    const l = ports[i].limits;
+    if (o.txpkts.length > l.txd) {
+      throw new UsageError(
+        `--txpkts: a frame of ${o.txpkts.length} segments needs ${o.txpkts.length} TX ` +
+          `descriptors, but the TX ring of port ${i} (${names[i]}) has ${l.txd}; use at most ` +
+          `${l.txd} segments or a bigger TX ring (--txd)`,
+      );
+    }
+    if (total > l.maxFrame) {
+      throw new UsageError(
+        `--txpkts: a ${total}-byte frame${
+          o.vlanInsert === undefined ? "" : " (with its VLAN tag)"
+        } is longer than port ${i} (${names[i]}) takes at MTU ${l.mtu}, ${l.maxFrame} bytes; ` +
+          `use shorter segments or a bigger --mtu`,
+      );
+    }
   }
 }
 

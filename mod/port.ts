@@ -31,6 +31,7 @@ import { TxQueue } from "./virtio/tx_queue.ts";
 /** Zero bytes in the ring region that TX chains use as a header (at least the 12-byte header). */
 const ZERO_HEADER_BYTES = 64;
 
+/** How `Port.configure` sets a port up. */
 export interface PortConfig {
   /** RX buffers; transport.dmaKinds must include pool.region.kind. */
   pool: MbufPool;
@@ -70,14 +71,23 @@ export interface PortConfig {
  * (taken out of txPackets and txBytes again). txErrors also counts bad used entries on the TX ring.
  */
 export interface PortStats {
+  /** Frames received. */
   rxPackets: number;
+  /** Frames sent. */
   txPackets: number;
+  /** Bytes received (frames without the virtio-net header). */
   rxBytes: number;
+  /** Bytes sent (frames without the virtio-net header). */
   txBytes: number;
+  /** Frames discarded on receive. */
   rxDropped: number;
+  /** Frames not sent. */
   txDropped: number;
+  /** Received frames dropped because no buffer could replace theirs. */
   rxNoMbuf: number;
+  /** Bad used entries on the RX ring (each one dropped). */
   rxErrors: number;
+  /** Malformed frames refused, and bad used entries on the TX ring. */
   txErrors: number;
 }
 
@@ -153,11 +163,17 @@ interface Filters {
   vlans: Set<number>;
 }
 
+/** A virtio-net port: configure, start, then rxBurst/txBurst and poll; stop and close. */
 export class Port {
+  /** The port's number (mbuf `port` field, log messages). */
   readonly id: number;
+  /** The device's transport; the port does not close it (`closePort` does). */
   readonly transport: VirtioTransport;
+  /** Called when the link goes up or down (5.1.4 status, device lost or back). */
   onLinkChange: ((up: boolean) => void) | null = null;
+  /** Totals over all queues, updated once per burst. */
   readonly stats: PortStats = emptyStats();
+  /** Counters per RX and per TX queue (since the last start). */
   readonly queueStats: { rx: PortStats[]; tx: PortStats[] } = { rx: [], tx: [] };
 
   readonly #log: (msg: string) => void;
@@ -182,24 +198,32 @@ export class Port {
     vlans: new Set(),
   };
 
+  /**
+   * A port on `transport`; `opts.log` gets warnings and link events (default console.error).
+   * Nothing reaches the device before `start`.
+   */
   constructor(id: number, transport: VirtioTransport, opts: { log?: (msg: string) => void } = {}) {
     this.id = id;
     this.transport = transport;
     this.#log = opts.log ?? ((msg) => console.error(msg));
   }
 
+  /** True between a successful `start` and `stop`. */
   get started(): boolean {
     return this.#started;
   }
 
+  /** The port's MAC address (the device's, or the one set; valid once started). */
   get mac(): Uint8Array {
     return this.#mac;
   }
 
+  /** The negotiated feature bits (2.2); 0 before configure. */
   get features(): bigint {
     return this.#plan?.features ?? 0n;
   }
 
+  /** The link state (5.1.4); false while stopped. */
   get linkUp(): boolean {
     return this.#linkUp;
   }
@@ -558,6 +582,7 @@ export class Port {
     }
   }
 
+  /** Stop the port and free ring memory of its own; the transport stays open. */
   close(): void {
     this.stop();
     if (this.#ringArea?.own) this.#ringArea.region.close();
@@ -662,12 +687,14 @@ export class Port {
     );
   }
 
+  /** 5.1.6.5.1: receive frames for every address (needs CTRL_RX); set again on every start. */
   setPromiscuous(on: boolean): void {
     this.#need("CTRL_RX", "promiscuous mode cannot be set", on ? "--promisc" : "--no-promisc");
     this.#filters.promisc = on;
     this.#sendRx(Ctrl.RX_PROMISC, on, "promiscuous mode");
   }
 
+  /** 5.1.6.5.1: receive every multicast frame (needs CTRL_RX); set again on every start. */
   setAllMulticast(on: boolean): void {
     this.#need("CTRL_RX", "all-multicast mode cannot be set", "--allmulti");
     this.#filters.allmulti = on;
@@ -715,6 +742,7 @@ export class Port {
     this.#filters.vlans.add(vid);
   }
 
+  /** 5.1.6.5.3: stop accepting frames of VLAN `vid` (needs CTRL_VLAN). */
   removeVlan(vid: number): void {
     this.#vlan(vid, Ctrl.VLAN_DEL, "remove");
     this.#filters.vlans.delete(vid);

@@ -14,12 +14,16 @@ import { PciTransport } from "./transport/pci.ts";
 import type { VirtioTransport } from "./transport/transport.ts";
 import { VhostUserTransport } from "./transport/vhost_user.ts";
 
+/** The transport a port spec names. */
 export type PortKind = "sim" | "vhost-user" | "pci";
 
+/** A parsed port spec (`parsePortSpec`). */
 export interface PortSpec {
+  /** Which transport. */
   kind: PortKind;
   /** Device name (sim), socket path (vhost-user) or full PCI address `DDDD:BB:DD.F`. */
   target: string;
+  /** The `,key=value` options (a bare `key` has the value ""), checked by the transport. */
   options: Record<string, string>;
 }
 

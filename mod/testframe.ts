@@ -15,6 +15,7 @@
  */
 import { Eth } from "./virtio/constants.ts";
 
+/** Shortest test frame (an Ethernet minimum frame without its FCS). */
 export const TEST_FRAME_MIN = 60;
 const IP = 14;
 const UDP = 34;

@@ -5,8 +5,8 @@
  */
 import { parseArgs } from "cli-args";
 import { argsErrorMessage } from "../args_error.ts";
-import type { DmaKind } from "../../ffi/dma.ts";
 import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
+import { commonDmaKinds } from "../open.ts";
 import { Port, ringRoomFor } from "../port.ts";
 import {
   deviceKey,
@@ -200,12 +200,6 @@ function usage<T>(fn: () => T): T {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-}
-
-/** The memory kinds every transport can reach, best first (the first transport's order). */
-export function commonDmaKinds(transports: VirtioTransport[]): DmaKind[] {
-  const [first, ...rest] = transports;
-  return first.dmaKinds.filter((k) => rest.every((t) => t.dmaKinds.includes(k)));
 }
 
 /** Streams like testpmd's: port 2k forwards to 2k+1 and back; an odd last port to itself. */

@@ -11,15 +11,23 @@ import type { DmaKind, DmaRegion } from "../../ffi/dma.ts";
 
 /** Where the three parts of one split virtqueue live (offsets in `region`, iovas for the device). */
 export interface QueueMemory {
+  /** Virtqueue index (5.1.2: receiveq N = 2N, transmitq N = 2N + 1, then the controlq). */
   index: number;
+  /** Entries in the ring (a power of two, 2.7). */
   size: number;
+  /** The region holding the three parts. */
   region: DmaRegion;
+  /** Offset of the descriptor table (2.7.5) in `region`. */
   descOffset: number;
+  /** Offset of the available ring (2.7.6) in `region`. */
   availOffset: number;
+  /** Offset of the used ring (2.7.8) in `region`. */
   usedOffset: number;
   /** iova of the descriptor table, avail ring, used ring (what the device is told). */
   descIova: number;
+  /** iova of the available ring. */
   availIova: number;
+  /** iova of the used ring. */
   usedIova: number;
 }
 
@@ -30,6 +38,7 @@ export interface RingLayout {
    * area (legacy PCI writes one page frame number). `separate`: three parts anywhere.
    */
   placement: "contiguous" | "separate";
+  /** Alignment of the used ring in bytes (2.7: 4; legacy interfaces, 2.7.2: 4096). */
   usedAlign: number;
 }
 
@@ -43,9 +52,15 @@ export const TransportEvent = {
   DEVICE_RETURNED: 4,
 } as const;
 
+/**
+ * How the port reaches one virtio device: status, features, configuration, queues, notifications
+ * (virtio 1.2 chapter 4). Implement it to drive a device some other way; mod/sim/transport.ts is
+ * the shortest example.
+ */
 export interface VirtioTransport {
   /** Human-readable name, e.g. `sim:p0`, `vhost-user:/tmp/sock`, `0000:00:04.0 (legacy)`. */
   readonly name: string;
+  /** Where the port may place each ring's parts. */
   readonly ringLayout: RingLayout;
   /** Memory the device can reach, best first. The port allocates rings and checks pools with it. */
   readonly dmaKinds: readonly DmaKind[];
@@ -54,10 +69,13 @@ export interface VirtioTransport {
 
   /** Reset the device (2.1: writing 0 to status) and wait until it reads back 0. */
   reset(): void;
+  /** Read the device status byte (2.1). */
   getStatus(): number;
   /** Write the status byte (the port ORs bits in, following 3.1.1). */
   setStatus(status: number): void;
+  /** The feature bits the device offers (2.2). */
   getDeviceFeatures(): bigint;
+  /** Write the feature bits the driver accepts (2.2), before FEATURES_OK (3.1.1). */
   setDriverFeatures(features: bigint): void;
   /** Read `length` bytes of device-specific configuration (5.1.4) consistently. */
   readConfig(offset: number, length: number): Uint8Array;

@@ -208,6 +208,23 @@ Deno.test("cli: one device given twice is refused, however its name is written",
   }
 });
 
+Deno.test("cli: a vhost-user socket in a directory that does not exist: exit 2 at once", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-nodir-" });
+  try {
+    const t0 = performance.now();
+    const r = await vpmd(["fwd", `vhost-user:${dir}/gone/x.sock`, "--duration", "1"]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(
+      r.stderr.trim(),
+      `vpmd fwd: vhost-user:${dir}/gone/x.sock: cannot connect to unix socket ` +
+        `${dir}/gone/x.sock: the directory ${dir}/gone does not exist`,
+    );
+    assert.ok(performance.now() - t0 < 8000, "not the 10 s wait for a backend");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("cli: a device with small queues works without --rxd/--txd", async () => {
   const r = await vpmd(["fwd", "sim:a,qsize=64", "sim:b,qsize=64", "--duration", "0.3", "--json"]);
   assert.equal(r.code, 0, r.stderr);

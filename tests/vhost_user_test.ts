@@ -892,7 +892,7 @@ Deno.test("vhost-user spec: a path that is not a socket is an error at once, and
   assert.ok(performance.now() - t0 < 2000, "no wait for the 10 s timeout");
   assert.throws(
     () => VhostUserTransport.fromSpec(file, { server: "", timeout: "1" }),
-    /,server: cannot listen there: .*notes\.txt exists and is not a socket: remove it or choose/,
+    /,server: .*notes\.txt exists and is not a socket: remove it or choose/,
   );
   assert.equal(Deno.readTextFileSync(file), "keep");
   assert.throws(
@@ -914,6 +914,31 @@ Deno.test("vhost-user spec: no backend is a clear error after the timeout (clien
   );
   // Server mode removed its socket file again.
   assert.throws(() => Deno.statSync(path), Deno.errors.NotFound);
+});
+
+Deno.test("vhost-user spec: a socket in a directory that does not exist is an error at once", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-vu-" });
+  const path = `${dir}/gone/x.sock`;
+  try {
+    const t0 = performance.now();
+    assert.throws(
+      () => VhostUserTransport.fromSpec(path, { timeout: "10" }),
+      new RegExp(
+        `^Error: vhost-user:${path}: cannot connect to unix socket ${path}: ` +
+          `the directory ${dir}/gone does not exist$`,
+      ),
+    );
+    assert.throws(
+      () => VhostUserTransport.fromSpec(path, { server: "", timeout: "10" }),
+      new RegExp(
+        `^Error: vhost-user:${path},server: cannot listen on ${path}: ` +
+          `the directory ${dir}/gone does not exist$`,
+      ),
+    );
+    assert.ok(performance.now() - t0 < 2000, "no wait for the 10 s timeout");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 // ---- a misbehaving backend (a small fake in a subprocess) -------------------------------------

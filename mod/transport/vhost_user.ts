@@ -214,7 +214,7 @@ export class VhostUserTransport implements VirtioTransport {
       try {
         this.#listener = new UnixListener(this.path);
       } catch (e) {
-        throw new Error(`${this.name}: cannot listen there: ${(e as Error).message}`);
+        throw new Error(`${this.name}: ${(e as Error).message}`);
       }
       const s = this.#listener.accept(timeout);
       if (s === null) {

@@ -72,12 +72,18 @@ export function formatPortSpec(spec: PortSpec): string {
 
 /**
  * What a spec points at, for spotting one device given twice: the spec text, except that a
- * vhost-user path is made absolute and its directory resolved (`/tmp//a.sock`, `./a.sock` from
- * /tmp and a symlinked directory all name /tmp/a.sock).
+ * vhost-user path is resolved to the socket file itself (`/tmp//a.sock`, `./a.sock` from /tmp, a
+ * symlinked directory and a symlink to the socket all name /tmp/a.sock). A socket not there yet
+ * is named by its resolved directory.
  */
 export function deviceKey(spec: PortSpec): string {
   if (spec.kind !== "vhost-user") return `${spec.kind}:${spec.target}`;
   const abs = resolve(spec.target);
+  try {
+    return `vhost-user:${Deno.realPathSync(abs)}`;
+  } catch {
+    // nothing there yet (a server-mode socket, a backend not started): resolve the directory
+  }
   let dir = dirname(abs);
   try {
     dir = Deno.realPathSync(dir);

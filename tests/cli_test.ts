@@ -208,6 +208,23 @@ Deno.test("cli: one device given twice is refused, however its name is written",
   }
 });
 
+Deno.test("cli: a vhost-user socket reached through a symlink to it is the same device", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-dup-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/a.sock`, ""); // what the name resolves to is all that counts
+    Deno.symlinkSync(`${dir}/a.sock`, `${dir}/b.sock`);
+    Deno.symlinkSync("a.sock", `${dir}/c.sock`);
+    for (const other of ["b.sock", "c.sock"]) {
+      assert.throws(
+        () => parseFwdArgs([`vhost-user:${dir}/a.sock`, `vhost-user:${dir}/${other}`]),
+        new RegExp(`ports 'vhost-user:${dir}/a.sock' and 'vhost-user:${dir}/${other}' are one`),
+      );
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("cli: a vhost-user socket in a directory that does not exist: exit 2 at once", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "vpmd-nodir-" });
   try {

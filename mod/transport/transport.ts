@@ -43,6 +43,14 @@ export const TransportEvent = {
   DEVICE_RETURNED: 4,
 } as const;
 
+/**
+ * Where a transport tells the user what happened outside any call's result (a backend lost, back
+ * or failing to reconnect; a device that broke a rule): `kind` is a short fixed word for programs
+ * (e.g. "backend-lost"), `message` one line for people, without the transport's name (the
+ * receiver knows which port it is). Rare, cold path; the receiver rate-limits what it shows.
+ */
+export type NoticeSink = (kind: string, message: string) => void;
+
 export interface VirtioTransport {
   /** Human-readable name, e.g. `sim:p0`, `vhost-user:/tmp/sock`, `0000:00:04.0 (legacy)`. */
   readonly name: string;

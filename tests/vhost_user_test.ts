@@ -7,7 +7,7 @@ import { DmaRegion } from "../ffi/dma.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
+import { type QueueMemory, TransportEvent } from "../mod/transport/transport.ts";
 import { Notice, VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import {
   Avail,
@@ -1113,6 +1113,104 @@ Deno.test("vhost-user: reconnecting to a backend that never answers, or to no so
 function noticed(path: string, notices: string[]): VhostUserTransport {
   return new VhostUserTransport({ path, notice: (k, m) => notices.push(`${k}: ${m}`) });
 }
+
+/**
+ * Port 0 on a fake `ctrl-tamper` backend that, once the port runs, keeps the control ring's
+ * avail.idx `ahead` of its used.idx for `secs` seconds (every descriptor a link in an endless
+ * chain), then runs `check` with the port, its transport, its notices and the fake.
+ */
+async function tamperedCtrl(
+  ahead: number,
+  secs: number,
+  check: (port: Port, t: VhostUserTransport, notices: string[], fake: Fake) => Promise<void>,
+): Promise<void> {
+  await withFake("ctrl-tamper", async (path, fake) => {
+    const notices: string[] = [];
+    const t = noticed(path, notices);
+    // Where the port puts its control ring (queue 2): the fake is told, as a backend could find.
+    const queues: QueueMemory[] = [];
+    const setupQueue = t.setupQueue.bind(t);
+    t.setupQueue = (q) => {
+      queues.push(q);
+      setupQueue(q);
+    };
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t);
+    try {
+      port.configure({ pool });
+      port.start();
+      const q = queues.find((q) => q.index === 2)!;
+      const at = (off: number) => q.region.addr + off;
+      const avail = at(q.availOffset + Avail.IDX);
+      const used = at(q.usedOffset + Used.IDX);
+      const line = `${at(q.descOffset)} ${avail} ${used} ${q.size} ${ahead} ${secs}\n`;
+      await fake.stdin.write(new TextEncoder().encode(line));
+      await fake.readUntil(/tampering/);
+      // Its first write has landed (nothing served yet: nothing polled).
+      const u16 = q.region.u16;
+      const moved = () =>
+        u16[(q.availOffset + Avail.IDX) >> 1] !== u16[(q.usedOffset + Used.IDX) >> 1];
+      for (const end = Date.now() + 5000; !moved() && Date.now() < end;) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      assert.ok(moved(), "the fake backend wrote nothing");
+      await check(port, t, notices, fake);
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
+    }
+  });
+}
+
+/** 1000 polls of `port`, within 2.5 s; returns how many were done. */
+function thousandPolls(port: Port): [number, number] {
+  let polls = 0;
+  const t0 = performance.now();
+  for (const end = t0 + 2500; polls < 1000 && performance.now() < end; polls++) port.poll();
+  return [polls, performance.now() - t0];
+}
+
+Deno.test("vhost-user: a backend that keeps the control ring's avail index one behind cannot stall poll()", async () => {
+  await tamperedCtrl(-1, 3, async (port, t, notices, fake) => {
+    // avail.idx stays one behind used.idx (65535 ahead), every chain endless: served, that is
+    // 65535 chains of 64 descriptors in every poll (seconds each here). 1000 polls take
+    // milliseconds when the index is refused; the bound is generous.
+    const [polls, took] = thousandPolls(port);
+    assert.equal(polls, 1000, `only ${polls} polls in ${took.toFixed(0)} ms`);
+    spin(200, () => port.poll()); // the backend still rewrites the index: told once all the same
+    const told = notices.filter((n) => n.startsWith(`${Notice.CTRL_RING_ERROR}:`));
+    assert.equal(told.length, 1, notices.join("\n"));
+    assert.match(
+      told[0],
+      /^ctrl-ring-error: control queue: avail\.idx \d+ with \d+ served, not within the ring's 64 entries ahead, which the driver never writes/,
+    );
+    assert.equal(t.ctrlStats.ringErrors, 1);
+    // The queue is not served any more: the driver's next command fails, and says so.
+    assert.match(await fake.readUntil(/tampered \d+/), /tampered [1-9]/);
+    assert.throws(() => port.setPromiscuous(false), /did not answer on the control queue/);
+    // A restart sets the queue up afresh, and it is served again.
+    port.stop();
+    port.start();
+    const ok = t.ctrlStats.ok;
+    port.setPromiscuous(false);
+    assert.equal(t.ctrlStats.ok, ok + 1);
+  });
+});
+
+Deno.test("vhost-user: a backend that keeps a full control ring of endless chains gets one served", async () => {
+  await tamperedCtrl(64, 1, async (port, t, notices, fake) => {
+    const [polls, took] = thousandPolls(port);
+    assert.equal(polls, 1000, `only ${polls} polls in ${took.toFixed(0)} ms`);
+    assert.equal(t.ctrlStats.malformed, 1);
+    assert.equal(notices.length, 1, notices.join("\n"));
+    assert.match(
+      notices[0],
+      /^ctrl-ring-error: control queue: a malformed command chain \(descriptor 0\), which the driver never writes/,
+    );
+    await fake.readUntil(/tampered/);
+  });
+});
 
 Deno.test("vhost-user: a backend that hangs up at SET_MEM_TABLE is retried less and less often, every loss told", async () => {
   await withFake("hangup", (path) => {

@@ -21,7 +21,12 @@
  * - The control queue (5.1.6.5) is answered here, not by the backend: receive-mode and MAC-table
  *   commands have no meaning on a vhost-user link and are accepted, a MAC address set is
  *   recorded, VQ_PAIRS_SET is checked against the pairs that exist. CTRL_VQ, CTRL_RX,
- *   CTRL_MAC_ADDR, MAC and STATUS are offered to the driver and never to the backend.
+ *   CTRL_MAC_ADDR, MAC and STATUS are offered to the driver and never to the backend. Its ring
+ *   lies in memory the backend maps and may write: here vpmd is the device side of a ring the
+ *   backend can tamper with, so every poll serves at most CTRL_PER_POLL chains of at most the
+ *   ring's size, and what the driver never writes (an avail index more than the ring's size
+ *   ahead of the last one served, or behind it; a malformed chain) is a device error: counted,
+ *   told once, and the queue is no longer served until a reset sets it up again.
  * - A backend that goes away is noticed in `poll()` (one poll(2) every CHECK_EVERY polls):
  *   DEVICE_LOST | CONFIG_CHANGED, link down. Client mode reconnects, server mode accepts again;
  *   after the first messages the transport reports DEVICE_RETURNED and the port sets the device
@@ -105,8 +110,11 @@ export const Notice = {
   STOP_FAILED: "stop-failed",
   /** The backend cleared FEATURES_OK (GET_STATUS): the driver's start fails. */
   FEATURES_REFUSED: "features-refused",
-  /** A control command chain the ring held was malformed: answered without an ack. */
-  CTRL_MALFORMED: "ctrl-malformed",
+  /**
+   * The control ring held what the driver never writes (an avail index moved back or too far, a
+   * malformed chain): the backend wrote into it. The queue is no longer served until a reset.
+   */
+  CTRL_RING_ERROR: "ctrl-ring-error",
 } as const;
 
 /** Virtio features passed through from the backend to the driver (when the backend offers them). */
@@ -140,6 +148,12 @@ const RECONNECT_REPLY_TIMEOUT_MS = 500;
  */
 const STOP_REPLY_TIMEOUT_MS = 1000;
 const CTRL_QUEUE_SIZE = 64;
+/**
+ * Control chains served per poll at most. The driver has one command in flight at a time
+ * (mod/virtio/ctrl_queue.ts); the cap bounds what a backend that rewrites the ring can make a
+ * poll do (CTRL_PER_POLL chains of at most CTRL_QUEUE_SIZE descriptors).
+ */
+const CTRL_PER_POLL = 4;
 /** Largest control command accepted (a MAC table of ~680 entries). */
 const CTRL_MAX_BYTES = 4096;
 const DEFAULT_QSIZE = 1024;
@@ -231,9 +245,14 @@ export class VhostUserTransport implements VirtioTransport {
   #ctrlIndex = 2;
   #ctrlLastAvail = 0;
   #ctrlAvailIdx = 0; // u16 index of avail.idx in the region
+  /** Our used.idx: kept here, since the copy in the ring is the backend's to overwrite too. */
+  #ctrlUsedIdx = 0;
   readonly #ctrlData = new Uint8Array(CTRL_MAX_BYTES);
-  /** Control commands answered, and malformed ones, for tests and logs. */
-  readonly ctrlStats = { ok: 0, rejected: 0, malformed: 0 };
+  /**
+   * Control commands answered, and what made the queue be given up: a malformed chain, an avail
+   * index that moved back or too far (for tests and notices).
+   */
+  readonly ctrlStats = { ok: 0, rejected: 0, malformed: 0, ringErrors: 0 };
   /** Times the backend went away and came back. */
   readonly linkStats = { lost: 0, returned: 0 };
 
@@ -428,6 +447,7 @@ export class VhostUserTransport implements VirtioTransport {
     if (q.index === this.#ctrlIndex && has(this.#driverFeatures, NetFeature.CTRL_VQ)) {
       this.#ctrl = q;
       this.#ctrlLastAvail = 0;
+      this.#ctrlUsedIdx = 0;
       this.#ctrlAvailIdx = (q.availOffset + Avail.IDX) >> 1;
       this.addMemory(q.region);
       return;
@@ -855,60 +875,98 @@ export class VhostUserTransport implements VirtioTransport {
     return null;
   }
 
+  /**
+   * Serve what the driver made available (at most CTRL_PER_POLL chains). The ring is the driver's
+   * to write, but the backend maps it too: nothing read from it is trusted (2.7.6: the driver
+   * never has more than the ring's size outstanding, so an avail index further ahead, or behind,
+   * was written by someone else).
+   */
   #serveCtrl(): void {
     const q = this.#ctrl!;
+    const availIdx = q.region.u16[this.#ctrlAvailIdx];
+    const pending = (availIdx - this.#ctrlLastAvail) & 0xffff;
+    if (pending > q.size) {
+      this.#ctrlRingError(q, availIdx);
+      return;
+    }
+    for (let n = Math.min(pending, CTRL_PER_POLL); n > 0 && this.#ctrl !== null; n--) {
+      this.#serveChain(q);
+    }
+  }
+
+  /** Answer the chain in the next avail slot and return it in the used ring. */
+  #serveChain(q: QueueMemory): void {
     const u16 = q.region.u16;
     const u32 = q.region.u32;
-    const availIdx = u16[this.#ctrlAvailIdx];
-    while (this.#ctrlLastAvail !== availIdx) {
-      const slot = this.#ctrlLastAvail % q.size;
-      const head = u16[(q.availOffset + Avail.RING + 2 * slot) >> 1];
-      let got = 0;
-      let ackAt: [DmaRegion, number] | null = null;
-      let ok = head < q.size;
-      for (let d = head, hops = 0; ok; hops++) {
-        const at = q.descOffset + d * Desc.SIZE;
-        const iova = u32[(at + Desc.ADDR) >> 2] + u32[(at + Desc.ADDR + 4) >> 2] * 2 ** 32;
-        const len = u32[(at + Desc.LEN) >> 2];
-        const flags = u16[(at + Desc.FLAGS) >> 1];
-        const place = this.#locate(iova, len);
-        if (place === null || hops >= q.size) {
-          ok = false;
-          break;
-        }
-        if ((flags & Desc.F_WRITE) !== 0) {
-          if (len >= 1) ackAt = place;
-        } else if (got + len <= CTRL_MAX_BYTES) {
-          this.#ctrlData.set(place[0].u8.subarray(place[1], place[1] + len), got);
-          got += len;
-        } else {
-          ok = false;
-        }
-        if ((flags & Desc.F_NEXT) === 0) break;
-        d = u16[(at + Desc.NEXT) >> 1];
-        if (d >= q.size) ok = false;
+    const slot = this.#ctrlLastAvail % q.size;
+    const head = u16[(q.availOffset + Avail.RING + 2 * slot) >> 1];
+    let got = 0;
+    let ackAt: [DmaRegion, number] | null = null;
+    let ok = head < q.size;
+    for (let d = head, hops = 0; ok; hops++) {
+      const at = q.descOffset + d * Desc.SIZE;
+      const iova = u32[(at + Desc.ADDR) >> 2] + u32[(at + Desc.ADDR + 4) >> 2] * 2 ** 32;
+      const len = u32[(at + Desc.LEN) >> 2];
+      const flags = u16[(at + Desc.FLAGS) >> 1];
+      const place = this.#locate(iova, len);
+      if (place === null || hops >= q.size) {
+        ok = false;
+        break;
       }
-      let written = 0;
-      if (ok && ackAt !== null && got >= 2) {
-        const ack = this.#ctrlCommand(this.#ctrlData[0], this.#ctrlData[1], got - 2);
-        ackAt[0].u8[ackAt[1]] = ack;
-        written = 1;
-        if (ack === Ctrl.OK) this.ctrlStats.ok++;
-        else this.ctrlStats.rejected++;
+      if ((flags & Desc.F_WRITE) !== 0) {
+        if (len >= 1) ackAt = place;
+      } else if (got + len <= CTRL_MAX_BYTES) {
+        this.#ctrlData.set(place[0].u8.subarray(place[1], place[1] + len), got);
+        got += len;
       } else {
-        this.ctrlStats.malformed++;
-        this.#notice(
-          Notice.CTRL_MALFORMED,
-          `control queue: malformed command chain (descriptor ${head}) returned without an ack`,
-        );
+        ok = false;
       }
-      const usedIdx = u16[(q.usedOffset + Used.IDX) >> 1];
-      const e = q.usedOffset + Used.RING + (usedIdx % q.size) * Used.ELEM_SIZE;
-      u32[(e + Used.ELEM_ID) >> 2] = head;
-      u32[(e + Used.ELEM_LEN) >> 2] = written;
-      Atomics.store(u16, (q.usedOffset + Used.IDX) >> 1, (usedIdx + 1) & 0xffff);
-      this.#ctrlLastAvail = (this.#ctrlLastAvail + 1) & 0xffff;
+      if ((flags & Desc.F_NEXT) === 0) break;
+      d = u16[(at + Desc.NEXT) >> 1];
+      if (d >= q.size) ok = false;
     }
+    let written = 0;
+    if (ok && ackAt !== null && got >= 2) {
+      const ack = this.#ctrlCommand(this.#ctrlData[0], this.#ctrlData[1], got - 2);
+      ackAt[0].u8[ackAt[1]] = ack;
+      written = 1;
+      if (ack === Ctrl.OK) this.ctrlStats.ok++;
+      else this.ctrlStats.rejected++;
+    }
+    const e = q.usedOffset + Used.RING + (this.#ctrlUsedIdx % q.size) * Used.ELEM_SIZE;
+    u32[(e + Used.ELEM_ID) >> 2] = head;
+    u32[(e + Used.ELEM_LEN) >> 2] = written;
+    this.#ctrlUsedIdx = (this.#ctrlUsedIdx + 1) & 0xffff;
+    Atomics.store(u16, (q.usedOffset + Used.IDX) >> 1, this.#ctrlUsedIdx);
+    this.#ctrlLastAvail = (this.#ctrlLastAvail + 1) & 0xffff;
+    if (written === 0) {
+      // Returned without an ack, so the driver's command fails at once.
+      this.ctrlStats.malformed++;
+      this.#ctrlGiveUp(`a malformed command chain (descriptor ${head})`);
+    }
+  }
+
+  /** The avail index is not one the driver wrote (see #serveCtrl). */
+  #ctrlRingError(q: QueueMemory, availIdx: number): void {
+    this.ctrlStats.ringErrors++;
+    this.#ctrlGiveUp(
+      `avail.idx ${availIdx} with ${this.#ctrlLastAvail} served, not within the ring's ` +
+        `${q.size} entries ahead`,
+    );
+  }
+
+  /**
+   * The control ring held `what`, which the driver never writes: the backend wrote into it (it
+   * maps that memory). Told once, and the queue is no longer served until a reset sets it up
+   * again: serving on would let the backend decide how much work every poll does.
+   */
+  #ctrlGiveUp(what: string): void {
+    this.#ctrl = null;
+    this.#notice(
+      Notice.CTRL_RING_ERROR,
+      `control queue: ${what}, which the driver never writes: the ring was written by the ` +
+        `backend; the control queue is no longer served until the port restarts`,
+    );
   }
 
   /** Answer one command; `n` bytes of data follow class and command in #ctrlData. */

@@ -11,7 +11,7 @@
 import { basename, dirname, join, resolve } from "node:path";
 import { SimTransport } from "./sim/transport.ts";
 import { PciTransport } from "./transport/pci.ts";
-import type { VirtioTransport } from "./transport/transport.ts";
+import type { NoticeSink, VirtioTransport } from "./transport/transport.ts";
 import { VhostUserTransport } from "./transport/vhost_user.ts";
 
 export type PortKind = "sim" | "vhost-user" | "pci";
@@ -93,14 +93,18 @@ export function deviceKey(spec: PortSpec): string {
   return `vhost-user:${join(dir, basename(abs))}`;
 }
 
-/** Open the transport a spec names. Errors (bad options, missing device) are one-line messages. */
-export function openTransport(spec: PortSpec | string): VirtioTransport {
+/**
+ * Open the transport a spec names; `notice` receives what it has to tell the user while it runs
+ * (vhost-user: backend lost, back, reconnect failures). Errors (bad options, missing device) are
+ * one-line messages.
+ */
+export function openTransport(spec: PortSpec | string, notice?: NoticeSink): VirtioTransport {
   const p = typeof spec === "string" ? parsePortSpec(spec) : spec;
   switch (p.kind) {
     case "sim":
       return SimTransport.fromSpec(p.target, p.options);
     case "vhost-user":
-      return VhostUserTransport.fromSpec(p.target, p.options);
+      return VhostUserTransport.fromSpec(p.target, p.options, notice);
     case "pci":
       return PciTransport.fromSpec(p.target, p.options);
   }

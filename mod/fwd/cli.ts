@@ -23,6 +23,7 @@ import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
+import { NoticePrinter } from "./notices.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
 export class UsageError extends Error {}
@@ -215,10 +216,11 @@ export async function runForwarder(args: string[]): Promise<number> {
   const ports: Port[] = [];
   let pool: MbufPool | null = null;
   const log = (msg: string) => console.error(msg);
+  const notices = new NoticePrinter(o.json);
   try {
-    for (const s of o.specs) {
+    for (const [i, s] of o.specs.entries()) {
       try {
-        transports.push(openTransport(s));
+        transports.push(openTransport(s, notices.sink(i, names[i])));
       } catch (e) {
         throw new UsageError((e as Error).message);
       }
@@ -275,7 +277,7 @@ export async function runForwarder(args: string[]): Promise<number> {
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool);
+    return await forward(o, names, ports, transports, pool, notices);
   } finally {
     for (const p of ports) {
       try {
@@ -301,6 +303,7 @@ async function forward(
   ports: Port[],
   transports: VirtioTransport[],
   pool: MbufPool,
+  notices: NoticePrinter,
 ): Promise<number> {
   const engine = createEngine(o.mode, {
     pool,
@@ -357,6 +360,8 @@ async function forward(
       poolAvailable: pool.available,
       poolSize: pool.count,
     };
+    notices.flush();
+    notices.endJson();
     if (o.json) {
       console.log(JSON.stringify(summary));
     } else {

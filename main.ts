@@ -6,8 +6,9 @@
  *   vpmd help
  *
  * Exit codes: 0 success (also a clean stop on SIGINT or --duration), 1 a failure while running
- * (also a device refusing a control command), 2 bad usage (flag, port spec, missing device, a
- * flag the device has no feature for): one line on stderr.
+ * (also a device that fails to start: it refuses a request or a control command, or answers
+ * wrongly), 2 bad usage (flag, port spec, missing device, a flag the device has no feature for):
+ * one line on stderr.
  */
 import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
 import { runPciCommand } from "./mod/pci/commands.ts";

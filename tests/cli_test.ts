@@ -244,6 +244,21 @@ Deno.test("cli: a vhost-user socket in a directory that does not exist: exit 2 a
   }
 });
 
+Deno.test("cli: a vhost-user backend that refuses a request or answers wrongly: exit 1, the port named once", async () => {
+  const cases = [
+    ["nack-mem", "the backend refused SET_MEM_TABLE (1)"], // at the port's start
+    ["wrong-reply", "expected a reply to GET_FEATURES, got GET_PROTOCOL_FEATURES (flags 0x5)"],
+  ];
+  for (const [mode, why] of cases) {
+    const path = socketPath(`cli-${mode}`);
+    await withFake(path, mode, async () => {
+      const r = await vpmd(["fwd", `vhost-user:${path}`, "--duration", "1"]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stderr.trim(), `vpmd fwd: vhost-user:${path}: ${why}`);
+    });
+  }
+});
+
 Deno.test("cli: a vhost-user backend that hangs up at SET_MEM_TABLE: told on stderr and in --json, retried less and less often", async () => {
   const path = socketPath("cli-hangup");
   const name = `vhost-user:${path}`;

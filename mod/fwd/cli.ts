@@ -15,14 +15,13 @@ import {
   parsePortSpec,
   type PortSpec,
 } from "../portspec.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import { DeviceError, type VirtioTransport } from "../transport/transport.ts";
 import { parseMac } from "../mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
-import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
 import { NoticePrinter } from "./notices.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
@@ -222,6 +221,8 @@ export async function runForwarder(args: string[]): Promise<number> {
       try {
         transports.push(openTransport(s, notices.sink(i, names[i])));
       } catch (e) {
+        // No such device is bad usage; one that answers wrongly has failed.
+        if (e instanceof DeviceError) throw e;
         throw new UsageError((e as Error).message);
       }
     }
@@ -270,9 +271,8 @@ export async function runForwarder(args: string[]): Promise<number> {
       try {
         port.start();
       } catch (e) {
-        // A device that refuses a control command is a failure (exit 1), not bad usage.
-        if (e instanceof CtrlCommandError) throw new Error(`${names[i]}: ${e.message}`);
-        throw new UsageError(`${names[i]}: ${(e as Error).message}`);
+        // configure() found every usage problem: what fails now is the device (exit 1).
+        throw new Error(`${names[i]}: ${withoutName(transports[i], e)}`);
       }
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
@@ -371,6 +371,12 @@ async function forward(
   } finally {
     Deno.removeSignalListener("SIGINT", onSigint);
   }
+}
+
+/** An error's message without the transport's own name in front (the caller names the port). */
+function withoutName(t: VirtioTransport, e: unknown): string {
+  const m = (e as Error).message;
+  return m.startsWith(`${t.name}: `) ? m.slice(t.name.length + 2) : m;
 }
 
 /**

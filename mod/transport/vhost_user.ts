@@ -57,6 +57,7 @@ import {
   Used,
 } from "../virtio/constants.ts";
 import {
+  DeviceError,
   type NoticeSink,
   type QueueMemory,
   type RingLayout,
@@ -531,7 +532,7 @@ export class VhostUserTransport implements VirtioTransport {
     this.#request(Request.GET_FEATURES, 0, true);
     const features = this.#msg.u64(0);
     if (this.#status !== 0 && (this.#driverFeatures & ~LOCAL_FEATURES & ~features) !== 0n) {
-      throw new Error(
+      throw new DeviceError(
         `${this.name}: the backend that connected no longer offers the negotiated features ` +
           `(offers 0x${features.toString(16)}, negotiated 0x${this.#driverFeatures.toString(16)})`,
       );
@@ -772,7 +773,7 @@ export class VhostUserTransport implements VirtioTransport {
   }
 
   #send(fds: number[]): void {
-    if (this.#sock === null) throw new Error(`${this.name}: the backend is not connected`);
+    if (this.#sock === null) throw new DeviceError(`${this.name}: the backend is not connected`);
     try {
       this.#sock.send(this.#msg.bytes.subarray(0, this.#msg.length), fds, this.#replyTimeout);
     } catch (e) {
@@ -782,7 +783,7 @@ export class VhostUserTransport implements VirtioTransport {
 
   /** An error of the exchange for `request`, saying which port, which request and what to check. */
   #failed(request: number, e: unknown): Error {
-    return new Error(
+    return new DeviceError(
       `${this.name}: ${requestName(request)}: ${(e as Error).message}${CHECK_BACKEND}`,
     );
   }
@@ -796,7 +797,7 @@ export class VhostUserTransport implements VirtioTransport {
     this.#reply(request);
     const status = this.#msg.u64(0);
     if (status !== 0n) {
-      throw new Error(
+      throw new DeviceError(
         `${this.name}: the backend refused ${requestName(request)} (${status})`,
       );
     }
@@ -824,7 +825,7 @@ export class VhostUserTransport implements VirtioTransport {
 
   /** Read one reply into #msg and check that it answers `request`. */
   #reply(request: number): void {
-    if (this.#sock === null) throw new Error(`${this.name}: the backend is not connected`);
+    if (this.#sock === null) throw new DeviceError(`${this.name}: the backend is not connected`);
     const fds: number[] = [];
     const m = this.#msg;
     try {
@@ -842,7 +843,7 @@ export class VhostUserTransport implements VirtioTransport {
       for (const fd of fds) closeFd(fd); // no reply we ask for carries descriptors
     }
     if (m.request !== request || (m.flags & Header.F_REPLY) === 0) {
-      throw new Error(
+      throw new DeviceError(
         `${this.name}: expected a reply to ${requestName(request)}, got ${
           requestName(m.request)
         } (flags 0x${m.flags.toString(16)})`,
@@ -851,7 +852,7 @@ export class VhostUserTransport implements VirtioTransport {
     // Every reply we ask for carries one u64, or a vring state of the same size; anything else
     // would leave old bytes where the value is read.
     if ((m.flags & Header.VERSION_MASK) !== Header.VERSION || m.size !== U64_PAYLOAD) {
-      throw new Error(
+      throw new DeviceError(
         `${this.name}: malformed reply to ${requestName(request)} (version ${
           m.flags & Header.VERSION_MASK
         }, ${m.size} bytes of payload, expected version 1 and ${U64_PAYLOAD})`,

@@ -15,16 +15,16 @@ import {
   parsePortSpec,
   type PortSpec,
 } from "../portspec.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import { DeviceError, type VirtioTransport } from "../transport/transport.ts";
 import { parseMac } from "../mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
-import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
 import { Eth, has, NetFeature } from "../virtio/constants.ts";
 import { StopSignals } from "./signals.ts";
+import { NoticePrinter } from "./notices.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
 export class UsageError extends Error {}
@@ -229,11 +229,14 @@ export async function runForwarder(args: string[]): Promise<number> {
   let pool: MbufPool | null = null;
   let signals: StopSignals | null = null;
   const log = (msg: string) => console.error(msg);
+  const notices = new NoticePrinter(o.json);
   try {
-    for (const s of o.specs) {
+    for (const [i, s] of o.specs.entries()) {
       try {
-        transports.push(openTransport(s));
+        transports.push(openTransport(s, notices.sink(i, names[i])));
       } catch (e) {
+        // No such device is bad usage; one that answers wrongly has failed.
+        if (e instanceof DeviceError) throw e;
         throw new UsageError((e as Error).message);
       }
     }
@@ -309,14 +312,13 @@ export async function runForwarder(args: string[]): Promise<number> {
       try {
         port.start();
       } catch (e) {
-        // A device that refuses a control command is a failure (exit 1), not bad usage.
-        if (e instanceof CtrlCommandError) throw new Error(`${names[i]}: ${e.message}`);
-        throw new UsageError(`${names[i]}: ${(e as Error).message}`);
+        // configure() found every usage problem: what fails now is the device (exit 1).
+        throw new Error(`${names[i]}: ${withoutName(transports[i], e)}`);
       }
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool, signals);
+    return await forward(o, names, ports, transports, pool, signals, notices);
   } finally {
     for (const p of ports) {
       try {
@@ -401,6 +403,7 @@ async function forward(
   transports: VirtioTransport[],
   pool: MbufPool,
   signals: StopSignals,
+  notices: NoticePrinter,
 ): Promise<number> {
   const engine = createEngine(o.mode, {
     pool,
@@ -452,6 +455,8 @@ async function forward(
       poolAvailable: pool.available,
       poolSize: pool.count,
     };
+    notices.flush();
+    notices.endJson();
     if (o.json) {
       console.log(JSON.stringify(summary));
     } else {
@@ -461,6 +466,12 @@ async function forward(
   } finally {
     signals.close();
   }
+}
+
+/** An error's message without the transport's own name in front (the caller names the port). */
+function withoutName(t: VirtioTransport, e: unknown): string {
+  const m = (e as Error).message;
+  return m.startsWith(`${t.name}: `) ? m.slice(t.name.length + 2) : m;
 }
 
 /**

@@ -53,6 +53,20 @@ export const TransportEvent = {
 } as const;
 
 /**
+ * The device failed, as opposed to being asked for something impossible: it refused a request,
+ * answered wrongly or not at all, or went away mid-exchange (the CLI exits 1, not 2).
+ */
+export class DeviceError extends Error {}
+
+/**
+ * Where a transport tells the user what happened outside any call's result (a backend lost, back
+ * or failing to reconnect; a device that broke a rule): `kind` is a short fixed word for programs
+ * (e.g. "backend-lost"), `message` one line for people, without the transport's name (the
+ * receiver knows which port it is). Rare, cold path; the receiver rate-limits what it shows.
+ */
+export type NoticeSink = (kind: string, message: string) => void;
+
+/**
  * How the port reaches one virtio device: status, features, configuration, queues, notifications
  * (virtio 1.2 chapter 4). Implement it to drive a device some other way; mod/sim/transport.ts is
  * the shortest example.

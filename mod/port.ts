@@ -65,10 +65,13 @@ export interface PortConfig {
 
 /**
  * Counters, plain numbers updated once per burst. rxDropped counts every frame the driver
- * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device returned a bad
- * used entry). txDropped counts frames not sent: refused by txBurst (added by the caller) or
- * malformed (also in txErrors), and frames lost in flight when the device went away or was reset
- * (taken out of txPackets and txBytes again). txErrors also counts bad used entries on the TX ring.
+ * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device described it with
+ * a bad used entry or header, one count per frame however many buffers it spans). rxIdxErrors
+ * counts impossible used.idx values on RX (more than a ring ahead, or moved back), once per value:
+ * no frame is lost by one, so it is in neither rxErrors nor rxDropped. txDropped counts frames not
+ * sent: refused by txBurst (added by the caller) or malformed (also in txErrors), and frames lost
+ * in flight when the device went away or was reset (taken out of txPackets and txBytes again).
+ * txErrors also counts bad used entries on the TX ring.
  */
 export interface PortStats {
   /** Frames received. */
@@ -89,6 +92,7 @@ export interface PortStats {
   rxErrors: number;
   /** Malformed frames refused, and bad used entries on the TX ring. */
   txErrors: number;
+  rxIdxErrors: number;
 }
 
 export function emptyStats(): PortStats {
@@ -102,6 +106,7 @@ export function emptyStats(): PortStats {
     rxNoMbuf: 0,
     rxErrors: 0,
     txErrors: 0,
+    rxIdxErrors: 0,
   };
 }
 

@@ -17,13 +17,16 @@ import {
   Eth,
   Feature,
   has,
+  HashType,
   NetConfig,
   NetFeature,
   netHdrSize,
   NetQueue,
+  RssConfig,
   Status,
 } from "./virtio/constants.ts";
 import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
+import { DEFAULT_RSS_KEY, rssConfigData, type RssSettings } from "./virtio/rss.ts";
 import { RxQueue } from "./virtio/rx_queue.ts";
 import { isValidQueueSize, ringParts, ringStartAlign, SplitRing } from "./virtio/split_ring.ts";
 import { TxQueue } from "./virtio/tx_queue.ts";
@@ -61,6 +64,12 @@ export interface PortConfig {
   vlanStrip?: boolean;
   /** Software insert of this TCI on every TX frame (an mbuf's VLAN_INSERT flag uses its own). */
   vlanInsert?: number;
+  /**
+   * Receive-side scaling (5.1.6.5.7; needs VIRTIO_NET_F_RSS): the device hashes each received
+   * frame over the fields `hashTypes` (HashType bits) name, with `key` (default DEFAULT_RSS_KEY),
+   * and an indirection table spreads the hashes evenly over the queue pairs.
+   */
+  rss?: { hashTypes: number; key?: Uint8Array };
 }
 
 /**
@@ -156,6 +165,8 @@ interface Plan {
   mtu: number;
   /** Largest frame received or sent: mtu + Ethernet header + a VLAN tag. */
   maxFrame: number;
+  /** RSS as sent to the device after DRIVER_OK, or null. */
+  rss: RssSettings | null;
 }
 
 /** Receive filter state, re-applied through the control queue on every start. */
@@ -283,14 +294,16 @@ export class Port {
     if (cfg.ctrlVq ?? true) { for (const f of CTRL_FEATURES) want |= bit(f); }
     if (cfg.vlanFilter === false) want &= ~bit(NetFeature.CTRL_VLAN);
     if (queues > 1) want |= bit(NetFeature.MQ);
+    if (cfg.rss !== undefined) want |= bit(NetFeature.RSS);
     let features = offered & want;
     // Features that depend on the control queue are void without it (5.1.3.1).
     if (!has(features, NetFeature.CTRL_VQ)) {
       for (const f of CTRL_FEATURES) features &= ~bit(f);
-      features &= ~bit(NetFeature.MQ);
+      features &= ~(bit(NetFeature.MQ) | bit(NetFeature.RSS));
     }
+    const rss = cfg.rss === undefined ? null : this.#rssSettings(cfg.rss, features, queues);
     if (queues > 1) {
-      if (!has(features, NetFeature.MQ)) {
+      if (!has(features, NetFeature.MQ) && rss === null) {
         this.#fail(
           `${queues} queue pairs need VIRTIO_NET_F_MQ and the control queue, which the device ` +
             `does not offer; run with one queue pair`,
@@ -350,7 +363,8 @@ export class Port {
           }, or use a pool with dataRoom >= ${maxFrame}`,
       );
     }
-    const maxPairs = has(features, NetFeature.MQ)
+    // 5.1.2: max_virtqueue_pairs counts once MQ or RSS is negotiated (the control queue's index).
+    const maxPairs = has(features, NetFeature.MQ) || has(features, NetFeature.RSS)
       ? this.#readU16(NetConfig.MAX_VIRTQUEUE_PAIRS)
       : 1;
     const warnings: string[] = [];
@@ -369,7 +383,48 @@ export class Port {
         this.#fail(`control queue size ${ctrlSize} is not a power of two`);
       }
     }
-    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex, mtu, maxFrame };
+    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex, mtu, maxFrame, rss };
+  }
+
+  /**
+   * RSS for `queues` pairs, checked against what the device offers (5.1.4: hash types, key size,
+   * table length); the table is the largest power of two up to 128 entries that the device takes.
+   */
+  #rssSettings(
+    asked: { hashTypes: number; key?: Uint8Array },
+    f: bigint,
+    queues: number,
+  ): RssSettings {
+    if (!has(f, NetFeature.RSS)) {
+      const dev = this.transport.getDeviceFeatures();
+      const missing = !has(dev, NetFeature.RSS)
+        ? "the device does not offer VIRTIO_NET_F_RSS"
+        : !has(dev, NetFeature.CTRL_VQ)
+        ? "the device does not offer VIRTIO_NET_F_CTRL_VQ"
+        : "the control queue is turned off (ctrlVq: false)";
+      this.#fail(`${missing}, so RSS cannot be configured; run without --rss`);
+    }
+    const b = this.transport.readConfig(NetConfig.SUPPORTED_HASH_TYPES, 4);
+    const supported = (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+    const missing = asked.hashTypes & ~supported;
+    if (missing !== 0) {
+      const names = (m: number) =>
+        Object.entries(HashType).filter(([, v]) => (m & v) !== 0).map(([k]) => k).join(", ");
+      this.#fail(
+        `the device cannot hash over ${names(missing)} (it supports ${names(supported) || "none"})`,
+      );
+    }
+    const key = asked.key ?? DEFAULT_RSS_KEY;
+    const maxKey = this.transport.readConfig(NetConfig.RSS_MAX_KEY_SIZE, 1)[0];
+    if (key.length > maxKey) {
+      this.#fail(`an RSS key of ${key.length} bytes is longer than the device takes (${maxKey})`);
+    }
+    const maxTable = this.#readU16(NetConfig.RSS_MAX_INDIRECTION_TABLE_LENGTH);
+    let tableLength = 1;
+    while (tableLength * 2 <= Math.min(maxTable, RssConfig.MIN_INDIRECTION_TABLE_LENGTH)) {
+      tableLength *= 2;
+    }
+    return { hashTypes: asked.hashTypes, queues, tableLength, key };
   }
 
   #queueSize(flag: string, asked: number | undefined, index: number, warnings: string[]): number {
@@ -761,12 +816,18 @@ export class Port {
     this.#ctrl?.command(Ctrl.VLAN, cmd, [le16(vid)], `${verb} VLAN ${vid}`);
   }
 
-  /** After DRIVER_OK: queue pairs (5.1.6.5.5) and the filters asked for before. */
+  /**
+   * After DRIVER_OK: queue pairs (5.1.6.5.6), RSS (5.1.6.5.7; sent last, since the last MQ command
+   * decides how the device steers, 5.1.6.5.5) and the filters asked for before.
+   */
   #applyFilters(plan: Plan): void {
     const c = this.#ctrl;
     if (!c) return;
     if (has(plan.features, NetFeature.MQ)) {
       c.command(Ctrl.MQ, Ctrl.MQ_VQ_PAIRS_SET, [le16(plan.queues)], `${plan.queues} queue pairs`);
+    }
+    if (plan.rss !== null) {
+      c.command(Ctrl.MQ, Ctrl.MQ_RSS_CONFIG, [rssConfigData(plan.rss)], "RSS configuration");
     }
     const f = this.#filters;
     const rx = has(plan.features, NetFeature.CTRL_RX);

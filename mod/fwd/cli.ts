@@ -22,6 +22,7 @@ import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
+import { parseRssFlag } from "./rss_flag.ts";
 import { Eth, has, NetFeature } from "../virtio/constants.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
@@ -47,6 +48,8 @@ export interface FwdOptions {
   mbufs: number | undefined;
   /** --promisc/--no-promisc, --allmulti, --mac, --mcast, --vlan-filter, --mtu (./filters.ts). */
   filters: FilterOptions;
+  /** --rss: the hash types (HashType bits) to configure, or undefined. */
+  rss: number | undefined;
 }
 
 const BUFFER_ROOM = 2048;
@@ -110,6 +113,7 @@ function parseFlags(args: string[]) {
         "vlan-strip": { type: "boolean" },
         "vlan-insert": { type: "string" },
         mbufs: { type: "string" },
+        rss: { type: "string" },
         ...FILTER_FLAGS,
       },
     });
@@ -191,6 +195,7 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       ? undefined
       : int("mbufs", v.mbufs, 64, MbufPool.maxCount(BUFFER_ROOM), 0),
     filters: usage(() => parseFilterFlags(v, specs.length)),
+    rss: v.rss === undefined ? undefined : usage(() => parseRssFlag(v.rss!)),
   };
 }
 
@@ -281,6 +286,7 @@ export async function runForwarder(args: string[]): Promise<number> {
           vlanInsert: o.vlanInsert,
           mtu: o.filters.mtu,
           vlanFilter: o.filters.vlans.length > 0,
+          rss: o.rss === undefined ? undefined : { hashTypes: o.rss },
         });
         applyFilters(port, i, o.filters);
       } catch (e) {
@@ -443,6 +449,12 @@ async function forward(
     reclaimSent(ports, o.queues);
     for (const p of ports) p.stop();
     const rows = reporter.rows(linkAtEnd);
+    if (o.queues > 1) {
+      for (const [i, p] of ports.entries()) {
+        const { rx, tx } = p.queueStats;
+        rows[i].queues = rx.map((r, q) => ({ rxPackets: r.rxPackets, txPackets: tx[q].txPackets }));
+      }
+    }
     const account = accountFrames(o.mode, rows);
     const summary = {
       ports: rows,

@@ -41,6 +41,8 @@ fwd flags:
   --queues N          queue pairs per port (default 1)
   --rss T[,T...]      receive-side scaling over the queues by hash of ip, udp or tcp
                       headers (VIRTIO_NET_F_RSS)
+  --cores C           forward on C worker threads, streams spread as testpmd's
+                      --nb-cores (default 1: the main thread forwards)
   --duration S        stop after S seconds (default: run until Ctrl-C)
   --stats-period S    statistics every S seconds (default 1, at least 0.01; 0 = none)
   --json              JSON lines: one object per period, a summary object as the last line

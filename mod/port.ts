@@ -70,6 +70,33 @@ export interface PortConfig {
    * and an indirection table spreads the hashes evenly over the queue pairs.
    */
   rss?: { hashTypes: number; key?: Uint8Array };
+  /**
+   * The RX and TX queues are served outside the port, by worker threads (mod/fwd/workers.ts):
+   * `start` lays out and sets up every ring but builds no queue and posts no buffer, and
+   * `queueLayout()` says where the rings are; rxBurst and txBurst take nothing. A device that
+   * comes back after it was lost is then set up again only by `bringBack()`, once the queues'
+   * servers have let go of the old rings.
+   */
+  detachedQueues?: boolean;
+}
+
+/** Where the rings of a port started with `detachedQueues` lie, and how their queues work. */
+export interface QueueLayout {
+  /** The region of the rings (the pool's, or the port's own). */
+  region: DmaRegion;
+  layout: RingLayout;
+  /** Per queue pair: virtqueue index, entries, byte offset in `region` of the RX and TX ring. */
+  rx: { index: number; size: number; offset: number }[];
+  tx: { index: number; size: number; offset: number }[];
+  hdrSize: number;
+  mrgRxbuf: boolean;
+  eventIdx: boolean;
+  inOrder: boolean;
+  vlanStrip: boolean;
+  /** TCI to insert on every frame, -1 for none. */
+  vlanInsert: number;
+  /** iova of the zero header (TxQueueOptions.zeroHeader). */
+  zeroHeader: number;
 }
 
 /**
@@ -203,6 +230,10 @@ export class Port {
   #rx: RxQueue[] = [];
   #tx: TxQueue[] = [];
   #ctrl: CtrlQueue | null = null;
+  /** With detachedQueues: where the rings are (null while stopped). */
+  #layout: QueueLayout | null = null;
+  /** With detachedQueues: the device came back and waits for `bringBack()`. */
+  #returned = false;
   /** Ring memory, kept across stop/start (a backend maps it once); replaced when sizes change. */
   #ringArea: RingArea | null = null;
   #filters: Filters = {
@@ -567,6 +598,20 @@ export class Port {
     // header + frame descriptors (see TxQueue).
     const zeroHeader = region.iova(base + placed.end + CTRL_BUFFER_BYTES);
     const rings: SplitRing[] = [];
+    const detached = cfg.detachedQueues ?? false;
+    const where: QueueLayout = {
+      region,
+      layout,
+      rx: [],
+      tx: [],
+      hdrSize: plan.hdrSize,
+      mrgRxbuf: has(plan.features, NetFeature.MRG_RXBUF),
+      eventIdx,
+      inOrder: has(plan.features, Feature.IN_ORDER),
+      vlanStrip: cfg.vlanStrip ?? false,
+      vlanInsert: cfg.vlanInsert ?? -1,
+      zeroHeader,
+    };
     for (let q = 0; q < plan.queues; q++) {
       const rxRing = place(NetQueue.rx(q), plan.rxd);
       const txRing = place(NetQueue.tx(q), plan.txd);
@@ -575,6 +620,16 @@ export class Port {
       const txStats = emptyStats();
       this.queueStats.rx.push(rxStats);
       this.queueStats.tx.push(txStats);
+      if (detached) {
+        const at = (r: SplitRing) => ({
+          index: r.index,
+          size: r.size,
+          offset: r.memory.descOffset,
+        });
+        where.rx.push(at(rxRing));
+        where.tx.push(at(txRing));
+        continue;
+      }
       this.#rx.push(
         new RxQueue({
           ring: rxRing,
@@ -615,6 +670,32 @@ export class Port {
     }
     for (const rx of this.#rx) rx.fill();
     for (const ring of rings) t.setupQueue(ring.memory);
+    this.#layout = detached ? where : null;
+  }
+
+  /** Where the rings are, for a port configured with `detachedQueues` (null while stopped). */
+  queueLayout(): QueueLayout | null {
+    return this.#started ? this.#layout : null;
+  }
+
+  /** A port with `detachedQueues` whose device came back and waits for `bringBack()`. */
+  get awaitingBringBack(): boolean {
+    return this.#returned;
+  }
+
+  /**
+   * Set the device up again after it came back (`detachedQueues`: call it once the queues'
+   * servers let go of the old rings; a failure is logged). The new rings are in `queueLayout()`.
+   */
+  bringBack(): void {
+    this.#returned = false;
+    if (!this.#wanted) return;
+    if (this.#started) this.#teardown();
+    try {
+      this.start();
+    } catch (e) {
+      this.#log(`port ${this.id}: cannot bring the device back: ${(e as Error).message}`);
+    }
   }
 
   /** Reset the device and give every buffer back to the pool. */
@@ -637,6 +718,7 @@ export class Port {
       this.#rx = [];
       this.#tx = [];
       this.#ctrl = null;
+      this.#layout = null;
       this.#started = false;
       this.#linkUp = false;
     }
@@ -686,12 +768,9 @@ export class Port {
     if (ev === 0) return 0;
     if ((ev & TransportEvent.DEVICE_LOST) !== 0) this.#setLink(false);
     if ((ev & TransportEvent.DEVICE_RETURNED) !== 0 && this.#wanted) {
-      if (this.#started) this.#teardown();
-      try {
-        this.start();
-      } catch (e) {
-        this.#log(`port ${this.id}: cannot bring the device back: ${(e as Error).message}`);
-      }
+      // Detached queues: their servers must let go of the rings before new ones are laid out.
+      if (this.#cfg?.detachedQueues) this.#returned = true;
+      else this.bringBack();
     }
     if ((ev & TransportEvent.CONFIG_CHANGED) !== 0 && this.#started) {
       this.#setLink(this.#readLink());
@@ -716,7 +795,9 @@ export class Port {
   #announce(): void {
     if (!this.#ctrl || !has(this.features, NetFeature.GUEST_ANNOUNCE)) return;
     if ((this.#readU16(NetConfig.STATUS) & NetConfig.S_ANNOUNCE) === 0) return;
-    const err = sendAnnounce(this, this.#plan!.cfg.pool);
+    const err = this.#plan!.cfg.detachedQueues
+      ? "no RARP sent, the queues are served by worker threads"
+      : sendAnnounce(this, this.#plan!.cfg.pool);
     this.#log(`port ${this.id}: announce requested: ${err ?? "RARP sent"}`);
     try {
       this.#ctrl.command(Ctrl.ANNOUNCE, Ctrl.ANNOUNCE_ACK, [], "announce ack");

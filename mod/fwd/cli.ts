@@ -23,6 +23,7 @@ import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { parseRssFlag } from "./rss_flag.ts";
+import { planWorkers, WorkerGroup } from "./workers.ts";
 import { Eth, has, NetFeature } from "../virtio/constants.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
@@ -50,6 +51,8 @@ export interface FwdOptions {
   filters: FilterOptions;
   /** --rss: the hash types (HashType bits) to configure, or undefined. */
   rss: number | undefined;
+  /** --cores: forwarding workers (1: the main thread forwards, mod/fwd/workers.ts). */
+  cores: number;
 }
 
 const BUFFER_ROOM = 2048;
@@ -60,6 +63,8 @@ const MIN_STATS_PERIOD = 0.01;
 /** Draining: stop once nothing moved for this long, and never take longer than the cap. */
 const DRAIN_QUIET_MS = 20;
 const DRAIN_MAX_MS = 2000;
+/** txonly frames carry stream number TX_STREAM_BASE + the sending port's id. */
+const TX_STREAM_BASE = 0x100;
 
 function int(flag: string, v: string | undefined, min: number, max: number, dflt: number): number {
   if (v === undefined) return dflt;
@@ -114,6 +119,7 @@ function parseFlags(args: string[]) {
         "vlan-insert": { type: "string" },
         mbufs: { type: "string" },
         rss: { type: "string" },
+        cores: { type: "string" },
         ...FILTER_FLAGS,
       },
     });
@@ -196,6 +202,7 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       : int("mbufs", v.mbufs, 64, MbufPool.maxCount(BUFFER_ROOM), 0),
     filters: usage(() => parseFilterFlags(v, specs.length)),
     rss: v.rss === undefined ? undefined : usage(() => parseRssFlag(v.rss!)),
+    cores: int("cores", v.cores, 1, 64, 1),
   };
 }
 
@@ -287,6 +294,7 @@ export async function runForwarder(args: string[]): Promise<number> {
           mtu: o.filters.mtu,
           vlanFilter: o.filters.vlans.length > 0,
           rss: o.rss === undefined ? undefined : { hashTypes: o.rss },
+          detachedQueues: o.cores > 1,
         });
         applyFilters(port, i, o.filters);
       } catch (e) {
@@ -416,38 +424,44 @@ async function forward(
     burst: o.burst,
     peers: o.peers,
     txpkts: o.txpkts,
-    txStreamBase: 0x100,
+    txStreamBase: TX_STREAM_BASE,
   });
   const streams = buildStreams(ports, o.mode, o.queues, o.burst);
   const loop = new ForwardLoop(ports, streams, engine);
   const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
   const wires = transports.map(simWire);
-  const wireOf = (i: number): WireCounters | null => wires[i]?.counters() ?? null;
+  // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
+  // drain only gives what is already in flight a short moment.
+  const allSim = wires.every((w) => w !== null);
+  const drainMaxMs = allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5;
+  const group = o.cores > 1 ? await startWorkers(o, ports, pool, drainMaxMs) : null;
+  const wireOf = (i: number): WireCounters | null =>
+    group !== null ? group.wire(i) : wires[i]?.counters() ?? null;
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
-  signals.onStop = () => loop.stop();
+  signals.onStop = () => group !== null ? group.stop() : loop.stop();
   try {
-    await loop.run({
+    const run = {
       untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
-      onClock: (now) => reporter.tick(now),
-    });
-    for (const w of wires) w?.stopGenerator();
-    // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
-    // drain only gives what is already in flight a short moment.
-    const allSim = wires.every((w) => w !== null);
-    // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
-    // check (Port.txIdle) now, so the device sends what is queued.
-    reclaimSent(ports, o.queues);
-    await loop.drain(
-      DRAIN_QUIET_MS,
-      allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5,
-      o.mode === "txonly",
-    );
+      onClock: (now: number) => reporter.tick(now),
+    };
+    if (group !== null) {
+      await group.run(run);
+      await group.drain();
+    } else {
+      await loop.run(run);
+      for (const w of wires) w?.stopGenerator();
+      // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
+      // check (Port.txIdle) now, so the device sends what is queued.
+      reclaimSent(ports, o.queues);
+      await loop.drain(DRAIN_QUIET_MS, drainMaxMs, o.mode === "txonly");
+    }
     const durationSec = (performance.now() - start) / 1000;
     // The summary reports each link as forwarding left it: stopping a port takes its link down.
     const linkAtEnd = ports.map((p) => p.linkUp);
     reclaimSent(ports, o.queues);
     for (const p of ports) p.stop();
+    await group?.release();
     const rows = reporter.rows(linkAtEnd);
     if (o.queues > 1) {
       for (const [i, p] of ports.entries()) {
@@ -464,7 +478,8 @@ async function forward(
       burst: o.burst,
       stoppedBy: signals.by ?? (o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
-      poolAvailable: pool.available,
+      ...(group === null ? {} : { workers: group.report() }),
+      poolAvailable: pool.available + (group?.poolAvailable ?? 0),
       poolSize: pool.count,
     };
     notices.flush();
@@ -476,8 +491,33 @@ async function forward(
     }
     return 0;
   } finally {
+    await group?.close();
     signals.close();
   }
+}
+
+/** --cores C > 1: plan the workers (a plan that cannot work is bad usage) and start them. */
+async function startWorkers(
+  o: FwdOptions,
+  ports: Port[],
+  pool: MbufPool,
+  drainMaxMs: number,
+): Promise<WorkerGroup> {
+  const plan = usage(() =>
+    planWorkers({
+      ports,
+      pool,
+      cores: o.cores,
+      mode: o.mode,
+      queues: o.queues,
+      burst: o.burst,
+      peers: o.peers,
+      txpkts: o.txpkts,
+      txStreamBase: TX_STREAM_BASE,
+      drain: { quietMs: DRAIN_QUIET_MS, maxMs: drainMaxMs },
+    })
+  );
+  return await WorkerGroup.start(plan, ports, (msg) => console.error(msg));
 }
 
 /** An error's message without the transport's own name in front (the caller names the port). */

@@ -119,6 +119,11 @@ export class SimDevice {
   activePairs = 1;
   /** RSS as the driver configured it (5.1.6.5.7), null while the device does not steer by hash. */
   rss: RssState | null = null;
+  /**
+   * False while copies of this device in worker threads serve its data queues, each the queues
+   * of the thread that polls them (mod/sim/share.ts): `run()` then serves the control queue only.
+   */
+  serveData = true;
   /** Deliberate misbehaviour (null: a correct device), and how many times it struck. */
   readonly evil: EvilMode | null;
   evilCount = 0;
@@ -209,7 +214,7 @@ export class SimDevice {
     this.needsReset = false;
     this.configChanged = false;
     this.activePairs = 1;
-    this.#setRss(null);
+    this.setRss(null);
     this.negotiated(0n);
     this.filter.promisc = true;
     this.filter.allmulti = true;
@@ -226,6 +231,11 @@ export class SimDevice {
     this.#eventIdx = has(features, Feature.EVENT_IDX);
     this.#inOrder = has(features, Feature.IN_ORDER);
     this.#vlanFiltering = has(features, NetFeature.CTRL_VLAN);
+  }
+
+  /** The features the driver accepted. */
+  get features(): bigint {
+    return this.#features;
   }
 
   /** Queue pairs that exist under the negotiated features (5.1.2: more only with MQ or RSS). */
@@ -299,6 +309,10 @@ export class SimDevice {
   /** Run the device once: transmit, control, receive. */
   run(): void {
     if (this.needsReset) return;
+    if (!this.serveData) {
+      if (this.#ctrl !== null && this.#ctrl.awake()) this.#control(this.#ctrl);
+      return;
+    }
     if (this.#jumpedQueue !== null) {
       // idx-jump: the wrong index stood for one poll; the true one comes back.
       this.#jumpedQueue.publish();
@@ -674,7 +688,7 @@ export class SimDevice {
       const pairs = data[0] | (data[1] << 8);
       if (pairs < Ctrl.MQ_VQ_PAIRS_MIN || pairs > this.queuePairs) return false;
       this.activePairs = pairs;
-      this.#setRss(null); // the last multiqueue command decides the steering (5.1.6.5.5)
+      this.setRss(null); // the last multiqueue command decides the steering (5.1.6.5.5)
       return true;
     }
     if (cls === Ctrl.MQ && cmd === Ctrl.MQ_RSS_CONFIG && has(feat, NetFeature.RSS)) {
@@ -683,7 +697,7 @@ export class SimDevice {
       let pairs = Math.max(rss.maxTxVq, rss.unclassified + 1);
       for (const q of rss.table) pairs = Math.max(pairs, q + 1);
       this.activePairs = pairs;
-      this.#setRss(rss);
+      this.setRss(rss);
       return true;
     }
     return false;
@@ -691,9 +705,10 @@ export class SimDevice {
 
   /**
    * Steer by `rss` (null: one stream per queue): each of the wire's flows goes to the queue its
-   * hash picks, found once here from a frame of that flow.
+   * hash picks, found once here from a frame of that flow. The control queue's RSS_CONFIG sets
+   * it; a copy of the device in a worker thread takes its original's.
    */
-  #setRss(rss: RssState | null): void {
+  setRss(rss: RssState | null): void {
     this.rss = rss;
     if (rss === null) return this.wire.steer(null);
     const flowsOf: number[][] = Array.from({ length: this.queuePairs }, () => []);

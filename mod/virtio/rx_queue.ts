@@ -75,7 +75,8 @@ const HELD_SPAN = 0x40000000;
 export interface RxQueueOptions {
   ring: SplitRing;
   pool: MbufPool;
-  transport: VirtioTransport;
+  /** Where notifications go (only `notify` is used: a worker thread passes just that). */
+  transport: Pick<VirtioTransport, "notify">;
   /** Negotiated net header size (10 or 12). */
   hdrSize: number;
   mrgRxbuf: boolean;
@@ -99,7 +100,7 @@ export class RxQueue {
   readonly pool: MbufPool;
   readonly stats: PortStats;
   readonly #totals: PortStats;
-  readonly #transport: VirtioTransport;
+  readonly #transport: Pick<VirtioTransport, "notify">;
   readonly #hdr: number;
   readonly #mrg: boolean;
   readonly #eventIdx: boolean;

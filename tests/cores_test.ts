@@ -123,6 +123,14 @@ Deno.test("cores: --cores 2 on two sims with 2 queue pairs: every frame accounte
   }
 });
 
+Deno.test("cores: one core (the default) forwards on the main thread and says how much it ran", async () => {
+  const s = await fwd(["sim:a,queues=2", "sim:b,queues=2", "--queues", "2"]);
+  assert.equal(s.accounting.ok, true, s.accounting.message);
+  assert.equal(s.workers, undefined);
+  const m = s.mainThread;
+  assert.ok(m.wallMs > 500 && m.cpuMs > 0 && m.onCpu > 0 && m.onCpu <= 1.05, JSON.stringify(m));
+});
+
 for (const mode of ["mac", "macswap", "rxonly", "txonly"]) {
   Deno.test(`cores: --cores 2 --mode ${mode}: every frame accounted for across workers`, async () => {
     const s = await fwd([

@@ -24,6 +24,7 @@ import { accountFrames, type Accounting, simWire, type WireCounters } from "./ac
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { parseRssFlag } from "./rss_flag.ts";
 import { planWorkers, WorkerGroup } from "./workers.ts";
+import { threadCpuMs } from "../../ffi/thread.ts";
 import { Eth, has, NetFeature } from "../virtio/constants.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
@@ -440,6 +441,8 @@ async function forward(
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
   signals.onStop = () => group !== null ? group.stop() : loop.stop();
+  /** One core: how much of the forwarding time the main thread ran (else `workers` says). */
+  let mainThread: ReturnType<typeof busyOf> | null = null;
   try {
     const run = {
       untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
@@ -449,7 +452,9 @@ async function forward(
       await group.run(run);
       await group.drain();
     } else {
+      const cpu0 = threadCpuMs();
       await loop.run(run);
+      mainThread = busyOf(performance.now() - start, threadCpuMs() - cpu0);
       for (const w of wires) w?.stopGenerator();
       // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
       // check (Port.txIdle) now, so the device sends what is queued.
@@ -478,7 +483,7 @@ async function forward(
       burst: o.burst,
       stoppedBy: signals.by ?? (o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
-      ...(group === null ? {} : { workers: group.report() }),
+      ...(group === null ? { mainThread } : { workers: group.report() }),
       poolAvailable: pool.available + (group?.poolAvailable ?? 0),
       poolSize: pool.count,
     };
@@ -494,6 +499,15 @@ async function forward(
     await group?.close();
     signals.close();
   }
+}
+
+/** Wall-clock and CPU time of a forwarding thread (ms), and the share it ran (WorkerReport). */
+function busyOf(wallMs: number, cpuMs: number) {
+  return {
+    wallMs: Math.round(wallMs),
+    cpuMs: Math.round(cpuMs),
+    onCpu: wallMs > 0 ? Math.round((cpuMs / wallMs) * 1000) / 1000 : 0,
+  };
 }
 
 /** --cores C > 1: plan the workers (a plan that cannot work is bad usage) and start them. */

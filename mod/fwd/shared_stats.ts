@@ -117,32 +117,40 @@ export function addStats(into: PortStats, slots: Float64Array, base: number): vo
   for (let i = 0; i < NSTAT; i++) into[STAT_KEYS[i]] += slots[base + i];
 }
 
+/** Slots in a 64-byte cache line. */
+const LINE_SLOTS = 8;
+
 /**
  * Where each counter lives, for `workers` threads over `ports` ports of `queues` queue pairs:
- * per worker and port a block of the port's totals, each RX queue's and each TX queue's counters
- * and the wire's (zeros where the worker does not serve that part); then each worker's BUSY_KEYS.
+ * per worker its BUSY_KEYS, then per port a block of the port's totals, each RX queue's and each
+ * TX queue's counters and the wire's (zeros where the worker does not serve that part). A cache
+ * line of space separates workers' areas, so that no two threads write one line.
  */
 export class CounterLayout {
   readonly workers: number;
   readonly ports: number;
   readonly queues: number;
   readonly #block: number;
+  readonly #worker: number;
 
   constructor(workers: number, ports: number, queues: number) {
     this.workers = workers;
     this.ports = ports;
     this.queues = queues;
     this.#block = (1 + 2 * queues) * NSTAT + WIRE_KEYS.length;
+    // A line of space after each worker's area, whatever the buffer's alignment.
+    const slots = BUSY_KEYS.length + ports * this.#block;
+    this.#worker = Math.ceil(slots / LINE_SLOTS) * LINE_SLOTS + LINE_SLOTS;
   }
 
   /** Float64 slots in all. */
   get slots(): number {
-    return this.workers * (this.ports * this.#block + BUSY_KEYS.length);
+    return this.workers * this.#worker;
   }
 
   /** The port totals worker `w` keeps for port `p`. */
   totals(w: number, p: number): number {
-    return (w * this.ports + p) * this.#block;
+    return w * this.#worker + BUSY_KEYS.length + p * this.#block;
   }
 
   rxQueue(w: number, p: number, q: number): number {
@@ -160,6 +168,6 @@ export class CounterLayout {
 
   /** Worker `w`'s BUSY_KEYS. */
   busy(w: number): number {
-    return this.workers * this.ports * this.#block + w * BUSY_KEYS.length;
+    return w * this.#worker;
   }
 }

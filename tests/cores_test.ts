@@ -309,3 +309,70 @@ peerTest(
     }
   },
 );
+
+peerTest(
+  testpmdPeer,
+  "cores: vhost-user backend killed and restarted: the workers serve both queues of the new connection",
+  async () => {
+    const sock = socketPath("cores-re");
+    const vdev = `net_vhost0,iface=${sock},queues=2`;
+    const app = ["--rxq=2", "--txq=2"];
+    let pmd = await Testpmd.start({ vdev, fwd: "txonly", app, autoStart: true });
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../main.ts", import.meta.url).pathname,
+        "fwd",
+        `vhost-user:${sock},queues=2`,
+        "--queues",
+        "2",
+        "--cores",
+        "2",
+        "--mode",
+        "rxonly",
+        "--duration",
+        "14",
+        "--stats-period",
+        "0.5",
+        "--json",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const killer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+    try {
+      const reader = child.stdout.getReader();
+      let out = "";
+      // Forwarding from the first backend.
+      while (!/"rxPackets":[1-9]\d{3}/.test(out)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += new TextDecoder().decode(value);
+      }
+      await pmd.kill();
+      await pmd.stop();
+      Deno.removeSync(sock); // the killed server left its socket file behind
+      pmd = await Testpmd.start({ vdev, fwd: "txonly", app, autoStart: true });
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += new TextDecoder().decode(value);
+      }
+      const status = await child.status;
+      const err = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+      assert.equal(status.code, 0, err);
+      assert.match(err, /link state change event \(down\)[\s\S]*link state change event \(up\)/);
+      const st = pmd.telemetry("/ethdev/stats,0") as Record<string, { q_opackets: number[] }>;
+      const q = st["/ethdev/stats"].q_opackets;
+      // A queue nobody served again would take one ring of frames and no more.
+      assert.ok(q[0] > 1000 && q[1] > 1000, `the second backend sent ${q[0]} and ${q[1]}`);
+      const s = JSON.parse(out.trim().split("\n").pop()!);
+      assert.equal(s.poolAvailable, s.poolSize, "every buffer back, old rings' included");
+      assert.equal(s.ports[0].rxErrors, 0);
+    } finally {
+      clearTimeout(killer);
+      await pmd.stop();
+    }
+  },
+);

@@ -101,10 +101,14 @@ class ForwardingWorker {
   readonly #counters: Float64Array;
   readonly #control: Int32Array;
   readonly #layout: CounterLayout;
+  readonly #regions: DmaRegion[];
+  /** The port a plan's port index names (streams refer to ports by index). */
+  readonly #byIndex: WorkerPort[] = [];
   #iterations = 0;
   #idle = 0;
   #checkEvery = 256;
-  #cpuStart = 0;
+  /** CPU and wall-clock time at the first forward; -1 before it. */
+  #cpuStart = -1;
   #wallStart = 0;
 
   constructor(init: WorkerInit) {
@@ -113,6 +117,7 @@ class ForwardingWorker {
     this.#control = new Int32Array(init.control);
     this.#layout = new CounterLayout(init.workers, init.portCount, init.queues);
     const regions = init.regions.map((r) => DmaRegion.attach(r));
+    this.#regions = regions;
     const p = init.pool;
     this.pool = new MbufPool({
       count: p.bufOff.length,
@@ -121,11 +126,13 @@ class ForwardingWorker {
       kind: regions[p.region].kind,
       slice: { region: regions[p.region], bufOff: p.bufOff },
     });
-    const byIndex: WorkerPort[] = [];
+    const byIndex = this.#byIndex;
     for (const plan of init.ports) {
-      const port = this.#port(plan, regions);
+      const totals = new SharedStats(this.#counters, this.#layout.totals(init.worker, plan.port));
+      const port = new WorkerPort(plan.id, plan.mac, totals);
       this.ports.push(port);
       byIndex[plan.port] = port;
+      this.#attach(port, plan);
     }
     this.engine = createEngine(init.engine.mode, { pool: this.pool, ...init.engine });
     this.streams = init.streams.map((s) => ({
@@ -134,16 +141,18 @@ class ForwardingWorker {
       queue: s.queue,
       pkts: new Uint32Array(init.engine.burst),
     }));
-    for (const port of this.ports) for (const rx of port.rx) rx?.fill();
   }
 
-  /** The queues of `plan` over the shared rings, and the device copy of a simulated port. */
-  #port(plan: PortPlan, regions: DmaRegion[]): WorkerPort {
+  /**
+   * Build `port`'s queues of `plan` over the shared rings (and the device copy of a simulated
+   * port) and fill its RX rings.
+   */
+  #attach(port: WorkerPort, plan: PortPlan): void {
     const w = this.init.worker;
     const L = this.#layout;
     const c = this.#counters;
-    const totals = new SharedStats(c, L.totals(w, plan.port));
-    const port = new WorkerPort(plan.id, plan.mac, totals);
+    const regions = this.#regions;
+    const totals = port.stats;
     const region = regions[plan.region];
     const ring = (r: { index: number; size: number; offset: number }) =>
       new SplitRing(r.index, r.size, region, r.offset, plan.layout, false);
@@ -194,14 +203,39 @@ class ForwardingWorker {
       port.tx[queue] = tx;
       this.pool.addHolder(tx);
     }
-    return port;
+    for (const { queue } of plan.rx) port.rx[queue]!.fill();
   }
 
-  /** Forward until the control word says stop. */
+  /**
+   * Let go of port `index`'s queues (its device was lost and comes back with new rings): every
+   * buffer they held comes back, frames in flight are counted as dropped.
+   */
+  detach(index: number): void {
+    const port = this.#byIndex[index];
+    if (port === undefined) return;
+    this.#release(port);
+    port.rx.length = 0;
+    port.tx.length = 0;
+  }
+
+  /** Serve port `plan.port`'s queues again, over the rings of its new set-up. */
+  reattach(plan: PortPlan): void {
+    const port = this.#byIndex[plan.port];
+    if (port !== undefined) this.#attach(port, plan);
+  }
+
+  /** Forward until the control word says otherwise (stop, or pause). */
   forward(): void {
-    this.#cpuStart = threadCpuMs();
-    this.#wallStart = performance.now();
+    if (this.#cpuStart < 0) {
+      this.#cpuStart = threadCpuMs();
+      this.#wallStart = performance.now();
+    }
     this.#loop(false, Infinity, Infinity);
+  }
+
+  /** The control word (Command). */
+  get command(): number {
+    return Atomics.load(this.#control, Control.COMMAND);
   }
 
   /**
@@ -219,15 +253,17 @@ class ForwardingWorker {
 
   /** The devices were reset: every buffer the rings held comes back (frames in flight dropped). */
   release(): void {
-    for (const port of this.ports) {
-      for (const rx of port.rx) rx?.release();
-      for (const tx of port.tx) {
-        if (tx === undefined) continue;
-        this.pool.removeHolder(tx);
-        tx.release();
-      }
-    }
+    for (const port of this.ports) this.#release(port);
     this.#publish();
+  }
+
+  #release(port: WorkerPort): void {
+    for (const rx of port.rx) rx?.release();
+    for (const tx of port.tx) {
+      if (tx === undefined) continue;
+      this.pool.removeHolder(tx);
+      tx.release();
+    }
   }
 
   /**
@@ -316,17 +352,33 @@ function tell(msg: FromWorker): void {
   self.postMessage(msg);
 }
 
+/** Forward until told otherwise: a pause returns to the event loop, a stop drains first. */
+function go(w: ForwardingWorker): void {
+  w.forward();
+  if (w.command === Command.PAUSE) return tell({ type: "paused" });
+  w.drain();
+  tell({ type: "drained" });
+}
+
 self.onmessage = (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   try {
     if (msg.type === "init") {
       worker = new ForwardingWorker(msg.init);
       tell({ type: "ready" });
-      worker.forward();
-      worker.drain();
-      tell({ type: "drained" });
+      go(worker);
+    } else if (worker === null) {
+      return;
+    } else if (msg.type === "detach") {
+      worker.detach(msg.port);
+      tell({ type: "detached" });
+    } else if (msg.type === "attach") {
+      for (const plan of msg.plans) worker.reattach(plan);
+      tell({ type: "attached" });
+    } else if (msg.type === "resume") {
+      go(worker);
     } else if (msg.type === "release") {
-      worker?.release();
+      worker.release();
       tell({ type: "released" });
       self.close();
     }

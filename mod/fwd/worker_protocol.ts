@@ -7,6 +7,11 @@
  * `ready` and forwards); STOP in the control word (it drains what is in flight, takes back what
  * its TX queues sent, says `drained`); `release` once the main thread has reset the devices (it
  * frees what its rings held, counts what was still in flight, says `released` and ends).
+ *
+ * A device that comes back after it was lost (a vhost-user backend reconnecting) gets new rings:
+ * PAUSE in the control word (every worker leaves its loop, says `paused`), `detach` (each lets go
+ * of that port's queues, `detached`), the main thread sets the device up again, `attach` with the
+ * new plans (`attached`), RUN and `resume`.
  */
 import type { RegionShare } from "../../ffi/dma.ts";
 import type { SimShare } from "../sim/share.ts";
@@ -75,17 +80,25 @@ export interface WorkerInit {
 }
 
 /** Messages to a worker. */
-export type ToWorker = { type: "init"; init: WorkerInit } | { type: "release" };
+export type ToWorker =
+  | { type: "init"; init: WorkerInit }
+  | { type: "detach"; port: number }
+  | { type: "attach"; plans: PortPlan[] }
+  | { type: "resume" }
+  | { type: "release" };
 
 /** Messages from a worker. */
 export type FromWorker =
   | { type: "ready" }
+  | { type: "paused" }
+  | { type: "detached" }
+  | { type: "attached" }
   | { type: "drained" }
   | { type: "released" }
   | { type: "error"; message: string };
 
 /** Values of the control word. */
-export const Command = { RUN: 0, STOP: 1 } as const;
+export const Command = { RUN: 0, STOP: 1, PAUSE: 2 } as const;
 
 /**
  * Int32 slots of the control buffer: the command; per port its link (1 up, main thread writes);

@@ -17,10 +17,9 @@
  */
 import type { RegionShare } from "../../ffi/dma.ts";
 import type { MbufPool } from "../mbuf.ts";
-import type { Port } from "../port.ts";
-import { rxShare, shareSim } from "../sim/share.ts";
+import type { Port, QueueLayout } from "../port.ts";
+import { rxShare, shareSim, type SimShare } from "../sim/share.ts";
 import { SimTransport } from "../sim/transport.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
 import { VhostUserTransport } from "../transport/vhost_user.ts";
 import type { Mode } from "./engines.ts";
 import { addStats, BUSY_KEYS, clearStats, CounterLayout, WIRE_KEYS } from "./shared_stats.ts";
@@ -160,37 +159,18 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
   const shares = need.map((n) => Math.floor((available * n) / total));
   const shared = sims.map((t) => (t === null ? null : shareSim(t)));
   const inits = streams.map((ss, w): WorkerInit => {
-    const plans = new Map<number, PortPlan>();
-    const plan = (p: number): PortPlan => {
-      let pp = plans.get(p);
-      if (pp !== undefined) return pp;
-      const l = layouts[p];
-      const port = o.ports[p];
-      pp = {
-        port: p,
-        id: port.id,
-        mac: Uint8Array.from(port.mac),
-        region: regionIndex.get(l.region)!,
-        layout: l.layout,
-        hdrSize: l.hdrSize,
-        mrgRxbuf: l.mrgRxbuf,
-        eventIdx: l.eventIdx,
-        inOrder: l.inOrder,
-        vlanStrip: l.vlanStrip,
-        vlanInsert: l.vlanInsert,
-        zeroHeader: l.zeroHeader,
-        rx: [],
-        tx: [],
-        notify: { kind: "eventfd", fds: [] },
-      };
-      plans.set(p, pp);
-      return pp;
+    const queues = new Map<number, { rx: number[]; tx: number[] }>();
+    const of = (p: number) => {
+      if (!queues.has(p)) queues.set(p, { rx: [], tx: [] });
+      return queues.get(p)!;
     };
     for (const s of ss) {
-      plan(s.rx).rx.push({ queue: s.queue, ring: layouts[s.rx].rx[s.queue] });
-      plan(s.tx).tx.push({ queue: s.queue, ring: layouts[s.tx].tx[s.queue] });
+      of(s.rx).rx.push(s.queue);
+      of(s.tx).tx.push(s.queue);
     }
-    for (const pp of plans.values()) pp.notify = notifyPlan(o.ports[pp.port].transport, pp, shared);
+    const plans = [...queues].map(([p, q]) =>
+      portPlan(p, o.ports[p], layouts[p], regionIndex.get(layouts[p].region)!, q, shared[p])
+    );
     return {
       worker: w,
       workers: o.cores,
@@ -203,7 +183,7 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
         dataRoom: o.pool.dataRoom,
         headroom: o.pool.headroom,
       },
-      ports: [...plans.values()],
+      ports: plans,
       streams: ss,
       engine: {
         mode: o.mode,
@@ -220,20 +200,47 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
   return { inits, layout, counters, control, streams };
 }
 
-/** How the worker serving `pp` notifies its device (a sim's copy, or vhost-user's eventfds). */
-function notifyPlan(
-  t: VirtioTransport,
-  pp: PortPlan,
-  shared: (ReturnType<typeof shareSim> | null)[],
-): NotifyPlan {
-  const sim = shared[pp.port];
+/**
+ * What a worker needs to serve RX queues `q.rx` and TX queues `q.tx` of port `p`, laid out as `l`
+ * (ring region `region` of the worker's list), notified through a copy of `sim` or, for
+ * vhost-user, the queues' kick eventfds.
+ */
+function portPlan(
+  p: number,
+  port: Port,
+  l: QueueLayout,
+  region: number,
+  q: { rx: number[]; tx: number[] },
+  sim: SimShare | null,
+): PortPlan {
+  const rx = q.rx.map((queue) => ({ queue, ring: l.rx[queue] }));
+  const tx = q.tx.map((queue) => ({ queue, ring: l.tx[queue] }));
+  let notify: NotifyPlan;
   if (sim !== null) {
-    return { kind: "sim", sim, rateShare: rxShare(sim, pp.rx.map((r) => r.queue)) };
+    notify = { kind: "sim", sim, rateShare: rxShare(sim, q.rx) };
+  } else {
+    const fds: number[] = [];
+    const v = port.transport as VhostUserTransport;
+    for (const r of [...rx, ...tx]) fds[r.ring.index] = v.kickFd(r.ring.index);
+    notify = { kind: "eventfd", fds };
   }
-  const fds: number[] = [];
-  const v = t as VhostUserTransport;
-  for (const r of [...pp.rx, ...pp.tx]) fds[r.ring.index] = v.kickFd(r.ring.index);
-  return { kind: "eventfd", fds };
+  return {
+    port: p,
+    id: port.id,
+    mac: Uint8Array.from(port.mac),
+    region,
+    layout: l.layout,
+    hdrSize: l.hdrSize,
+    mrgRxbuf: l.mrgRxbuf,
+    eventIdx: l.eventIdx,
+    inOrder: l.inOrder,
+    vlanStrip: l.vlanStrip,
+    vlanInsert: l.vlanInsert,
+    zeroHeader: l.zeroHeader,
+    rx,
+    tx,
+    notify,
+  };
 }
 
 /** What the summary says about each worker. */
@@ -319,7 +326,10 @@ export class WorkerGroup {
       this.#quiet[w] = true; // out of its loop: it touches no ring any more
       if (this.#failure === null) this.#failure = `worker ${w}: ${msg.message}`;
     }
-    if (msg.type === "drained" || msg.type === "released") this.#quiet[w] = true;
+    // A worker out of its loop touches no ring until told to resume.
+    if (msg.type === "drained" || msg.type === "released" || msg.type === "paused") {
+      this.#quiet[w] = true;
+    }
     this.#inbox[w].push(msg);
     for (const wake of this.#waiting.splice(0)) wake();
   }
@@ -364,7 +374,6 @@ export class WorkerGroup {
   async run(opts: { untilMs?: number; onClock?: (nowMs: number) => void } = {}): Promise<void> {
     const untilMs = opts.untilMs ?? Infinity;
     const L = this.#plan.layout;
-    const told = new Set<number>();
     while (!this.#stopRequested) {
       for (let k = 0; k < POLLS_PER_TICK; k++) for (const p of this.#ports) p.poll();
       for (let i = 0; i < this.#ports.length; i++) {
@@ -380,13 +389,7 @@ export class WorkerGroup {
             }
           }
         }
-        if (this.#ports[i].awaitingBringBack && !told.has(i)) {
-          told.add(i);
-          this.#log(
-            `port ${i}: the device came back, but with --cores its queues are not set up ` +
-              `again; restart vpmd to forward on it`,
-          );
-        }
+        if (this.#ports[i].awaitingBringBack) await this.#bringBack(i);
       }
       if (this.#failure !== null) throw new Error(this.#failure);
       const now = performance.now();
@@ -395,6 +398,43 @@ export class WorkerGroup {
       if (now >= untilMs) break;
       await new Promise((resolve) => setTimeout(resolve, TICK_MS));
     }
+  }
+
+  /**
+   * Port `i`'s device came back after it was lost: the workers let go of its old rings, the port
+   * sets the device up again, and the workers serve the new rings (see worker_protocol.ts).
+   */
+  async #bringBack(i: number): Promise<void> {
+    Atomics.store(this.#control, Control.COMMAND, Command.PAUSE);
+    await this.#all("paused");
+    this.#tell({ type: "detach", port: i });
+    await this.#all("detached");
+    const port = this.#ports[i];
+    port.bringBack();
+    const l = port.queueLayout();
+    const region = l === null
+      ? -1
+      : this.#plan.inits[0].regions.findIndex((r) => r.addr === l.region.addr);
+    const plans = this.#plan.inits.map((init) => {
+      const old = init.ports.find((pp) => pp.port === i);
+      if (old === undefined || l === null || region < 0) return [];
+      const q = { rx: old.rx.map((r) => r.queue), tx: old.tx.map((r) => r.queue) };
+      const pp = portPlan(i, port, l, region, q, null);
+      init.ports[init.ports.indexOf(old)] = pp;
+      return [pp];
+    });
+    if (l !== null && region < 0) {
+      this.#log(`port ${i}: its new rings are outside the memory the workers view; not served`);
+    }
+    this.#workers.forEach((w, k) => w.postMessage({ type: "attach", plans: plans[k] }));
+    await this.#all("attached");
+    Atomics.store(this.#control, Control.COMMAND, Command.RUN);
+    this.#tell({ type: "resume" });
+  }
+
+  #tell(msg: ToWorker): void {
+    if (msg.type === "resume") this.#quiet.fill(false);
+    for (const w of this.#workers) w.postMessage(msg);
   }
 
   /** Stop the workers' forwarding and wait while they drain (the main thread polls meanwhile). */
@@ -416,7 +456,7 @@ export class WorkerGroup {
    * flight; then the counters are final.
    */
   async release(): Promise<void> {
-    for (const w of this.#workers) w.postMessage({ type: "release" } satisfies ToWorker);
+    this.#tell({ type: "release" });
     await this.#all("released");
     this.collect();
   }

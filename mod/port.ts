@@ -149,6 +149,8 @@ export function emptyStats(): PortStats {
 const DEFAULT_RING = 256;
 /** Control queue entries wanted when the device lets us choose. */
 const CTRL_RING = 64;
+/** Plan.ctrlSize of a control queue that the device sets up only with the features (#resolve). */
+const CTRL_SIZE_LATER = -1;
 /** Largest MTU accepted when the device does not state one (64 KiB frames). */
 const MAX_MTU = Eth.LARGEST_FRAME - Eth.HDR - Eth.VLAN_TAG;
 
@@ -405,14 +407,12 @@ export class Port {
     const ctrlIndex = NetQueue.ctrl(maxPairs);
     let ctrlSize = 0;
     if (has(features, NetFeature.CTRL_VQ)) {
-      const max = t.queueMaxSize(ctrlIndex);
-      if (max === 0) {
-        this.#fail(`the device offers a control queue but queue ${ctrlIndex} does not exist`);
-      }
-      ctrlSize = t.queueSizeFixed ? max : Math.min(max, CTRL_RING);
-      if (!isValidQueueSize(ctrlSize)) {
-        this.#fail(`control queue size ${ctrlSize} is not a power of two`);
-      }
+      // Where the control queue is depends on the features (5.1.2), and a device may move it
+      // there only once it has them (QEMU adds queue 2N at FEATURES_OK): not there yet, its size
+      // is read after the features are (start).
+      ctrlSize = maxPairs > 1 && t.queueMaxSize(ctrlIndex) === 0
+        ? CTRL_SIZE_LATER
+        : this.#ctrlSize(ctrlIndex);
     }
     return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex, mtu, maxFrame, rss };
   }
@@ -456,6 +456,18 @@ export class Port {
       tableLength *= 2;
     }
     return { hashTypes: asked.hashTypes, queues, tableLength, key };
+  }
+
+  /** Entries for control queue `index`: the device's size when fixed, else up to CTRL_RING. */
+  #ctrlSize(index: number): number {
+    const t = this.transport;
+    const max = t.queueMaxSize(index);
+    if (max === 0) {
+      this.#fail(`the device offers a control queue but queue ${index} does not exist`);
+    }
+    const size = t.queueSizeFixed ? max : Math.min(max, CTRL_RING);
+    if (!isValidQueueSize(size)) this.#fail(`control queue size ${size} is not a power of two`);
+    return size;
   }
 
   #queueSize(flag: string, asked: number | undefined, index: number, warnings: string[]): number {
@@ -503,6 +515,7 @@ export class Port {
           this.#fail(`the device did not accept the features 0x${plan.features.toString(16)}`);
         }
       }
+      if (plan.ctrlSize === CTRL_SIZE_LATER) plan.ctrlSize = this.#ctrlSize(plan.ctrlIndex);
       this.#readMac(plan.features);
       const area = this.#rings(plan, cfg.pool.region);
       t.addMemory(cfg.pool.region);

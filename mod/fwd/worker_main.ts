@@ -17,6 +17,8 @@ import { DmaRegion } from "../../ffi/dma.ts";
 import { raw } from "../../ffi/libc.ts";
 import { threadCpuMs } from "../../ffi/thread.ts";
 import { MbufPool } from "../mbuf.ts";
+import { type IoBar, IopermBar, type PortIoMethod, SysfsIoBar } from "../pci/io_bar.ts";
+import { LegacyReg } from "../transport/pci_legacy.ts";
 import type { PortStats } from "../port.ts";
 import type { SimDevice } from "../sim/device.ts";
 import { simCopy } from "../sim/share.ts";
@@ -74,6 +76,37 @@ class WorkerPort implements StreamPort {
   }
 }
 
+/** Notifications through a modern PCI function's notify BAR, mapped by the main thread. */
+class MmioNotify {
+  readonly #u16: Uint16Array;
+  readonly #slots: number[];
+
+  constructor(addr: number, size: number, slots: number[]) {
+    const ptr = Deno.UnsafePointer.create(BigInt(addr))!;
+    this.#u16 = new Uint16Array(Deno.UnsafePointerView.getArrayBuffer(ptr, size));
+    this.#slots = slots;
+  }
+
+  notify(index: number): void {
+    this.#u16[this.#slots[index]] = index;
+  }
+}
+
+/** Notifications through a legacy PCI function's I/O BAR, with ports of this thread's own. */
+class PortIoNotify {
+  readonly bar: IoBar;
+
+  constructor(p: { method: PortIoMethod; base: number; size: number; path: string }) {
+    this.bar = p.method === "ioperm"
+      ? new IopermBar(p.base, p.size)
+      : new SysfsIoBar(p.path, p.size);
+  }
+
+  notify(index: number): void {
+    this.bar.write16(LegacyReg.QUEUE_NOTIFY, index);
+  }
+}
+
 /** Notifications through the kick eventfds of a vhost-user device (8 bytes each). */
 class EventfdNotify {
   readonly #fds: number[];
@@ -102,6 +135,8 @@ class ForwardingWorker {
   readonly #control: Int32Array;
   readonly #layout: CounterLayout;
   readonly #regions: DmaRegion[];
+  /** Legacy PCI I/O BARs this thread opened to notify (closed at release). */
+  readonly #bars: IoBar[] = [];
   /** The port a plan's port index names (streams refer to ports by index). */
   readonly #byIndex: WorkerPort[] = [];
   #iterations = 0;
@@ -165,8 +200,14 @@ class ForwardingWorker {
       this.devices.push({ port: plan.port, device: copy });
       transport = { notify: (index: number) => copy.kick(index) };
       device = copy;
-    } else {
+    } else if (plan.notify.kind === "eventfd") {
       transport = new EventfdNotify(plan.notify.fds);
+    } else if (plan.notify.kind === "mmio") {
+      transport = new MmioNotify(plan.notify.addr, plan.notify.size, plan.notify.slots);
+    } else {
+      const io = new PortIoNotify(plan.notify);
+      this.#bars.push(io.bar);
+      transport = io;
     }
     for (const { queue, ring: place } of plan.rx) {
       const r = ring(place);
@@ -203,7 +244,13 @@ class ForwardingWorker {
       port.tx[queue] = tx;
       this.pool.addHolder(tx);
     }
-    for (const { queue } of plan.rx) port.rx[queue]!.fill();
+    // The device is running already (unlike at a port's start): tell it about the buffers, or
+    // one that waits for notifications (QEMU) never looks at the ring.
+    for (const { queue } of plan.rx) {
+      const rx = port.rx[queue]!;
+      rx.fill();
+      if (rx.ring.needsKick(0, rx.ring.size, plan.eventIdx)) transport.notify(rx.ring.index);
+    }
   }
 
   /**
@@ -254,6 +301,7 @@ class ForwardingWorker {
   /** The devices were reset: every buffer the rings held comes back (frames in flight dropped). */
   release(): void {
     for (const port of this.ports) this.#release(port);
+    for (const bar of this.#bars) bar.close();
     this.#publish();
   }
 
@@ -365,8 +413,7 @@ self.onmessage = (ev: MessageEvent<ToWorker>) => {
   try {
     if (msg.type === "init") {
       worker = new ForwardingWorker(msg.init);
-      tell({ type: "ready" });
-      go(worker);
+      tell({ type: "ready" }); // forwarding starts with `resume`, once every worker is ready
     } else if (worker === null) {
       return;
     } else if (msg.type === "detach") {

@@ -4,7 +4,7 @@
  * control words in shared memory that the workers' loops read at their clock checks.
  *
  * Phases: `init` (the worker builds its queues over the shared rings, fills its RX rings, says
- * `ready` and forwards); STOP in the control word (it drains what is in flight, takes back what
+ * `ready`), `resume` once every worker is ready (it forwards); STOP in the control word (it drains what is in flight, takes back what
  * its TX queues sent, says `drained`); `release` once the main thread has reset the devices (it
  * frees what its rings held, counts what was still in flight, says `released` and ends).
  *
@@ -14,6 +14,7 @@
  * new plans (`attached`), RUN and `resume`.
  */
 import type { RegionShare } from "../../ffi/dma.ts";
+import type { PortIoMethod } from "../pci/io_bar.ts";
 import type { SimShare } from "../sim/share.ts";
 import type { RingLayout } from "../transport/transport.ts";
 import type { Mode } from "./engines.ts";
@@ -25,10 +26,17 @@ export interface RingPlace {
   offset: number;
 }
 
-/** How a worker notifies a device: its copy of a simulated device, or the kick eventfds. */
+/**
+ * How a worker notifies a device: its copy of a simulated device, vhost-user's kick eventfds
+ * (per queue index), a modern PCI function's notify BAR (mapped by the main thread; the 16-bit
+ * element per queue index), or a legacy one's I/O BAR (the worker gets the ports itself: ioperm
+ * is per thread).
+ */
 export type NotifyPlan =
   | { kind: "sim"; sim: SimShare; rateShare: number }
-  | { kind: "eventfd"; fds: number[] };
+  | { kind: "eventfd"; fds: number[] }
+  | { kind: "mmio"; addr: number; size: number; slots: number[] }
+  | { kind: "portio"; method: PortIoMethod; base: number; size: number; path: string };
 
 /** What a worker serves of one port. */
 export interface PortPlan {

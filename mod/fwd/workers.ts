@@ -20,6 +20,8 @@ import type { MbufPool } from "../mbuf.ts";
 import type { Port, QueueLayout } from "../port.ts";
 import { rxShare, shareSim, type SimShare } from "../sim/share.ts";
 import { SimTransport } from "../sim/transport.ts";
+import { LegacyPciTransport } from "../transport/pci_legacy.ts";
+import { ModernPciTransport } from "../transport/pci_modern.ts";
 import { VhostUserTransport } from "../transport/vhost_user.ts";
 import type { Mode } from "./engines.ts";
 import { addStats, BUSY_KEYS, clearStats, CounterLayout, WIRE_KEYS } from "./shared_stats.ts";
@@ -111,10 +113,9 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
   const streams = streamsOfCores(o.ports.length, o.mode, o.queues, o.cores);
   for (const p of o.ports) {
     const t = p.transport;
-    if (!(t instanceof SimTransport) && !(t instanceof VhostUserTransport)) {
-      throw new Error(
-        `${t.name}: --cores serves sim: and vhost-user: ports; run this port with one core`,
-      );
+    const known = [SimTransport, VhostUserTransport, ModernPciTransport, LegacyPciTransport];
+    if (!known.some((k) => t instanceof k)) {
+      throw new Error(`${t.name}: --cores cannot notify this kind of device; run it on one core`);
     }
   }
   const regions: RegionShare[] = [o.pool.region.share()];
@@ -215,14 +216,34 @@ function portPlan(
 ): PortPlan {
   const rx = q.rx.map((queue) => ({ queue, ring: l.rx[queue] }));
   const tx = q.tx.map((queue) => ({ queue, ring: l.tx[queue] }));
+  const t = port.transport;
+  const indexes = [...rx, ...tx].map((r) => r.ring.index);
   let notify: NotifyPlan;
   if (sim !== null) {
     notify = { kind: "sim", sim, rateShare: rxShare(sim, q.rx) };
-  } else {
+  } else if (t instanceof VhostUserTransport) {
     const fds: number[] = [];
-    const v = port.transport as VhostUserTransport;
-    for (const r of [...rx, ...tx]) fds[r.ring.index] = v.kickFd(r.ring.index);
+    for (const i of indexes) fds[i] = t.kickFd(i);
     notify = { kind: "eventfd", fds };
+  } else if (t instanceof ModernPciTransport) {
+    const slots: number[] = [];
+    let window = { addr: 0, size: 0 };
+    for (const i of indexes) {
+      const w = t.notifyWindow(i);
+      slots[i] = w.slot;
+      window = w;
+    }
+    notify = { kind: "mmio", addr: window.addr, size: window.size, slots };
+  } else {
+    const l = t as LegacyPciTransport;
+    const bar = l.fn.resources()[0];
+    notify = {
+      kind: "portio",
+      method: l.bar.method,
+      base: bar.start,
+      size: bar.size,
+      path: l.fn.resourcePath(0),
+    };
   }
   return {
     port: p,
@@ -313,7 +334,9 @@ export class WorkerGroup {
   static async start(plan: WorkerPlan, ports: Port[], log: (msg: string) => void) {
     const g = new WorkerGroup(plan, ports, log);
     try {
+      // All together: a worker that started early would count the others' start-up as its own.
       await g.#all("ready");
+      g.#tell({ type: "resume" });
     } catch (e) {
       await g.close();
       throw e;
@@ -327,7 +350,10 @@ export class WorkerGroup {
       if (this.#failure === null) this.#failure = `worker ${w}: ${msg.message}`;
     }
     // A worker out of its loop touches no ring until told to resume.
-    if (msg.type === "drained" || msg.type === "released" || msg.type === "paused") {
+    if (
+      msg.type === "ready" || msg.type === "drained" || msg.type === "released" ||
+      msg.type === "paused"
+    ) {
       this.#quiet[w] = true;
     }
     this.#inbox[w].push(msg);

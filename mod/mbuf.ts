@@ -264,6 +264,11 @@ export class MbufPool {
     this.#freeCount = fc;
   }
 
+  /** True when buffer `m` is in the pool (free), false while a packet holds it. */
+  isFree(m: number): boolean {
+    return this.next[m] === IN_POOL;
+  }
+
   /** Absolute offset in `bytes` of segment `m`'s data. */
   dataStart(m: number): number {
     return this.bufOff[m] + this.dataOff[m];

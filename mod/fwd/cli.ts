@@ -20,11 +20,13 @@ import { parseMac } from "../mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
-import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
+import { type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
 import { Eth, has, NetFeature } from "../virtio/constants.ts";
 import { StopSignals } from "./signals.ts";
+import { DATAPLANE_FLAGS, type DataPlaneOptions, parseDataPlaneFlags } from "./dataplane_flags.ts";
+import { DataPlane } from "./dataplane.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
 export class UsageError extends Error {}
@@ -47,6 +49,8 @@ export interface FwdOptions {
   mbufs: number | undefined;
   /** --promisc/--no-promisc, --allmulti, --mac, --mcast, --vlan-filter, --mtu (./filters.ts). */
   filters: FilterOptions;
+  /** --pipeline, --pcap, --tx-pcap and their options (./dataplane_flags.ts). */
+  dataPlane: DataPlaneOptions;
 }
 
 const BUFFER_ROOM = 2048;
@@ -111,6 +115,7 @@ function parseFlags(args: string[]) {
         "vlan-insert": { type: "string" },
         mbufs: { type: "string" },
         ...FILTER_FLAGS,
+        ...DATAPLANE_FLAGS,
       },
     });
   } catch (e) {
@@ -191,6 +196,7 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       ? undefined
       : int("mbufs", v.mbufs, 64, MbufPool.maxCount(BUFFER_ROOM), 0),
     filters: usage(() => parseFilterFlags(v, specs.length)),
+    dataPlane: usage(() => parseDataPlaneFlags(v, specs.length)),
   };
 }
 
@@ -200,6 +206,10 @@ function usage<T>(fn: () => T): T {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+}
+
+function asUsage(e: unknown): never {
+  throw new UsageError((e as Error).message);
 }
 
 /** The memory kinds every transport can reach, best first (the first transport's order). */
@@ -234,8 +244,10 @@ export async function runForwarder(args: string[]): Promise<number> {
   const ports: Port[] = [];
   let pool: MbufPool | null = null;
   let signals: StopSignals | null = null;
+  let dp: DataPlane | null = null;
   const log = (msg: string) => console.error(msg);
   try {
+    dp = await DataPlane.prepare(o.dataPlane).catch(asUsage);
     for (const s of o.specs) {
       try {
         transports.push(openTransport(s));
@@ -322,8 +334,9 @@ export async function runForwarder(args: string[]): Promise<number> {
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool, signals);
+    return await forward(o, names, ports, transports, pool, signals, dp);
   } finally {
+    await dp?.close(log);
     for (const p of ports) {
       try {
         p.close();
@@ -407,14 +420,18 @@ async function forward(
   transports: VirtioTransport[],
   pool: MbufPool,
   signals: StopSignals,
+  dp: DataPlane,
 ): Promise<number> {
-  const engine = createEngine(o.mode, {
-    pool,
-    burst: o.burst,
-    peers: o.peers,
-    txpkts: o.txpkts,
-    txStreamBase: 0x100,
-  });
+  const log = (msg: string) => console.error(msg);
+  const stop = () => loop.stop();
+  const engine = await dp.start({ ports, names, pool, burst: o.burst, log, stop }).catch(asUsage) ??
+    createEngine(o.mode, {
+      pool,
+      burst: o.burst,
+      peers: o.peers,
+      txpkts: o.txpkts,
+      txStreamBase: 0x100,
+    });
   const streams = buildStreams(ports, o.mode, o.queues, o.burst);
   const loop = new ForwardLoop(ports, streams, engine);
   const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
@@ -446,17 +463,18 @@ async function forward(
     reclaimSent(ports, o.queues);
     for (const p of ports) p.stop();
     const rows = reporter.rows(linkAtEnd);
-    const account = accountFrames(o.mode, rows);
+    const account = dp.account(o.mode, rows);
     const summary = {
       ports: rows,
       totals: totals(rows),
       durationSec: Math.round(durationSec * 1000) / 1000,
       mode: o.mode,
       burst: o.burst,
-      stoppedBy: signals.by ?? (o.durationSec > 0 ? "duration" : "stop"),
+      stoppedBy: signals.by ?? dp.stoppedBy ?? (o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
       poolAvailable: pool.available,
       poolSize: pool.count,
+      ...dp.summary(),
     };
     if (o.json) {
       console.log(JSON.stringify(summary));

@@ -25,9 +25,13 @@ export interface LoadedPipeline {
   close?: () => void | Promise<void>;
 }
 
-function firstLine(e: unknown): string {
+/** The error's first line and, when known, where in the module it happened. */
+function oneLine(e: unknown): string {
   const msg = e instanceof Error ? e.message : String(e);
-  return msg.split("\n").map((l) => l.trim()).filter((l) => l !== "").slice(0, 2).join(" ");
+  const first = msg.split("\n")[0].trim();
+  const text = `${msg}\n${e instanceof Error ? e.stack ?? "" : ""}`;
+  const at = text.match(/at (file:\/\/\S+:\d+:\d+)/)?.[1];
+  return at === undefined ? first : `${first} (at ${at})`;
 }
 
 function isAsync(f: unknown): boolean {
@@ -66,10 +70,10 @@ export async function loadPipeline(path: string): Promise<LoadedPipeline> {
       throw new PipelineLoadError(
         `${where}: this vpmd is a compiled binary, which loads only pipelines embedded when it ` +
           `was built (deno compile --include ${path}); run vpmd from source (deno run -A main.ts) ` +
-          `to load any file (${firstLine(e)})`,
+          `to load any file (${oneLine(e)})`,
       );
     }
-    throw new PipelineLoadError(`${where}: cannot load the module: ${firstLine(e)}`);
+    throw new PipelineLoadError(`${where}: cannot load the module: ${oneLine(e)}`);
   }
   const fn = mod.default ?? mod.burst;
   if (typeof fn !== "function") {

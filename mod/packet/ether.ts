@@ -98,3 +98,20 @@ export function macEquals(b: Uint8Array, at: number, mac: Uint8Array): boolean {
 export function isMulticastMac(b: Uint8Array, at: number): boolean {
   return (b[at] & 1) !== 0;
 }
+
+/** ARP for IPv4 over Ethernet (RFC 826), offsets from the ARP header's start. */
+export const Arp = {
+  HTYPE: 0,
+  PTYPE: 2,
+  HLEN: 4,
+  PLEN: 5,
+  OPER: 6,
+  SHA: 8,
+  SPA: 14,
+  THA: 18,
+  TPA: 24,
+  LEN: 28,
+  HTYPE_ETHERNET: 1,
+  REQUEST: 1,
+  REPLY: 2,
+} as const;

@@ -158,3 +158,31 @@ export function l4Checksum(
     get16(b, l4 + csumField);
   return ~foldSum(sum) & 0xffff;
 }
+
+/** An IPv4 address in dotted form as a number (init-time helper: it works on strings). */
+export function parseIpv4(s: string): number {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s.trim());
+  if (m === null || m.slice(1).some((p) => Number(p) > 255)) {
+    throw new Error(`'${s}' is not an IPv4 address (like 10.0.0.1)`);
+  }
+  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+}
+
+/** An IPv4 address (a number) in dotted form. */
+export function formatIpv4(a: number): string {
+  return `${a >>> 24}.${(a >>> 16) & 0xff}.${(a >>> 8) & 0xff}.${a & 0xff}`;
+}
+
+/**
+ * A network `A.B.C.D/N` (or a single address) as `{ net, mask }`: an address `x` is in it when
+ * `((x & mask) >>> 0) === net`.
+ */
+export function parseCidr(s: string): { net: number; mask: number } {
+  const [addr, bits, extra] = s.split("/");
+  const n = bits === undefined ? 32 : Number(bits);
+  if (extra !== undefined || !/^\d{1,2}$/.test(bits ?? "32") || n > 32) {
+    throw new Error(`'${s}' is not an IPv4 network (like 10.0.0.0/8)`);
+  }
+  const mask = n === 0 ? 0 : (0xffffffff << (32 - n)) >>> 0;
+  return { net: (parseIpv4(addr) & mask) >>> 0, mask };
+}

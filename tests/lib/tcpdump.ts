@@ -51,3 +51,16 @@ export async function tcpdumpRead(file: string, extra: string[] = []): Promise<D
   flush();
   return frames;
 }
+
+/** How many frames tcpdump reads from `file` (with an optional filter expression). */
+export async function tcpdumpCount(file: string, filter: string[] = []): Promise<number> {
+  const out = await new Deno.Command("tcpdump", {
+    args: ["-r", file, "-nn", "-q", ...filter],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`tcpdump -r ${file} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return new TextDecoder().decode(out.stdout).split("\n").filter((l) => l.trim() !== "").length;
+}

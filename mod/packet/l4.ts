@@ -59,7 +59,9 @@ export function dstPort(b: Uint8Array, l4: number): number {
  * protocol the transport header is, as found by `parseL4`. -1 offsets mean "not there".
  */
 export interface L4Info {
+  /** Offset of the IP header. */
   l3: number;
+  /** Offset of the transport header. */
   l4: number;
   /** IP protocol number (IpProto), -1 when the frame is not IP. */
   proto: number;

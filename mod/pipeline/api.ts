@@ -46,6 +46,7 @@ export interface PipelinePort {
 
 /** What `init` is given. */
 export interface PipelineContext {
+  /** The forwarder's ports, in index order. */
   readonly ports: readonly PipelinePort[];
   /** `--pipeline-arg K=V` pairs. */
   readonly args: Readonly<Record<string, string>>;
@@ -65,9 +66,13 @@ export type BurstFunction = (b: Burst) => void;
  * optionally `init(ctx)` (before the first burst; may be async) and `close()` (after the last).
  */
 export interface PipelineModule {
+  /** The burst function. */
   default?: BurstFunction;
+  /** The burst function, when there is no default export. */
   burst?: BurstFunction;
+  /** Called once before the first burst, with the ports and the arguments. */
   init?: (ctx: PipelineContext) => void | Promise<void>;
+  /** Called once after the last burst (also after an error stopped the forwarder). */
   close?: () => void | Promise<void>;
 }
 
@@ -185,11 +190,6 @@ export class Burst {
   /** Every frame's bytes live here (the whole buffer pool): use with `offset(i)`. */
   get bytes(): Uint8Array {
     return this.#bytes;
-  }
-
-  /** The pool the frames are in (library use: metadata beyond this API). */
-  get pool(): MbufPool {
-    return this.#pool;
   }
 
   /** Offset in `bytes` of frame `i`'s first byte. */

@@ -3,11 +3,12 @@
  * (./api.ts) and the packet helpers (../packet/), plain functions over `(bytes, offset)` that
  * allocate nothing.
  *
- * @example A pipeline that answers every frame back on the port it came from, MACs swapped
+ * @example A pipeline (its burst function exported as `burst`; a default export works too) that
+ * sends every frame back out of the port it came in by, MACs swapped
  * ```ts
  * import { type Burst, macSwap } from "./mod.ts";
  *
- * export default function (b: Burst) {
+ * export function burst(b: Burst): void {
  *   for (let i = 0; i < b.count; i++) {
  *     macSwap(b.bytes, b.offset(i));
  *     b.back(i);

@@ -386,3 +386,54 @@ export default function (b: Burst) {
   assert.ok(pipe.scavenges <= bound, `the empty pipeline scavenged more than io: ${what}`);
   assert.ok(control.scavenges > bound, `the control did not show its allocations: ${what}`);
 });
+
+/** The README's ten-line pipeline ("Programming the data plane"), as a user saves it. */
+const README_PIPELINE = `// discard.ts: drop UDP to port 9 (the discard service), forward the rest
+import { type Burst, dstPort, IpProto, newL4Info, parseL4 } from "./mod/pipeline/mod.ts";
+
+const l4 = newL4Info(); // made once, reused for every frame
+
+export function burst(b: Burst): void {
+  for (let i = 0; i < b.count; i++) {
+    const o = b.offset(i);
+    const udp = parseL4(b.bytes, o, b.segmentLength(i), l4) && l4.proto === IpProto.UDP;
+    if (udp && dstPort(b.bytes, o + l4.l4) === 9) b.drop(i);
+  }
+}
+`;
+
+Deno.test("cli: the README's ten-line pipeline drops the sims' UDP to port 9, and only that", async () => {
+  const lib = new URL("../mod/pipeline/mod.ts", import.meta.url).href;
+  const p = module("discard.ts", README_PIPELINE.replace("./mod/pipeline/mod.ts", lib));
+  const r = await vpmd([
+    "fwd",
+    "sim:a",
+    "sim:b,size=64",
+    "--pipeline",
+    p,
+    "--duration",
+    "1",
+    "--json",
+    "--stats-period",
+    "0",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const s = summaryOf(r);
+  assert.ok(s.pipeline.frames > 1000);
+  assert.equal(s.pipeline.dropped, s.pipeline.frames, "every test frame is UDP to port 9");
+  assert.ok(s.accounting.ok, s.accounting.message);
+  // The same file passes what is not UDP to port 9.
+  const other = pipeRig(["sim:x,gen=off", "sim:y,gen=off"], (await import(p)).burst);
+  try {
+    const frames = [
+      udp4({ dport: 9 }),
+      udp4({ dport: 10 }),
+      udp4({ dport: 9, tags: [[0x8100, 3]] }),
+    ];
+    inject(other, 0, frames);
+    assert.ok(await pump(other, () => other.pe.stats.frames >= 3));
+    assert.deepEqual(other.sent[1], [frames[1]]);
+  } finally {
+    other.close();
+  }
+});

@@ -4,10 +4,10 @@
  * type-stripping error, a throw while it is evaluated, no burst function, an async one) is one
  * PipelineLoadError with a one-line message: the CLI exits 2 with it.
  *
- * A `deno compile`d vpmd can import only modules embedded when it was built: a pipeline must then
- * be given to `deno compile --include`, and is found by the path it had there, relative to the
- * binary's main module (Deno keeps the embedded tree's layout). Any other file gets an error that
- * says so.
+ * A `deno compile`d vpmd can import only modules embedded when it was built (Deno 2 compiles the
+ * module graph in; denoland/deno#18327): a pipeline must then be given to `deno compile --include`,
+ * and is found by the path it had there, relative to the binary's main module (the embedded tree
+ * keeps the repository's layout). Any other file gets an error that says so.
  */
 import { isAbsolute, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -49,31 +49,37 @@ function embeddedUrl(path: string): string | null {
 export async function loadPipeline(path: string): Promise<LoadedPipeline> {
   const where = `--pipeline ${path}`;
   if (path === "") throw new PipelineLoadError("--pipeline needs a file (a TypeScript module)");
-  let url = pathToFileURL(resolve(path)).href;
-  let exists = true;
+  const embedded = embeddedUrl(path);
+  let onDisk = true;
   try {
-    if (!Deno.statSync(resolve(path)).isFile) {
-      throw new PipelineLoadError(`${where}: not a file`);
-    }
+    if (!Deno.statSync(resolve(path)).isFile) throw new PipelineLoadError(`${where}: not a file`);
   } catch (e) {
     if (e instanceof PipelineLoadError) throw e;
-    exists = false;
+    onDisk = false;
   }
-  const embedded = exists ? null : embeddedUrl(path);
-  if (!exists && embedded === null) throw new PipelineLoadError(`${where}: no such file`);
-  if (embedded !== null) url = embedded;
-  let mod: PipelineModule;
-  try {
-    mod = await import(url);
-  } catch (e) {
+  if (!onDisk && embedded === null) throw new PipelineLoadError(`${where}: no such file`);
+  let mod: PipelineModule | null = null;
+  let url = "";
+  let err: unknown = null;
+  // A compiled binary: the embedded module first (the file on disk, if any, is not importable).
+  for (const u of [embedded, onDisk ? pathToFileURL(resolve(path)).href : null]) {
+    if (u === null || mod !== null) continue;
+    try {
+      mod = await import(u);
+      url = u;
+    } catch (e) {
+      err ??= e;
+    }
+  }
+  if (mod === null) {
     if (Deno.build.standalone) {
       throw new PipelineLoadError(
         `${where}: this vpmd is a compiled binary, which loads only pipelines embedded when it ` +
           `was built (deno compile --include ${path}); run vpmd from source (deno run -A main.ts) ` +
-          `to load any file (${oneLine(e)})`,
+          `to load any file (${oneLine(err)})`,
       );
     }
-    throw new PipelineLoadError(`${where}: cannot load the module: ${oneLine(e)}`);
+    throw new PipelineLoadError(`${where}: cannot load the module: ${oneLine(err)}`);
   }
   const fn = mod.default ?? mod.burst;
   if (typeof fn !== "function") {

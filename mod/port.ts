@@ -593,6 +593,15 @@ export class Port {
   }
 
   /**
+   * Descriptors of TX queue `queue` the device has not given back yet (0 when stopped). After a
+   * reclaim (`txBurst(queue, none, 0)`), 0 means every frame sent on it has left.
+   */
+  txInFlight(queue: number): number {
+    const tx = this.#tx[queue];
+    return tx === undefined ? 0 : tx.ring.size - tx.freeDescriptors;
+  }
+
+  /**
    * Between bursts: let the transport work and react to its events (config change: link and
    * announce; device lost; device returned: the port is brought up again). Returns the mask.
    */

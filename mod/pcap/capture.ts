@@ -8,7 +8,9 @@
  * off costs nothing.
  *
  * A sent frame is read just after `txBurst` returns: the TX queue owns it until the device is
- * done, and a device only reads transmit buffers (5.1.6.2).
+ * done, and a device only reads transmit buffers (5.1.6.2). So the capture shows what was handed
+ * to the device: a frame the device has not taken when the port stops (then counted as dropped,
+ * not sent) is in the capture all the same.
  */
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";

@@ -5,7 +5,9 @@
  * one port share that position. Frames a full TX ring does not take are freed and sent again in
  * the next burst, so every port sends every frame of the capture, in order, once per loop.
  *
- * When every port has sent its loops, `onDone` is called once (the CLI stops forwarding then).
+ * When every port has sent its loops and its device has taken them (its TX rings are empty, or
+ * DRAIN_MS passed), `onDone` is called once (the CLI stops forwarding then): a port stopped with
+ * frames in its TX ring would count them as dropped, not sent.
  */
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
@@ -23,11 +25,17 @@ export interface ReplayOptions {
   onDone?: () => void;
 }
 
+/** Longest wait, once a port has sent its loops, for its device to take what is in its rings. */
+const DRAIN_MS = 2000;
+
 /** Where one port is in the capture. */
 interface Cursor {
   next: number;
   loops: number;
   finished: boolean;
+  /** Finished and its TX rings empty (or given up on at `deadline`). */
+  drained: boolean;
+  deadline: number;
 }
 
 /** Buffers frame `len` bytes long takes in a pool of `dataRoom`-byte buffers. */
@@ -81,12 +89,13 @@ export function createReplayEngine(o: ReplayOptions): { engine: Engine; loopsDon
   const engine: Engine = (s) => {
     let c = cursors.get(s.tx);
     if (c === undefined) {
-      c = { next: 0, loops: 0, finished: false };
+      c = { next: 0, loops: 0, finished: false, drained: false, deadline: 0 };
       cursors.set(s.tx, c);
       unfinished++;
     }
     if (c.finished) {
-      s.tx.txIdle(s.queue);
+      if (!c.drained) drain(s.tx, s.queue, s.pkts, c);
+      else s.tx.txIdle(s.queue);
       return 0;
     }
     const pkts = s.pkts;
@@ -117,14 +126,22 @@ export function createReplayEngine(o: ReplayOptions): { engine: Engine; loopsDon
       c.loops = loopOf[k];
       c.finished = false;
     }
-    if (c.finished) {
-      unfinished--;
-      if (unfinished === 0 && !doneCalled) {
-        doneCalled = true;
-        o.onDone?.();
-      }
-    }
+    if (c.finished) c.deadline = performance.now() + DRAIN_MS;
     return k;
+  };
+
+  /** A finished port: take back what its device has sent; drained when nothing is left. */
+  const drain = (tx: Port, q: number, pkts: Uint32Array, c: Cursor): void => {
+    tx.txBurst(q, pkts, 0);
+    let left = 0;
+    for (let i = 0; i < tx.limits.queues; i++) left += tx.txInFlight(i);
+    if (left > 0 && performance.now() < c.deadline) return;
+    c.drained = true;
+    unfinished--;
+    if (unfinished === 0 && !doneCalled) {
+      doneCalled = true;
+      o.onDone?.();
+    }
   };
 
   const loopsDone = (): number => {

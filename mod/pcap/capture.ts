@@ -21,20 +21,27 @@ export type CaptureDir = "rx" | "tx" | "both";
 
 /** One `--pcap PORT:FILE[:DIR]`. */
 export interface CaptureSpec {
+  /** Port index. */
   port: number;
+  /** The pcap file written. */
   file: string;
+  /** Which frames. */
   dir: CaptureDir;
 }
 
 /** A capture attached to one port (one capture per port and direction). */
 export class PortCapture {
+  /** The port captured. */
   readonly port: Port;
+  /** Where its frames go. */
   readonly writer: PcapWriter;
+  /** Which of its frames. */
   readonly dir: CaptureDir;
   readonly #pool: MbufPool;
   readonly #clock: CaptureClock;
   #attached = false;
 
+  /** A capture of `port`'s frames (in `pool`) to `writer`, not yet attached. */
   constructor(
     port: Port,
     pool: MbufPool,

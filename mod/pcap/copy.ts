@@ -10,7 +10,9 @@ const COPY_LOOP_MAX = 128;
 
 /** A byte array and a DataView over the same bytes (make it once per array). */
 export interface ByteArea {
+  /** The bytes. */
   u8: Uint8Array;
+  /** A DataView over them. */
   view: DataView;
 }
 

@@ -12,14 +12,19 @@ export class PcapFormatError extends Error {}
 
 /** The frames of a capture: frame `i` is `data[off[i] .. off[i] + caplen[i])`. */
 export interface PcapFrames {
+  /** The whole file. */
   data: Uint8Array;
+  /** Frames in it. */
   count: number;
+  /** Where each frame's bytes start in `data`. */
   off: Uint32Array;
+  /** Bytes captured of each frame. */
   caplen: Uint32Array;
   /** Length of the frame on the wire (more than `caplen` when the snap length cut it). */
   origLen: Uint32Array;
   /** Capture time of each frame in nanoseconds since 1970 (as a double: to ~0.25 µs today). */
   timeNs: Float64Array;
+  /** The file's format. */
   format: "pcap" | "pcapng";
   /** The last record was cut short (not included). */
   truncated: boolean;

@@ -17,11 +17,15 @@ import type { PcapFrames } from "./reader.ts";
 
 /** Options of `createReplayEngine`. */
 export interface ReplayOptions {
+  /** The pool frames are built in. */
   pool: MbufPool;
+  /** Most frames per burst. */
   burst: number;
+  /** The capture (readPcap). */
   frames: PcapFrames;
   /** Times to send the capture; 0 = until stopped. */
   loops: number;
+  /** Called once every port has sent its loops and its device has taken them. */
   onDone?: () => void;
 }
 

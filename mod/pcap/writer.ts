@@ -28,19 +28,26 @@ export interface PcapWriterOptions {
 
 /** Where the writer puts its bytes: a Deno.FsFile, or anything with these two calls. */
 export interface ByteSink {
+  /** Write some of `p`; returns how many bytes were written. */
   writeSync(p: Uint8Array): number;
+  /** Close it. */
   close(): void;
 }
 
 const BUFFER_BYTES = 1 << 20;
 const NS_PER_S = 1e9;
 
+/** A pcap file being written (see the module's description). */
 export class PcapWriter {
+  /** Bytes kept of each frame. */
   readonly snaplen: number;
+  /** Frames written at most. */
   readonly maxFrames: number;
+  /** File size at most. */
   readonly maxBytes: number;
-  /** Frames written (staged or in the file), and the file's size in bytes once flushed. */
+  /** Frames written (staged or in the file). */
   frames = 0;
+  /** The file's size in bytes once flushed. */
   bytes = 0;
   /** Frames not written because a limit was reached. */
   skipped = 0;
@@ -55,6 +62,7 @@ export class PcapWriter {
   #src: ByteArea = byteArea(new Uint8Array(0));
   #closed = false;
 
+  /** A writer to `sink` (its file header is staged at once). */
   constructor(sink: ByteSink, opts: PcapWriterOptions = {}) {
     this.#sink = sink;
     this.snaplen = opts.snaplen ?? MAX_SNAPLEN;
@@ -124,7 +132,14 @@ export class PcapWriter {
   }
 
   /** Add a frame: the `len` bytes of `src` at `off`, captured at `sec`.`nsec`. */
-  writeFrame(src: Uint8Array, off: number, len: number, sec: number, nsec: number, nowMs: number) {
+  writeFrame(
+    src: Uint8Array,
+    off: number,
+    len: number,
+    sec: number,
+    nsec: number,
+    nowMs: number,
+  ): void {
     const caplen = len < this.snaplen ? len : this.snaplen;
     const d = this.#record(len, caplen, sec, nsec, nowMs);
     if (d >= 0) this.#copy(src, off, d, caplen);
@@ -218,8 +233,11 @@ export class PcapWriter {
  * floating-point number of nanoseconds since 1970.
  */
 export class CaptureClock {
+  /** The last reading: seconds since 1970. */
   sec = 0;
+  /** Its nanoseconds. */
   nsec = 0;
+  /** It as `performance.now()`. */
   nowMs = 0;
   readonly #baseSec: number;
   readonly #baseNs: number;

@@ -28,26 +28,31 @@ import {
 
 /** What the pipeline engine counts. */
 export interface PipelineStats {
-  /** Bursts given to the pipeline, and their frames. */
+  /** Bursts given to the pipeline. */
   bursts: number;
+  /** Frames in those bursts. */
   frames: number;
   /** Frames the pipeline dropped (verdict DROP). */
   dropped: number;
-  /** Frames sent back out of their input port, and out of a port chosen by index. */
+  /** Frames sent back out of their input port (verdict BACK). */
   back: number;
+  /** Frames sent out of a port chosen by index (`sendTo`). */
   redirected: number;
-  /** Bursts in which the pipeline threw, and their frames (dropped). */
+  /** Bursts in which the pipeline threw (or returned a promise). */
   errors: number;
+  /** Frames of those bursts (dropped). */
   errorFrames: number;
 }
 
 /** Options of `createPipelineEngine`. */
 export interface PipelineEngineOptions {
+  /** The pool the ports' frames are in. */
   pool: MbufPool;
   /** Most frames per burst. */
   burst: number;
   /** The ports, in index order: `sendTo(i, k)` sends out of `ports[k]`. */
   ports: Port[];
+  /** The pipeline. */
   fn: BurstFunction;
   /** Where the first error goes (default: stderr). */
   log?: (msg: string) => void;
@@ -55,8 +60,11 @@ export interface PipelineEngineOptions {
 
 /** A pipeline engine, its counters and the Burst it hands to the pipeline. */
 export interface PipelineEngine {
+  /** The engine, for a ForwardLoop or to call per stream. */
   engine: Engine;
+  /** Its counters. */
   stats: PipelineStats;
+  /** The Burst it hands to the pipeline (one, re-aimed at every burst). */
   burst: Burst;
 }
 

@@ -20,8 +20,11 @@ export class PipelineLoadError extends Error {}
 export interface LoadedPipeline {
   /** The module's URL (to load it again elsewhere). */
   url: string;
+  /** Its burst function. */
   fn: BurstFunction;
+  /** Its `init`, if it has one. */
   init?: (ctx: PipelineContext) => void | Promise<void>;
+  /** Its `close`, if it has one. */
   close?: () => void | Promise<void>;
 }
 

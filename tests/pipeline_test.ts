@@ -366,25 +366,36 @@ async function scavenges(args: string[]): Promise<{ scavenges: number; rx: numbe
 
 Deno.test("cli: an empty pipeline allocates nothing per frame: no more minor GCs than --mode io", async () => {
   const empty = module("empty.ts", "export default function () {}\n");
-  // The control: one short-lived view per frame, what the API is designed to make unnecessary.
+  // The control: a small object per frame (a view of its Ethernet header and a 64-byte copy), kept
+  // a little while, what the API is designed to make unnecessary.
   const allocating = module(
     "allocating.ts",
     `import type { Burst } from "${API}";
 const keep: Uint8Array[] = [];
 let n = 0;
 export default function (b: Burst) {
-  for (let i = 0; i < b.count; i++) keep[n++ & 63] = b.bytes.subarray(b.offset(i), b.offset(i) + 14);
+  for (let i = 0; i < b.count; i++) {
+    keep[n++ & 63] = b.bytes.subarray(b.offset(i), b.offset(i) + 14);
+    keep[n++ & 63] = b.bytes.slice(b.offset(i), b.offset(i) + 64);
+  }
 }
 `,
   );
   const io = await scavenges(["--mode", "io"]);
   const pipe = await scavenges(["--pipeline", empty]);
   const control = await scavenges(["--pipeline", allocating]);
-  const bound = 2 * io.scavenges + 4;
+  // io's minor GCs come from the loop's few allocations per turn of the event loop, not per
+  // frame; a pipeline that allocates nothing adds none, whatever the frame rate.
   const what = JSON.stringify({ io, pipe, control });
-  assert.ok(pipe.rx > 100_000 && control.rx > 100_000, what);
-  assert.ok(pipe.scavenges <= bound, `the empty pipeline scavenged more than io: ${what}`);
-  assert.ok(control.scavenges > bound, `the control did not show its allocations: ${what}`);
+  assert.ok(pipe.rx > 10_000 && control.rx > 10_000, what);
+  assert.ok(
+    pipe.scavenges <= io.scavenges + 4,
+    `the empty pipeline scavenged more than io: ${what}`,
+  );
+  assert.ok(
+    control.scavenges >= io.scavenges + 10,
+    `the control did not show its allocations: ${what}`,
+  );
 });
 
 /** The README's ten-line pipeline ("Programming the data plane"), as a user saves it. */

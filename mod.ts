@@ -40,7 +40,8 @@ export {
   type PortPoolOptions,
 } from "./mod/open.ts";
 export { openTransport, parsePortSpec, type PortKind, type PortSpec } from "./mod/portspec.ts";
-export { Port, type PortConfig, type PortStats } from "./mod/port.ts";
+export { Port, type PortConfig } from "./mod/port.ts";
+export type { PortStats } from "./mod/virtio/stats.ts";
 export { MbufFlag, MbufPool, NONE, type PoolOptions } from "./mod/mbuf.ts";
 export { ForwardLoop, idlePause, type RunOptions } from "./mod/fwd/loop.ts";
 export {
@@ -59,5 +60,5 @@ export {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./mod/transport/transport.ts";
+} from "./mod/virtio/transport.ts";
 export { type DmaKind, DmaRegion, type DmaRegionOptions, HugepageShortage } from "./ffi/dma.ts";

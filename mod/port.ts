@@ -10,7 +10,7 @@
 import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
-import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
+import { type RingLayout, TransportEvent, type VirtioTransport } from "./virtio/transport.ts";
 import {
   bit,
   Ctrl,
@@ -26,6 +26,7 @@ import {
 import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
 import { RxQueue } from "./virtio/rx_queue.ts";
 import { isValidQueueSize, ringParts, ringStartAlign, SplitRing } from "./virtio/split_ring.ts";
+import type { PortStats } from "./virtio/stats.ts";
 import { TxQueue } from "./virtio/tx_queue.ts";
 
 /** Zero bytes in the ring region that TX chains use as a header (at least the 12-byte header). */
@@ -61,38 +62,6 @@ export interface PortConfig {
   vlanStrip?: boolean;
   /** Software insert of this TCI on every TX frame (an mbuf's VLAN_INSERT flag uses its own). */
   vlanInsert?: number;
-}
-
-/**
- * Counters, plain numbers updated once per burst. rxDropped counts every frame the driver
- * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device described it with
- * a bad used entry or header, one count per frame however many buffers it spans). rxIdxErrors
- * counts impossible used.idx values on RX (more than a ring ahead, or moved back), once per value:
- * no frame is lost by one, so it is in neither rxErrors nor rxDropped. txDropped counts frames not
- * sent: refused by txBurst (added by the caller) or malformed (also in txErrors), and frames lost
- * in flight when the device went away or was reset (taken out of txPackets and txBytes again).
- * txErrors also counts bad used entries on the TX ring.
- */
-export interface PortStats {
-  /** Frames received. */
-  rxPackets: number;
-  /** Frames sent. */
-  txPackets: number;
-  /** Bytes received (frames without the virtio-net header). */
-  rxBytes: number;
-  /** Bytes sent (frames without the virtio-net header). */
-  txBytes: number;
-  /** Frames discarded on receive. */
-  rxDropped: number;
-  /** Frames not sent. */
-  txDropped: number;
-  /** Received frames dropped because no buffer could replace theirs. */
-  rxNoMbuf: number;
-  /** Bad used entries on the RX ring (each one dropped). */
-  rxErrors: number;
-  /** Malformed frames refused, and bad used entries on the TX ring. */
-  txErrors: number;
-  rxIdxErrors: number;
 }
 
 export function emptyStats(): PortStats {

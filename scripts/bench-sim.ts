@@ -22,7 +22,7 @@ import { createEngine } from "../mod/fwd/engines.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { openTransport } from "../mod/portspec.ts";
-import type { VirtioTransport } from "../mod/transport/transport.ts";
+import type { VirtioTransport } from "../mod/virtio/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { median } from "./median.ts";
 

@@ -14,7 +14,7 @@ import { Port, type PortConfig } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { parseMac } from "../mod/mac.ts";
-import type { VirtioTransport } from "../mod/transport/transport.ts";
+import type { VirtioTransport } from "../mod/virtio/transport.ts";
 import { bit, has, NetFeature } from "../mod/virtio/constants.ts";
 import { CtrlCommandError } from "../mod/virtio/ctrl_queue.ts";
 

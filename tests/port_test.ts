@@ -17,7 +17,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "../mod/transport/transport.ts";
+} from "../mod/virtio/transport.ts";
 import {
   Avail,
   bit,

@@ -14,7 +14,7 @@ import { Port, type PortConfig } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { SimWire } from "../mod/sim/wire.ts";
 import { checkTestFrame, FrameCheck, writeTestFrame } from "../mod/testframe.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
+import { TransportEvent } from "../mod/virtio/transport.ts";
 import { Avail, Desc, Feature, NetFeature, Status, Used } from "../mod/virtio/constants.ts";
 
 const PEER = Uint8Array.of(0x02, 0x99, 0, 0, 0, 1);

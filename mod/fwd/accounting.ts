@@ -15,7 +15,7 @@
  * TX ring) are failures, not load.
  */
 import { SimTransport } from "../sim/transport.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "../virtio/transport.ts";
 import type { Mode } from "./engines.ts";
 import type { PortRow } from "./stats.ts";
 

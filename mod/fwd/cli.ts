@@ -15,7 +15,7 @@ import {
   parsePortSpec,
   type PortSpec,
 } from "../portspec.ts";
-import { DeviceError, type VirtioTransport } from "../transport/transport.ts";
+import { DeviceError, type VirtioTransport } from "../virtio/transport.ts";
 import { parseMac } from "../mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";

@@ -14,7 +14,7 @@
  * driver's regions is never touched.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import type { QueueMemory } from "../transport/transport.ts";
+import type { QueueMemory } from "../virtio/transport.ts";
 import {
   Ctrl,
   Desc,

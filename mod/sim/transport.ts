@@ -10,8 +10,8 @@
  * Spec options: see mod/sim/options.ts (`sim:NAME,k=v,...`).
  */
 import type { DmaKind, DmaRegion } from "../../ffi/dma.ts";
-import type { QueueMemory, RingLayout, VirtioTransport } from "../transport/transport.ts";
-import { TransportEvent } from "../transport/transport.ts";
+import type { QueueMemory, RingLayout, VirtioTransport } from "../virtio/transport.ts";
+import { TransportEvent } from "../virtio/transport.ts";
 import { bit, Feature, NetConfig, NetFeature, Status } from "../virtio/constants.ts";
 import { SimDevice } from "./device.ts";
 import { parseSimSpec, SIM_MAX_PAIRS, type SimOptions } from "./options.ts";

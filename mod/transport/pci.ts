@@ -20,7 +20,7 @@ import { type ConfigChangeSource, PolledConfigChange, UioInterrupts } from "../p
 import { type PciFunction, Sysfs } from "../pci/sysfs.ts";
 import { LegacyPciTransport } from "./pci_legacy.ts";
 import { ModernPciTransport } from "./pci_modern.ts";
-import type { VirtioTransport } from "./transport.ts";
+import type { VirtioTransport } from "../virtio/transport.ts";
 
 /** The kernel driver a function must be bound to (or no driver at all). */
 export const USERSPACE_DRIVER = "uio_pci_generic";

@@ -25,7 +25,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 
 /** 4.1.4.10: the legacy header in BAR0 (byte offsets and widths in the comments). */
 export const LegacyReg = {

@@ -29,7 +29,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 
 /** 4.1.4.3 struct virtio_pci_common_cfg: byte offsets (width in the comment). */
 export const CommonCfg = {

@@ -63,7 +63,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 import {
   Header,
   MemTable,

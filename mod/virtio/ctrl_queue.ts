@@ -12,7 +12,7 @@
  * is restarted, since the device may still own the descriptors.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "./transport.ts";
 import { Avail, Ctrl, Desc } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
 

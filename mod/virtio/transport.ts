@@ -2,7 +2,8 @@
  * The one interface every virtio transport implements: simulated device (`sim:`), vhost-user,
  * legacy PCI (port IO) and modern PCI (MMIO). The driver (`mod/port.ts`) talks only to this
  * interface and never asks which transport it has; differences are expressed as data
- * (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
+ * (`ringLayout`, `dmaKinds`, `queueSizeFixed`). The interface lives with the rings, which use it:
+ * the core defines it, the transports (mod/transport/, mod/sim/) implement it.
  *
  * Cold-path methods may take and return bigint (features). `notify` is the only hot-path
  * method: the port calls it at most once per burst, and only when the device asked for it.

@@ -10,11 +10,11 @@
 import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
+import { Eth } from "./eth.ts";
 import { type RingLayout, TransportEvent, type VirtioTransport } from "./virtio/transport.ts";
 import {
   bit,
   Ctrl,
-  Eth,
   Feature,
   has,
   NetConfig,

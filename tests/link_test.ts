@@ -11,7 +11,7 @@ import { Port } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { TransportEvent } from "../mod/virtio/transport.ts";
-import { Eth } from "../mod/virtio/constants.ts";
+import { Eth } from "../mod/eth.ts";
 
 function setup(spec: Record<string, string>) {
   const t = SimTransport.fromSpec("link", spec);

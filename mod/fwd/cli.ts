@@ -22,7 +22,8 @@ import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
-import { Eth, has, NetFeature } from "../virtio/constants.ts";
+import { has, NetFeature } from "../virtio/constants.ts";
+import { Eth } from "../eth.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
 

@@ -16,7 +16,7 @@
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import { writeTestFrame } from "../testframe.ts";
-import { Eth } from "../virtio/constants.ts";
+import { Eth } from "../eth.ts";
 
 /** The forwarding modes, as `vpmd fwd --mode` names them. */
 export const MODES = ["io", "mac", "macswap", "rxonly", "txonly"] as const;

@@ -14,11 +14,11 @@
  * driver's regions is never touched.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
+import { Eth } from "../eth.ts";
 import type { QueueMemory } from "../virtio/transport.ts";
 import {
   Ctrl,
   Desc,
-  Eth,
   Feature,
   has,
   NetFeature,

@@ -19,11 +19,11 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from "../../ffi/libc.ts";
-import { PciCommand, type VirtioCaps, type VirtioRegion } from "../pci/config.ts";
+import { IsrBit, PciCommand, type VirtioCaps, type VirtioRegion } from "../pci/config.ts";
+import { requirePhysical } from "../pci/dma.ts";
 import type { ConfigChangeSource } from "../pci/interrupts.ts";
 import type { PciFunction, PciResource } from "../pci/sysfs.ts";
 import { RingAlign } from "../virtio/constants.ts";
-import { IsrBit, requirePhysical } from "./pci_legacy.ts";
 import {
   type QueueMemory,
   type RingLayout,

@@ -58,7 +58,9 @@ export { parseMac } from "./mod/mac.ts";
 export {
   type QueueMemory,
   type RingLayout,
+  type SimulatedWire,
   TransportEvent,
   type VirtioTransport,
+  type WireCounts,
 } from "./mod/virtio/transport.ts";
 export { type DmaKind, DmaRegion, type DmaRegionOptions, HugepageShortage } from "./ffi/dma.ts";

@@ -11,7 +11,12 @@ import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
 import { Eth } from "./eth.ts";
-import { type RingLayout, TransportEvent, type VirtioTransport } from "./virtio/transport.ts";
+import {
+  type RingLayout,
+  type SimulatedWire,
+  TransportEvent,
+  type VirtioTransport,
+} from "./virtio/transport.ts";
 import {
   bit,
   Ctrl,
@@ -200,6 +205,11 @@ export class Port {
   /** The link state (5.1.4); false while stopped. */
   get linkUp(): boolean {
     return this.#linkUp;
+  }
+
+  /** The link behind a simulated device (`sim:`: frame generator and checker), else null. */
+  get wire(): SimulatedWire | null {
+    return this.transport.wire ?? null;
   }
 
   /**

@@ -20,7 +20,7 @@ import { parseMac } from "../mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
-import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
+import { accountFrames, type Accounting, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { has, NetFeature } from "../virtio/constants.ts";
 import { Eth } from "../eth.ts";
@@ -319,7 +319,7 @@ export async function runForwarder(args: string[]): Promise<number> {
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool, signals, notices);
+    return await forward(o, names, ports, pool, signals, notices);
   } finally {
     for (const p of ports) {
       try {
@@ -401,7 +401,6 @@ async function forward(
   o: FwdOptions,
   names: string[],
   ports: Port[],
-  transports: VirtioTransport[],
   pool: MbufPool,
   signals: StopSignals,
   notices: NoticePrinter,
@@ -416,8 +415,11 @@ async function forward(
   const streams = buildStreams(ports, o.mode, o.queues, o.burst);
   const loop = new ForwardLoop(ports, streams, engine);
   const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
-  const wires = transports.map(simWire);
-  const wireOf = (i: number): WireCounters | null => wires[i]?.counters() ?? null;
+  const wires = ports.map((p) => p.wire);
+  const wireOf = (i: number): WireCounters | null => {
+    const w = wires[i];
+    return w === null ? null : { ...w.counters };
+  };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
   signals.onStop = () => loop.stop();

@@ -42,7 +42,7 @@ export {
 export { openTransport, parsePortSpec, type PortKind, type PortSpec } from "./mod/portspec.ts";
 export { Port, type PortConfig } from "./mod/port.ts";
 export type { PortStats } from "./mod/virtio/stats.ts";
-export { MbufFlag, MbufPool, NONE, type PoolOptions } from "./mod/mbuf.ts";
+export { type BufferHolder, MbufFlag, MbufPool, NONE, type PoolOptions } from "./mod/mbuf.ts";
 export { ForwardLoop, idlePause, type RunOptions } from "./mod/fwd/loop.ts";
 export {
   createEngine,
@@ -56,6 +56,7 @@ export { vlanInsert, vlanStrip } from "./mod/vlan.ts";
 export { checkTestFrame, FrameCheck, TEST_FRAME_MIN, writeTestFrame } from "./mod/testframe.ts";
 export { parseMac } from "./mod/mac.ts";
 export {
+  type NoticeSink,
   type QueueMemory,
   type RingLayout,
   type SimulatedWire,

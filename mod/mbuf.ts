@@ -59,6 +59,7 @@ export const MbufFlag = {
  * first.
  */
 export interface BufferHolder {
+  /** Give back to the pool the buffers the holder is done with. */
   reclaim(): void;
 }
 
@@ -190,6 +191,7 @@ export class MbufPool {
     if (!this.#holders.includes(h)) this.#holders.push(h);
   }
 
+  /** Forget a holder (a TX queue whose ring is freed). */
   removeHolder(h: BufferHolder): void {
     const i = this.#holders.indexOf(h);
     if (i >= 0) this.#holders.splice(i, 1);

@@ -31,5 +31,6 @@ export interface PortStats {
   rxErrors: number;
   /** Malformed frames refused, and bad used entries on the TX ring. */
   txErrors: number;
+  /** Impossible used.idx values on the RX ring (more than a ring ahead, or moved back). */
   rxIdxErrors: number;
 }

@@ -17,7 +17,7 @@
  * order and counts TX completions; the device writes one used entry per TX batch).
  */
 import { parseArgs } from "cli-args";
-import { buildStreams } from "../mod/fwd/cli.ts";
+import { buildStreams } from "../mod/fwd/streams.ts";
 import { createEngine } from "../mod/fwd/engines.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";

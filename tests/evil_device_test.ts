@@ -8,7 +8,7 @@
  */
 import assert from "assert";
 import { accountFrames } from "../mod/fwd/accounting.ts";
-import { buildStreams, reclaimSent } from "../mod/fwd/cli.ts";
+import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { createEngine } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";
 import { StatsReporter } from "../mod/fwd/stats.ts";

@@ -5,7 +5,7 @@
  */
 import assert from "assert";
 import { accountFrames } from "../mod/fwd/accounting.ts";
-import { buildStreams, reclaimSent } from "../mod/fwd/cli.ts";
+import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { createEngine, defaultPeer, type Mode } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";
 import { type Counters, type PortRow, STAT_KEYS, StatsReporter } from "../mod/fwd/stats.ts";

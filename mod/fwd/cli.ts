@@ -17,8 +17,9 @@ import {
 } from "../portspec.ts";
 import { DeviceError, type VirtioTransport } from "../virtio/transport.ts";
 import { parseMac } from "../mac.ts";
-import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
+import { checkTxpkts, createEngine, type Mode, MODES } from "./engines.ts";
 import { ForwardLoop } from "./loop.ts";
+import { buildStreams, reclaimSent } from "./streams.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
@@ -201,18 +202,6 @@ function usage<T>(fn: () => T): T {
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-}
-
-/** Streams like testpmd's: port 2k forwards to 2k+1 and back; an odd last port to itself. */
-export function buildStreams(ports: Port[], mode: Mode, queues: number, burst: number): Stream[] {
-  const streams: Stream[] = [];
-  for (let i = 0; i < ports.length; i++) {
-    const peer = mode === "txonly" || mode === "rxonly" ? i : (i ^ 1) < ports.length ? i ^ 1 : i;
-    for (let q = 0; q < queues; q++) {
-      streams.push({ rx: ports[i], tx: ports[peer], queue: q, pkts: new Uint32Array(burst) });
-    }
-  }
-  return streams;
 }
 
 /** At least the ring size `configure` will take (a device that fixes its sizes ignores --rxd/--txd). */
@@ -475,17 +464,6 @@ async function forward(
 function withoutName(t: VirtioTransport, e: unknown): string {
   const m = (e as Error).message;
   return m.startsWith(`${t.name}: `) ? m.slice(t.name.length + 2) : m;
-}
-
-/**
- * Let every TX queue take back what the device has finished with (a burst of 0 frames), so that
- * stopping the port counts as dropped only frames really still in flight.
- */
-export function reclaimSent(ports: Port[], queues: number): void {
-  const none = new Uint32Array(0);
-  for (const p of ports) {
-    for (let q = 0; q < queues; q++) p.txBurst(q, none, 0);
-  }
 }
 
 function printSummary(

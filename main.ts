@@ -11,8 +11,8 @@
  * for, a pool too small for the rings): one line on stderr. A second stop signal: devices reset,
  * exit 128 + the signal's number.
  */
-import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
-import { runPciCommand } from "./mod/pci/commands.ts";
+import { runForwarder, UsageError } from "./cli/fwd.ts";
+import { runPciCommand } from "./cli/pci.ts";
 
 export const USAGE = `vpmd: userspace virtio-net poll-mode driver and packet forwarder
 

@@ -7,7 +7,7 @@
  * frame is ever forwarded as a frame.
  */
 import assert from "assert";
-import { accountFrames } from "../mod/fwd/accounting.ts";
+import { accountFrames } from "../cli/accounting.ts";
 import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { createEngine } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";

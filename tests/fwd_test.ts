@@ -4,7 +4,7 @@
  * multi-segment) arrive at the wire byte-exact, rxonly frees everything.
  */
 import assert from "assert";
-import { accountFrames } from "../mod/fwd/accounting.ts";
+import { accountFrames } from "../cli/accounting.ts";
 import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { createEngine, defaultPeer, type Mode } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";

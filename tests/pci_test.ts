@@ -15,7 +15,7 @@ import {
   PciCommand,
   virtioNetKind,
 } from "../mod/pci/config.ts";
-import { listDevices, runPciCommand } from "../mod/pci/commands.ts";
+import { listDevices, runPciCommand } from "../cli/pci.ts";
 import { PolledConfigChange } from "../mod/pci/interrupts.ts";
 import { normalizeAddress, parseResources, Sysfs } from "../mod/pci/sysfs.ts";
 import type { IoBar } from "../mod/pci/io_bar.ts";

@@ -14,8 +14,8 @@
  * counted as a drop: TX errors (a frame no TX ring can take, malformed, or a bad used entry on a
  * TX ring) are failures, not load.
  */
-import type { Mode } from "./engines.ts";
-import type { PortRow } from "./stats.ts";
+import type { Mode } from "../mod/fwd/engines.ts";
+import type { PortRow } from "../mod/fwd/stats.ts";
 
 export type WireCounters = Record<string, number>;
 

@@ -4,27 +4,27 @@
  * drain what is in flight, and print the summary (with --json, the last stdout line).
  */
 import { parseArgs } from "cli-args";
-import { argsErrorMessage } from "../args_error.ts";
-import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
-import { commonDmaKinds } from "../open.ts";
-import { Port, ringRoomFor } from "../port.ts";
+import { argsErrorMessage } from "./args_error.ts";
+import { MbufPool, poolOfFirstKind } from "../mod/mbuf.ts";
+import { commonDmaKinds } from "../mod/open.ts";
+import { Port, ringRoomFor } from "../mod/port.ts";
 import {
   deviceKey,
   formatPortSpec,
   openTransport,
   parsePortSpec,
   type PortSpec,
-} from "../portspec.ts";
-import { DeviceError, type VirtioTransport } from "../virtio/transport.ts";
-import { parseMac } from "../mac.ts";
-import { checkTxpkts, createEngine, type Mode, MODES } from "./engines.ts";
-import { ForwardLoop } from "./loop.ts";
-import { buildStreams, reclaimSent } from "./streams.ts";
-import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
+} from "../mod/portspec.ts";
+import { DeviceError, type VirtioTransport } from "../mod/virtio/transport.ts";
+import { parseMac } from "../mod/mac.ts";
+import { checkTxpkts, createEngine, type Mode, MODES } from "../mod/fwd/engines.ts";
+import { ForwardLoop } from "../mod/fwd/loop.ts";
+import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
+import { type OutputStyle, StatsReporter, totals } from "../mod/fwd/stats.ts";
 import { accountFrames, type Accounting, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
-import { has, NetFeature } from "../virtio/constants.ts";
-import { Eth } from "../eth.ts";
+import { has, NetFeature } from "../mod/virtio/constants.ts";
+import { Eth } from "../mod/eth.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
 

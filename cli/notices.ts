@@ -9,7 +9,7 @@
  * kind is shown at most once per MIN_GAP_MS: the next one shown carries how many were held back
  * (`suppressed`), and `flush()` shows the last one held back of each kind at the end of the run.
  */
-import type { NoticeSink } from "../virtio/transport.ts";
+import type { NoticeSink } from "../mod/virtio/transport.ts";
 
 /** Least time between two notices of one kind from one port that are shown. */
 const MIN_GAP_MS = 1000;

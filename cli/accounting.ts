@@ -15,7 +15,7 @@
  * TX ring) are failures, not load.
  */
 import type { Mode } from "../mod/fwd/engines.ts";
-import type { PortRow } from "../mod/fwd/stats.ts";
+import type { PortRow } from "./stats.ts";
 
 export type WireCounters = Record<string, number>;
 

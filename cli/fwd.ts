@@ -20,7 +20,7 @@ import { parseMac } from "../mod/mac.ts";
 import { checkTxpkts, createEngine, type Mode, MODES } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";
 import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
-import { type OutputStyle, StatsReporter, totals } from "../mod/fwd/stats.ts";
+import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
 import { accountFrames, type Accounting, type WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { has, NetFeature } from "../mod/virtio/constants.ts";

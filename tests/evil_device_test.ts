@@ -11,7 +11,7 @@ import { accountFrames } from "../cli/accounting.ts";
 import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { createEngine } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";
-import { StatsReporter } from "../mod/fwd/stats.ts";
+import { StatsReporter } from "../cli/stats.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { EVIL_MODES } from "../mod/sim/device.ts";

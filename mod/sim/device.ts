@@ -60,8 +60,8 @@ export interface DeviceErrors {
  * frame gets a used entry with an id out of range (`bad-id`), a length beyond the buffer posted
  * (`bad-len`), a num_buffers larger than the ring (`bad-num-buffers`), or the used index is
  * published more than a ring ahead for one poll (`idx-jump`, split rings only). Good frames keep
- * flowing in between. On packed rings only (2.8): a received frame's used descriptor shorter than
- * the net header (`packed-bad-len`) or with the wrong wrap counter in its flags (`packed-wrap`),
+ * flowing in between. On packed rings only (2.8): a received frame's last used descriptor with
+ * length 0 (`packed-bad-len`), its first with the wrong wrap counter in its flags (`packed-wrap`),
  * and every `EVIL_EVERY`th transmitted buffer's used descriptor names an id out of range
  * (`packed-bad-id`) or the buffer used just before it again (`packed-used-twice`).
  */
@@ -561,7 +561,7 @@ export class SimDevice {
       let len = part;
       if (evil && i === 0 && this.evil === "bad-id") id = q.size + id;
       if (evil && i === 0 && this.evil === "bad-len") len = this.#rooms[0] + 64;
-      if (evil && i === 0 && this.evil === "packed-bad-len") len = hdr - 1;
+      if (evil && i === chains - 1 && this.evil === "packed-bad-len") len = 0;
       if (evil && i === 0 && this.evil === "packed-wrap" && q instanceof DevicePackedQueue) {
         q.wrongWrapNext = true;
       }

@@ -95,7 +95,8 @@ export class DevicePackedQueue {
   #sleep(): void {
     this.asleep = true;
     if (this.#eventIdx) {
-      this.u16[this.#deviceEvent16] = this.#availSlot | (this.#availWrap << EventSuppress.WRAP_SHIFT);
+      this.u16[this.#deviceEvent16] = this.#availSlot |
+        (this.#availWrap << EventSuppress.WRAP_SHIFT);
       this.u16[this.#deviceEvent16 + 1] = EventSuppress.DESC;
     } else {
       this.u16[this.#deviceEvent16 + 1] = EventSuppress.ENABLE;
@@ -247,7 +248,11 @@ export class DevicePackedQueue {
     if (this.#nStaged === 0) return;
     for (let i = this.#nStaged - 1; i >= 0; i--) {
       const s = this.#staged[i];
-      Atomics.store(this.u16, 2 * this.#desc32 + 8 * (s & 0xffff) + (PackedDesc.FLAGS >> 1), s >>> 16);
+      Atomics.store(
+        this.u16,
+        2 * this.#desc32 + 8 * (s & 0xffff) + (PackedDesc.FLAGS >> 1),
+        s >>> 16,
+      );
     }
     this.#nStaged = 0;
     const old = this.#signalled;

@@ -125,7 +125,11 @@ export class PackedCtrlQueue {
     Atomics.store(u32, ring.desc32 + 4 * oldSlot + 3, headWord);
     const size = ring.size;
     if (
-      ring.needsKick(availPhase(oldSlot, oldBits, size), availPhase(slot, bits, size), this.#eventIdx)
+      ring.needsKick(
+        availPhase(oldSlot, oldBits, size),
+        availPhase(slot, bits, size),
+        this.#eventIdx,
+      )
     ) this.#transport.notify(ring.index);
 
     const d = ring.desc32 + 4 * this.#usedSlot;

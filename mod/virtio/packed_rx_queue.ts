@@ -385,17 +385,19 @@ export class PackedRxQueue {
           entryBad = true;
           id = slotId[slot];
           if (gen[id] < 0 || gen[id] === curGen) id = -1; // nothing of ours stood here
-        } else if (len > postLen || (k > 0 && len === 0)) {
-          entryBad = true;
         } else if (k === 0) {
           // num_buffers, read only from a full buffer: one with room left is a whole frame
-          // (5.1.6.4.1), and its header line stays in the device's cache.
+          // (5.1.6.4.1), and its header line stays in the device's cache. A first entry longer
+          // than its buffer still gives a count: the frame is dropped whole.
           if (len < hdr) entryBad = true;
           else if (len >= postLen) {
             const at = bufOff[buf[id]] + numBuffersOff;
             nb = evenNb ? words16[at >>> 1] : bytesArr[at] | (bytesArr[at + 1] << 8);
             if (nb === 0 || nb > left) entryBad = true;
+            else if (len > postLen) bad = true;
           }
+        } else if (len > postLen || len === 0) {
+          bad = true; // a count was given: the frame's entries are known, dropped together
         }
         slot++;
         if (slot === size) {
@@ -522,7 +524,7 @@ export class PackedRxQueue {
       const ring = this.ring;
       const size = ring.size;
       const posted = (availPhase(aSlot, aBits, size) - availPhase(oldAvail, oldBits, size) +
-        2 * size) % (2 * size) || 2 * size;
+            2 * size) % (2 * size) || 2 * size;
       // The first descriptor last, with an ordered store: the others are visible before it
       // (2.8.21.1), and it is the barrier before reading the device's event suppression.
       Atomics.store(ring.u32, ring.desc32 + 4 * oldAvail + 3, headWord);

@@ -73,6 +73,10 @@ export class SimTransport implements VirtioTransport {
     if (opts.mtu !== undefined) f.push(NetFeature.MTU);
     if (opts.eventIdx) f.push(Feature.EVENT_IDX);
     if (opts.inOrder) f.push(Feature.IN_ORDER);
+    if (opts.packed) {
+      if (opts.legacy) throw new Error(`${this.name}: packed rings need VERSION_1 (not legacy)`);
+      f.push(Feature.RING_PACKED);
+    }
     if (ctrl) {
       f.push(NetFeature.CTRL_VQ, NetFeature.CTRL_MAC_ADDR, NetFeature.GUEST_ANNOUNCE);
       if (opts.ctrlRx ?? true) f.push(NetFeature.CTRL_RX);

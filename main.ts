@@ -6,12 +6,13 @@
  *   vpmd help
  *
  * Exit codes: 0 success (also a clean stop on SIGINT, SIGTERM, SIGHUP or --duration), 1 a failure
- * while running (also a device refusing a control command), 2 bad usage (flag, port spec, missing
- * device, a flag the device has no feature for, a pool too small for the rings): one line on
- * stderr. A second stop signal: devices reset, exit 128 + the signal's number.
+ * while running (also a device that fails to start: it refuses a request or a control command, or
+ * answers wrongly), 2 bad usage (flag, port spec, missing device, a flag the device has no feature
+ * for, a pool too small for the rings): one line on stderr. A second stop signal: devices reset,
+ * exit 128 + the signal's number.
  */
-import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
-import { runPciCommand } from "./mod/pci/commands.ts";
+import { runForwarder, UsageError } from "./cli/fwd.ts";
+import { runPciCommand } from "./cli/pci.ts";
 
 export const USAGE = `vpmd: userspace virtio-net poll-mode driver and packet forwarder
 

@@ -41,8 +41,11 @@ import {
  */
 export type DmaKind = "anon" | "memfd" | "hugepage-memfd" | "physical";
 
+/** What `DmaRegion.create` makes. */
 export interface DmaRegionOptions {
+  /** Bytes wanted (rounded up to whole pages). */
   size: number;
+  /** Which memory, and so which devices can reach it. */
   kind: DmaKind;
   /** A name for errors and for /proc/PID/maps (memfd name). */
   name?: string;
@@ -84,12 +87,17 @@ const VIRTUAL_IOVA_BASE = 2 ** 32;
 const VIRTUAL_IOVA_STRIDE = 2 ** 36;
 let regionCounter = 0;
 
+/** A mapped region of DMA memory: its views, and the iova of each byte for a device. */
 export class DmaRegion {
+  /** Pointer to byte 0 (for FFI calls). */
   readonly ptr: Deno.PointerObject;
   /** Virtual address of byte 0, as a number (user addresses fit in 2^47). */
   readonly addr: number;
+  /** Bytes mapped (whole pages). */
   readonly size: number;
+  /** The kind of memory the region is. */
   readonly kind: DmaKind;
+  /** The name given at creation (in errors, and the memfd's name). */
   readonly name: string;
   /** memfd backing the region, -1 for anonymous or physical regions. */
   readonly fd: number;
@@ -97,9 +105,13 @@ export class DmaRegion {
   readonly pageSize: number;
   /** iovas run on over the whole region (not `physical`): reservations may cross pages. */
   readonly contiguous: boolean;
+  /** The region's memory as an ArrayBuffer (valid until `close`). */
   readonly buffer: ArrayBuffer;
+  /** Byte view of the whole region. */
   readonly u8: Uint8Array<ArrayBuffer>;
+  /** 16-bit view (little-endian, like every virtio field). */
   readonly u16: Uint16Array<ArrayBuffer>;
+  /** 32-bit view (little-endian). */
   readonly u32: Uint32Array<ArrayBuffer>;
   /**
    * 8-byte view, for copying data in half as many stores as `u32`: only data checked to hold no
@@ -158,6 +170,7 @@ export class DmaRegion {
     this.pagePhys = opts.kind === "physical" ? this.#readPagemap() : null;
   }
 
+  /** Map a region; throws `HugepageShortage` when hugepages cannot be had. */
   static create(opts: DmaRegionOptions): DmaRegion {
     return new DmaRegion({ name: `vpmd-${opts.kind}`, ...opts });
   }
@@ -197,6 +210,7 @@ export class DmaRegion {
     return this.size - this.#next;
   }
 
+  /** Unmap the region (a second call does nothing); no device may use it any more. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

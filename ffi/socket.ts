@@ -140,12 +140,21 @@ export class UnixSocket {
     throw new SysError("connect", -fd, path);
   }
 
-  /** Connect, retrying every 50 ms for up to `timeoutMs`; throws a clear error after that. */
+  /**
+   * Connect, retrying every 50 ms for up to `timeoutMs`; throws a clear error after that, or at
+   * once when nobody could ever listen at `path` (its directory is missing, it is not a socket).
+   */
   static connect(path: string, timeoutMs: number, type = SOCK_STREAM): UnixSocket {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const s = UnixSocket.tryConnect(path, type);
       if (s) return s;
+      const dir = missingDirectory(path);
+      if (dir !== null) {
+        throw new Error(
+          `cannot connect to unix socket ${path}: the directory ${dir} does not exist`,
+        );
+      }
       notASocket(path);
       if (Date.now() >= deadline) {
         throw new Error(
@@ -303,6 +312,10 @@ export class UnixListener {
   constructor(path: string, backlog = 1) {
     this.path = path;
     const sa = sockaddr(path);
+    const dir = missingDirectory(path);
+    if (dir !== null) {
+      throw new Error(`cannot listen on ${path}: the directory ${dir} does not exist`);
+    }
     removeStaleSocket(path);
     const fd = check(
       "socket",
@@ -350,6 +363,19 @@ function lstatOrNull(path: string): Deno.FileInfo | null {
     return Deno.lstatSync(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+/** The directory `path` would be in, when it does not exist (else null). */
+function missingDirectory(path: string): string | null {
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  try {
+    Deno.statSync(dir);
+    return null;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return dir;
     throw e;
   }
 }

@@ -15,6 +15,7 @@ import {
   iovaContiguous,
 } from "../ffi/dma.ts";
 
+/** Options of an `MbufPool`. */
 export interface PoolOptions {
   /** Number of buffers. */
   count: number;
@@ -24,6 +25,7 @@ export interface PoolOptions {
   headroom?: number;
   /** Memory kind; must be one the ports' transports can reach (default `memfd`). */
   kind?: DmaKind;
+  /** Name of the pool's memory (errors, /proc/PID/maps). */
   name?: string;
   /**
    * Bytes left free after the buffers (default 256 KiB, none in `physical` memory): ports put
@@ -57,11 +59,12 @@ export const MbufFlag = {
  * first.
  */
 export interface BufferHolder {
+  /** Give back to the pool the buffers the holder is done with. */
   reclaim(): void;
 }
 
 /** Sentinel for "no next segment" / "no buffer". */
-export const NONE = -1;
+export const NONE: number = -1;
 
 /**
  * `next[m]` of a buffer that is in the pool: marks it free (a second free is ignored) without an
@@ -69,10 +72,18 @@ export const NONE = -1;
  */
 const IN_POOL = -2;
 
+/**
+ * A pool of packet buffers (mbufs) in one DMA region; a packet is the number of its first
+ * buffer.
+ */
 export class MbufPool {
+  /** The DMA region holding every buffer (and the rings of ports that share it). */
   readonly region: DmaRegion;
+  /** Number of buffers. */
   readonly count: number;
+  /** Bytes of data a buffer holds. */
   readonly dataRoom: number;
+  /** Bytes before the data in each buffer (the virtio-net header goes there). */
   readonly headroom: number;
   /** Bytes from one buffer's start to the next. */
   readonly stride: number;
@@ -83,6 +94,7 @@ export class MbufPool {
   readonly bufOff: Uint32Array;
   /** iova of each buffer's first byte, as low and high 32-bit halves (fixed). */
   readonly iovaLo: Uint32Array;
+  /** High 32 bits of each buffer's iova (see `iovaLo`). */
   readonly iovaHi: Uint32Array;
 
   /** Offset of the data inside the buffer (usually `headroom`). */
@@ -97,7 +109,9 @@ export class MbufPool {
   readonly nbSegs: Uint16Array;
   /** Port the packet was received on. */
   readonly port: Uint16Array;
+  /** VLAN TCI stripped on receive or to insert on transmit (see `MbufFlag`). */
   readonly vlanTci: Uint16Array;
+  /** `MbufFlag` bits of the packet (valid on the first segment). */
   readonly flags: Uint32Array;
 
   readonly #free: Uint32Array;
@@ -105,6 +119,7 @@ export class MbufPool {
   /** An array, not a Set: asking them must not allocate an iterator. */
   readonly #holders: BufferHolder[] = [];
 
+  /** Map the pool's memory and put every buffer in the pool; an impossible size is a RangeError. */
   constructor(opts: PoolOptions) {
     this.count = opts.count;
     this.dataRoom = opts.dataRoom ?? 2048;
@@ -176,6 +191,7 @@ export class MbufPool {
     if (!this.#holders.includes(h)) this.#holders.push(h);
   }
 
+  /** Forget a holder (a TX queue whose ring is freed). */
   removeHolder(h: BufferHolder): void {
     const i = this.#holders.indexOf(h);
     if (i >= 0) this.#holders.splice(i, 1);
@@ -310,6 +326,7 @@ export class MbufPool {
     return head;
   }
 
+  /** Unmap the pool's memory: only once no started port uses it. */
   close(): void {
     this.region.close();
   }

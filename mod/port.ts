@@ -10,11 +10,17 @@
 import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
-import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
+import { Eth } from "./eth.ts";
+import {
+  type QueueMemory,
+  type RingLayout,
+  type SimulatedWire,
+  TransportEvent,
+  type VirtioTransport,
+} from "./virtio/transport.ts";
 import {
   bit,
   Ctrl,
-  Eth,
   Feature,
   has,
   NetConfig,
@@ -24,13 +30,19 @@ import {
   Status,
 } from "./virtio/constants.ts";
 import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
+import { PackedCtrlQueue } from "./virtio/packed_ctrl_queue.ts";
+import { PACKED_START_ALIGN, packedParts, PackedRing } from "./virtio/packed_ring.ts";
+import { PackedRxQueue } from "./virtio/packed_rx_queue.ts";
+import { PackedTxQueue } from "./virtio/packed_tx_queue.ts";
 import { RxQueue } from "./virtio/rx_queue.ts";
 import { isValidQueueSize, ringParts, ringStartAlign, SplitRing } from "./virtio/split_ring.ts";
+import type { PortStats } from "./virtio/stats.ts";
 import { TxQueue } from "./virtio/tx_queue.ts";
 
 /** Zero bytes in the ring region that TX chains use as a header (at least the 12-byte header). */
 const ZERO_HEADER_BYTES = 64;
 
+/** How `Port.configure` sets a port up. */
 export interface PortConfig {
   /** RX buffers; transport.dmaKinds must include pool.region.kind. */
   pool: MbufPool;
@@ -62,25 +74,6 @@ export interface PortConfig {
   vlanInsert?: number;
 }
 
-/**
- * Counters, plain numbers updated once per burst. rxDropped counts every frame the driver
- * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device returned a bad
- * used entry). txDropped counts frames not sent: refused by txBurst (added by the caller) or
- * malformed (also in txErrors), and frames lost in flight when the device went away or was reset
- * (taken out of txPackets and txBytes again). txErrors also counts bad used entries on the TX ring.
- */
-export interface PortStats {
-  rxPackets: number;
-  txPackets: number;
-  rxBytes: number;
-  txBytes: number;
-  rxDropped: number;
-  txDropped: number;
-  rxNoMbuf: number;
-  rxErrors: number;
-  txErrors: number;
-}
-
 export function emptyStats(): PortStats {
   return {
     rxPackets: 0,
@@ -92,6 +85,7 @@ export function emptyStats(): PortStats {
     rxNoMbuf: 0,
     rxErrors: 0,
     txErrors: 0,
+    rxIdxErrors: 0,
   };
 }
 
@@ -106,6 +100,9 @@ const BASE_FEATURES = [
   Feature.VERSION_1,
   Feature.ANY_LAYOUT,
   Feature.IN_ORDER, // chains in ring order, TX completions counted (tx_queue.ts, rx_queue.ts)
+  // Packed rings (2.8) whenever the device offers them: transports offer the bit only when the
+  // port spec asks for it (packed=1).
+  Feature.RING_PACKED,
   NetFeature.MAC,
   NetFeature.STATUS,
   NetFeature.MTU,
@@ -141,6 +138,8 @@ interface Plan {
   mtu: number;
   /** Largest frame received or sent: mtu + Ethernet header + a VLAN tag. */
   maxFrame: number;
+  /** VIRTIO_F_RING_PACKED was negotiated: every queue is a packed ring (2.8). */
+  packed: boolean;
 }
 
 /** Receive filter state, re-applied through the control queue on every start. */
@@ -153,11 +152,17 @@ interface Filters {
   vlans: Set<number>;
 }
 
+/** A virtio-net port: configure, start, then rxBurst/txBurst and poll; stop and close. */
 export class Port {
+  /** The port's number (mbuf `port` field, log messages). */
   readonly id: number;
+  /** The device's transport; the port does not close it (`closePort` does). */
   readonly transport: VirtioTransport;
+  /** Called when the link goes up or down (5.1.4 status, device lost or back). */
   onLinkChange: ((up: boolean) => void) | null = null;
+  /** Totals over all queues, updated once per burst. */
   readonly stats: PortStats = emptyStats();
+  /** Counters per RX and per TX queue (since the last start). */
   readonly queueStats: { rx: PortStats[]; tx: PortStats[] } = { rx: [], tx: [] };
 
   readonly #log: (msg: string) => void;
@@ -168,9 +173,9 @@ export class Port {
   #wanted = false;
   #mac = new Uint8Array(6);
   #linkUp = false;
-  #rx: RxQueue[] = [];
-  #tx: TxQueue[] = [];
-  #ctrl: CtrlQueue | null = null;
+  #rx: (RxQueue | PackedRxQueue)[] = [];
+  #tx: (TxQueue | PackedTxQueue)[] = [];
+  #ctrl: CtrlQueue | PackedCtrlQueue | null = null;
   /** Ring memory, kept across stop/start (a backend maps it once); replaced when sizes change. */
   #ringArea: RingArea | null = null;
   #filters: Filters = {
@@ -182,26 +187,39 @@ export class Port {
     vlans: new Set(),
   };
 
+  /**
+   * A port on `transport`; `opts.log` gets warnings and link events (default console.error).
+   * Nothing reaches the device before `start`.
+   */
   constructor(id: number, transport: VirtioTransport, opts: { log?: (msg: string) => void } = {}) {
     this.id = id;
     this.transport = transport;
     this.#log = opts.log ?? ((msg) => console.error(msg));
   }
 
+  /** True between a successful `start` and `stop`. */
   get started(): boolean {
     return this.#started;
   }
 
+  /** The port's MAC address (the device's, or the one set; valid once started). */
   get mac(): Uint8Array {
     return this.#mac;
   }
 
+  /** The negotiated feature bits (2.2); 0 before configure. */
   get features(): bigint {
     return this.#plan?.features ?? 0n;
   }
 
+  /** The link state (5.1.4); false while stopped. */
   get linkUp(): boolean {
     return this.#linkUp;
+  }
+
+  /** The link behind a simulated device (`sim:`: frame generator and checker), else null. */
+  get wire(): SimulatedWire | null {
+    return this.transport.wire ?? null;
   }
 
   /**
@@ -255,6 +273,8 @@ export class Port {
     if (cfg.vlanFilter === false) want &= ~bit(NetFeature.CTRL_VLAN);
     if (queues > 1) want |= bit(NetFeature.MQ);
     let features = offered & want;
+    // 2.8 is virtio 1.x: without VERSION_1 there are no packed rings.
+    if (!has(features, Feature.VERSION_1)) features &= ~bit(Feature.RING_PACKED);
     // Features that depend on the control queue are void without it (5.1.3.1).
     if (!has(features, NetFeature.CTRL_VQ)) {
       for (const f of CTRL_FEATURES) features &= ~bit(f);
@@ -340,7 +360,20 @@ export class Port {
         this.#fail(`control queue size ${ctrlSize} is not a power of two`);
       }
     }
-    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex, mtu, maxFrame };
+    const packed = has(features, Feature.RING_PACKED);
+    return {
+      cfg,
+      features,
+      hdrSize,
+      queues,
+      rxd,
+      txd,
+      ctrlSize,
+      ctrlIndex,
+      mtu,
+      maxFrame,
+      packed,
+    };
   }
 
   #queueSize(flag: string, asked: number | undefined, index: number, warnings: string[]): number {
@@ -431,14 +464,14 @@ export class Port {
    */
   #rings(plan: Plan, pool: DmaRegion): RingArea {
     const layout = this.transport.ringLayout;
-    const key =
-      `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/${pool.kind}`;
+    const key = `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/` +
+      `${pool.kind}/${plan.packed ? "packed" : "split"}`;
     const old = this.#ringArea;
     if (old && old.key === key && (old.own || old.region === pool)) return old;
-    const bytes = ringAreaBytes(this.#ringSizes(plan), layout, pageSizeOf(pool.kind));
+    const bytes = ringAreaBytes(this.#ringSizes(plan), layout, pageSizeOf(pool.kind), plan.packed);
     if (old?.own) old.region.close();
     this.#ringArea = null;
-    const align = ringStartAlign(layout);
+    const align = plan.packed ? PACKED_START_ALIGN : ringStartAlign(layout);
     let area: RingArea;
     if (old && !old.own && old.region === pool && old.bytes >= bytes) {
       // Laid out anew: the zero header may now lie where a ring was.
@@ -473,64 +506,73 @@ export class Port {
     const layout = t.ringLayout;
     const cfg = plan.cfg;
     const eventIdx = has(plan.features, Feature.EVENT_IDX);
+    const inOrder = has(plan.features, Feature.IN_ORDER);
+    const mrgRxbuf = has(plan.features, NetFeature.MRG_RXBUF);
     const { region, base } = area;
-    const placed = placeRings(this.#ringSizes(plan), layout, region.pageSize);
+    const placed = placeRings(this.#ringSizes(plan), layout, region.pageSize, plan.packed);
+    const at = (index: number): number => base + placed.offset.get(index)!;
     const place = (index: number, size: number): SplitRing =>
-      new SplitRing(index, size, region, base + placed.offset.get(index)!, layout);
+      new SplitRing(index, size, region, at(index), layout);
+    const placePacked = (index: number, size: number): PackedRing =>
+      new PackedRing(index, size, region, at(index));
     this.queueStats.rx.length = 0;
     this.queueStats.tx.length = 0;
     // After the control buffer: zero bytes that nobody writes, the header of frames sent as
     // header + frame descriptors (see TxQueue).
     const zeroHeader = region.iova(base + placed.end + CTRL_BUFFER_BYTES);
-    const rings: SplitRing[] = [];
+    const memory: QueueMemory[] = [];
     for (let q = 0; q < plan.queues; q++) {
-      const rxRing = place(NetQueue.rx(q), plan.rxd);
-      const txRing = place(NetQueue.tx(q), plan.txd);
-      rings.push(rxRing, txRing);
       const rxStats = emptyStats();
       const txStats = emptyStats();
       this.queueStats.rx.push(rxStats);
       this.queueStats.tx.push(txStats);
-      this.#rx.push(
-        new RxQueue({
-          ring: rxRing,
-          pool: cfg.pool,
-          transport: t,
-          hdrSize: plan.hdrSize,
-          mrgRxbuf: has(plan.features, NetFeature.MRG_RXBUF),
-          eventIdx,
-          inOrder: has(plan.features, Feature.IN_ORDER),
-          portId: this.id,
-          vlanStrip: cfg.vlanStrip ?? false,
-          stats: rxStats,
-          totals: this.stats,
-        }),
-      );
-      this.#tx.push(
-        new TxQueue({
-          ring: txRing,
-          pool: cfg.pool,
-          transport: t,
-          hdrSize: plan.hdrSize,
-          eventIdx,
-          vlanInsert: cfg.vlanInsert ?? -1,
-          zeroHeader,
-          inOrder: has(plan.features, Feature.IN_ORDER),
-          stats: txStats,
-          totals: this.stats,
-        }),
-      );
+      const common = { pool: cfg.pool, transport: t, hdrSize: plan.hdrSize, eventIdx, inOrder };
+      const rx = {
+        ...common,
+        mrgRxbuf,
+        portId: this.id,
+        vlanStrip: cfg.vlanStrip ?? false,
+        stats: rxStats,
+        totals: this.stats,
+      };
+      const tx = {
+        ...common,
+        vlanInsert: cfg.vlanInsert ?? -1,
+        zeroHeader,
+        stats: txStats,
+        totals: this.stats,
+      };
+      if (plan.packed) {
+        const rxRing = placePacked(NetQueue.rx(q), plan.rxd);
+        const txRing = placePacked(NetQueue.tx(q), plan.txd);
+        memory.push(rxRing.memory, txRing.memory);
+        this.#rx.push(new PackedRxQueue({ ...rx, ring: rxRing }));
+        this.#tx.push(new PackedTxQueue({ ...tx, ring: txRing }));
+      } else {
+        const rxRing = place(NetQueue.rx(q), plan.rxd);
+        const txRing = place(NetQueue.tx(q), plan.txd);
+        memory.push(rxRing.memory, txRing.memory);
+        this.#rx.push(new RxQueue({ ...rx, ring: rxRing }));
+        this.#tx.push(new TxQueue({ ...tx, ring: txRing }));
+      }
     }
     // Sent buffers come back when the pool runs short, not only when a ring fills (mbuf.ts).
     for (const tx of this.#tx) cfg.pool.addHolder(tx);
     if (plan.ctrlSize > 0) {
-      const ring = place(plan.ctrlIndex, plan.ctrlSize);
-      rings.push(ring);
       const buf = base + placed.end;
-      this.#ctrl = new CtrlQueue(ring, t, region, buf, `port ${this.id}`, eventIdx);
+      const label = `port ${this.id}`;
+      if (plan.packed) {
+        const ring = placePacked(plan.ctrlIndex, plan.ctrlSize);
+        memory.push(ring.memory);
+        this.#ctrl = new PackedCtrlQueue(ring, t, region, buf, label, eventIdx);
+      } else {
+        const ring = place(plan.ctrlIndex, plan.ctrlSize);
+        memory.push(ring.memory);
+        this.#ctrl = new CtrlQueue(ring, t, region, buf, label, eventIdx);
+      }
     }
     for (const rx of this.#rx) rx.fill();
-    for (const ring of rings) t.setupQueue(ring.memory);
+    for (const m of memory) t.setupQueue(m);
   }
 
   /** Reset the device and give every buffer back to the pool. */
@@ -558,6 +600,7 @@ export class Port {
     }
   }
 
+  /** Stop the port and free ring memory of its own; the transport stays open. */
   close(): void {
     this.stop();
     if (this.#ringArea?.own) this.#ringArea.region.close();
@@ -671,12 +714,14 @@ export class Port {
     );
   }
 
+  /** 5.1.6.5.1: receive frames for every address (needs CTRL_RX); set again on every start. */
   setPromiscuous(on: boolean): void {
     this.#need("CTRL_RX", "promiscuous mode cannot be set", on ? "--promisc" : "--no-promisc");
     this.#filters.promisc = on;
     this.#sendRx(Ctrl.RX_PROMISC, on, "promiscuous mode");
   }
 
+  /** 5.1.6.5.1: receive every multicast frame (needs CTRL_RX); set again on every start. */
   setAllMulticast(on: boolean): void {
     this.#need("CTRL_RX", "all-multicast mode cannot be set", "--allmulti");
     this.#filters.allmulti = on;
@@ -724,6 +769,7 @@ export class Port {
     this.#filters.vlans.add(vid);
   }
 
+  /** 5.1.6.5.3: stop accepting frames of VLAN `vid` (needs CTRL_VLAN). */
   removeVlan(vid: number): void {
     this.#vlan(vid, Ctrl.VLAN_DEL, "remove");
     this.#filters.vlans.delete(vid);
@@ -783,12 +829,22 @@ export function ringRoomFor(
   }
   sizes.push([NetQueue.ctrl(queues), CTRL_RING]);
   // The area may start up to one alignment step past the pool's next free byte.
-  return ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind)) + ringStartAlign(t.ringLayout);
+  // Whichever ring kind is negotiated: the larger of the two layouts.
+  const bytes = Math.max(
+    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), false),
+    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), true),
+  );
+  return bytes + Math.max(ringStartAlign(t.ringLayout), PACKED_START_ALIGN);
 }
 
 /** Bytes of a ring area: the rings as `placeRings` lays them out, the control buffer, the zero header. */
-function ringAreaBytes(sizes: [number, number][], layout: RingLayout, pageSize: number): number {
-  return placeRings(sizes, layout, pageSize).end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES;
+function ringAreaBytes(
+  sizes: [number, number][],
+  layout: RingLayout,
+  pageSize: number,
+  packed: boolean,
+): number {
+  return placeRings(sizes, layout, pageSize, packed).end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES;
 }
 
 /**
@@ -800,12 +856,13 @@ function placeRings(
   sizes: [number, number][],
   layout: RingLayout,
   pageSize: number,
+  packed: boolean,
 ): { offset: Map<number, number>; end: number } {
-  const align = ringStartAlign(layout);
+  const align = packed ? PACKED_START_ALIGN : ringStartAlign(layout);
   const offset = new Map<number, number>();
   let next = 0;
   for (const [index, size] of sizes) {
-    const bytes = ringParts(size, layout).bytes;
+    const bytes = packed ? packedParts(size).bytes : ringParts(size, layout).bytes;
     let off = Math.ceil(next / align) * align;
     if (
       bytes <= pageSize && Math.floor(off / pageSize) !== Math.floor((off + bytes - 1) / pageSize)

@@ -11,15 +11,19 @@
 import { basename, dirname, join, resolve } from "node:path";
 import { SimTransport } from "./sim/transport.ts";
 import { PciTransport } from "./transport/pci.ts";
-import type { VirtioTransport } from "./transport/transport.ts";
+import type { NoticeSink, VirtioTransport } from "./virtio/transport.ts";
 import { VhostUserTransport } from "./transport/vhost_user.ts";
 
+/** The transport a port spec names. */
 export type PortKind = "sim" | "vhost-user" | "pci";
 
+/** A parsed port spec (`parsePortSpec`). */
 export interface PortSpec {
+  /** Which transport. */
   kind: PortKind;
   /** Device name (sim), socket path (vhost-user) or full PCI address `DDDD:BB:DD.F`. */
   target: string;
+  /** The `,key=value` options (a bare `key` has the value ""), checked by the transport. */
   options: Record<string, string>;
 }
 
@@ -72,12 +76,18 @@ export function formatPortSpec(spec: PortSpec): string {
 
 /**
  * What a spec points at, for spotting one device given twice: the spec text, except that a
- * vhost-user path is made absolute and its directory resolved (`/tmp//a.sock`, `./a.sock` from
- * /tmp and a symlinked directory all name /tmp/a.sock).
+ * vhost-user path is resolved to the socket file itself (`/tmp//a.sock`, `./a.sock` from /tmp, a
+ * symlinked directory and a symlink to the socket all name /tmp/a.sock). A socket not there yet
+ * is named by its resolved directory.
  */
 export function deviceKey(spec: PortSpec): string {
   if (spec.kind !== "vhost-user") return `${spec.kind}:${spec.target}`;
   const abs = resolve(spec.target);
+  try {
+    return `vhost-user:${Deno.realPathSync(abs)}`;
+  } catch {
+    // nothing there yet (a server-mode socket, a backend not started): resolve the directory
+  }
   let dir = dirname(abs);
   try {
     dir = Deno.realPathSync(dir);
@@ -87,14 +97,18 @@ export function deviceKey(spec: PortSpec): string {
   return `vhost-user:${join(dir, basename(abs))}`;
 }
 
-/** Open the transport a spec names. Errors (bad options, missing device) are one-line messages. */
-export function openTransport(spec: PortSpec | string): VirtioTransport {
+/**
+ * Open the transport a spec names; `notice` receives what it has to tell the user while it runs
+ * (vhost-user: backend lost, back, reconnect failures). Errors (bad options, missing device) are
+ * one-line messages.
+ */
+export function openTransport(spec: PortSpec | string, notice?: NoticeSink): VirtioTransport {
   const p = typeof spec === "string" ? parsePortSpec(spec) : spec;
   switch (p.kind) {
     case "sim":
       return SimTransport.fromSpec(p.target, p.options);
     case "vhost-user":
-      return VhostUserTransport.fromSpec(p.target, p.options);
+      return VhostUserTransport.fromSpec(p.target, p.options, notice);
     case "pci":
       return PciTransport.fromSpec(p.target, p.options);
   }

@@ -21,12 +21,12 @@
  * vpmd runs pinned to CPU 0, testpmd forwards on CPU 1.
  */
 import { parseArgs } from "cli-args";
-import { buildStreams } from "../mod/fwd/cli.ts";
+import { buildStreams } from "../mod/fwd/streams.ts";
 import { createEngine, type Engine, type Stream } from "../mod/fwd/engines.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { openTransport } from "../mod/portspec.ts";
-import type { VirtioTransport } from "../mod/transport/transport.ts";
+import type { VirtioTransport } from "../mod/virtio/transport.ts";
 import type { PipelineContext } from "../mod/pipeline/api.ts";
 import { createPipelineEngine } from "../mod/pipeline/engine.ts";
 import { PortCapture } from "../mod/pcap/capture.ts";

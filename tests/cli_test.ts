@@ -2,8 +2,10 @@
  * The CLI as a user runs it: `deno run -A main.ts ...` in a subprocess, with a hard timeout.
  */
 import assert from "assert";
-import { parseFwdArgs } from "../mod/fwd/cli.ts";
+import { parseFwdArgs } from "../cli/fwd.ts";
 import { MbufPool } from "../mod/mbuf.ts";
+import { NoticePrinter } from "../cli/notices.ts";
+import { withFake } from "./lib/fake_vhost.ts";
 import { peerTest } from "./lib/peers.ts";
 import { socketPath, Testpmd, testpmdPeer } from "./lib/testpmd.ts";
 
@@ -211,6 +213,154 @@ Deno.test("cli: one device given twice is refused, however its name is written",
     Deno.removeSync(`${dir}-link`);
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("cli: a vhost-user socket reached through a symlink to it is the same device", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-dup-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/a.sock`, ""); // what the name resolves to is all that counts
+    Deno.symlinkSync(`${dir}/a.sock`, `${dir}/b.sock`);
+    Deno.symlinkSync("a.sock", `${dir}/c.sock`);
+    for (const other of ["b.sock", "c.sock"]) {
+      assert.throws(
+        () => parseFwdArgs([`vhost-user:${dir}/a.sock`, `vhost-user:${dir}/${other}`]),
+        new RegExp(`ports 'vhost-user:${dir}/a.sock' and 'vhost-user:${dir}/${other}' are one`),
+      );
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: a vhost-user socket in a directory that does not exist: exit 2 at once", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-nodir-" });
+  try {
+    const t0 = performance.now();
+    const r = await vpmd(["fwd", `vhost-user:${dir}/gone/x.sock`, "--duration", "1"]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(
+      r.stderr.trim(),
+      `vpmd fwd: vhost-user:${dir}/gone/x.sock: cannot connect to unix socket ` +
+        `${dir}/gone/x.sock: the directory ${dir}/gone does not exist`,
+    );
+    assert.ok(performance.now() - t0 < 8000, "not the 10 s wait for a backend");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: a vhost-user backend that refuses a request or answers wrongly: exit 1, the port named once", async () => {
+  const cases = [
+    ["nack-mem", "the backend refused SET_MEM_TABLE (1)"], // at the port's start
+    ["wrong-reply", "expected a reply to GET_FEATURES, got GET_PROTOCOL_FEATURES (flags 0x5)"],
+  ];
+  for (const [mode, why] of cases) {
+    const path = socketPath(`cli-${mode}`);
+    await withFake(path, mode, async () => {
+      const r = await vpmd(["fwd", `vhost-user:${path}`, "--duration", "1"]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stderr.trim(), `vpmd fwd: vhost-user:${path}: ${why}`);
+    });
+  }
+});
+
+Deno.test("cli: a vhost-user backend that hangs up at SET_MEM_TABLE: told on stderr and in --json, retried less and less often", async () => {
+  const path = socketPath("cli-hangup");
+  const name = `vhost-user:${path}`;
+  await withFake(path, "hangup", async (fake) => {
+    const r = await vpmd(["fwd", name, "--duration", "3.5", "--json", "--stats-period", "0"]);
+    assert.equal(r.code, 0, r.stderr);
+    // Connections 200, 400, 800, 1000, 1000 ms apart (plus set-up time): about five in 3.5 s,
+    // where a fixed 100 ms gave 30.
+    const conns = (await fake.finish()).match(/conn/g)?.length ?? 0;
+    assert.ok(conns >= 3 && conns <= 7, `${conns} connections`);
+    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const summary = lines.pop();
+    assert.equal(summary.ports[0].name, name);
+    assert.equal(summary.ports[0].linkUp, false);
+    for (const e of lines) {
+      assert.deepEqual(Object.keys(e).filter((k) => k !== "suppressed"), [
+        "event",
+        "port",
+        "name",
+        "message",
+        "t",
+      ]);
+      assert.equal(e.port, 0);
+      assert.equal(e.name, name);
+      assert.ok(e.t >= 0 && e.t < 10);
+    }
+    // Every connection was lost, and all but the first one came back: shown or counted.
+    const count = (kind: string) =>
+      lines.filter((e) => e.event === kind).reduce((a, e) => a + 1 + (e.suppressed ?? 0), 0);
+    assert.equal(count("backend-lost"), conns, r.stdout);
+    assert.equal(count("backend-returned"), conns - 1, r.stdout);
+    assert.match(
+      lines[0].message,
+      /^backend lost \(set-up failed: SET_MEM_TABLE: .*\); link down; next attempt in 200 ms$/,
+    );
+    // stderr: the same, one line each, at most one of a kind per second.
+    const told = r.stderr.split("\n").filter((l) => l.startsWith(`Port 0 (${name}): backend`));
+    assert.equal(told.length, lines.length, r.stderr);
+    assert.ok(told.length <= 2 * 5, r.stderr);
+  });
+});
+
+Deno.test("cli: notices are shown once a second per port and kind, the rest counted", () => {
+  let now = 0;
+  const err: string[] = [];
+  const out: string[] = [];
+  const p = new NoticePrinter(
+    true,
+    { stderr: (l) => err.push(l), stdout: (l) => out.push(l) },
+    () => now,
+  );
+  const a = p.sink(0, "vhost-user:/a");
+  const b = p.sink(1, "vhost-user:/b");
+  a("backend-lost", "one");
+  now = 100;
+  a("backend-lost", "two"); // held back
+  a("backend-returned", "back"); // another kind: shown
+  b("backend-lost", "other port"); // another port: shown
+  now = 500;
+  a("backend-lost", "three"); // held back
+  now = 1200;
+  a("backend-lost", "four"); // a second after "one": shown, with the two held back
+  now = 1300;
+  a("backend-lost", "five"); // held back, shown by flush
+  a("backend-lost", "six");
+  p.flush();
+  p.endJson();
+  a("stop-failed", "after the summary"); // stderr only
+  assert.deepEqual(err, [
+    "Port 0 (vhost-user:/a): one",
+    "Port 0 (vhost-user:/a): back",
+    "Port 1 (vhost-user:/b): other port",
+    "Port 0 (vhost-user:/a): four (2 more like it not shown)",
+    "Port 0 (vhost-user:/a): six (1 more like it not shown)",
+    "Port 0 (vhost-user:/a): after the summary",
+  ]);
+  assert.deepEqual(out.map((l) => JSON.parse(l)), [
+    { event: "backend-lost", port: 0, name: "vhost-user:/a", message: "one", t: 0 },
+    { event: "backend-returned", port: 0, name: "vhost-user:/a", message: "back", t: 0.1 },
+    { event: "backend-lost", port: 1, name: "vhost-user:/b", message: "other port", t: 0.1 },
+    {
+      event: "backend-lost",
+      port: 0,
+      name: "vhost-user:/a",
+      message: "four",
+      t: 1.2,
+      suppressed: 2,
+    },
+    {
+      event: "backend-lost",
+      port: 0,
+      name: "vhost-user:/a",
+      message: "six",
+      t: 1.3,
+      suppressed: 1,
+    },
+  ]);
 });
 
 Deno.test("cli: a device with small queues works without --rxd/--txd", async () => {

@@ -444,7 +444,7 @@ peerTest(
   },
 );
 
-Deno.test("replay: done only once the device has taken every frame (none left to count as dropped at stop)", async () => {
+Deno.test("replay: done only once the device has taken every frame (none left to count as dropped at stop)", () => {
   const frames = Array.from({ length: 40 }, (_, i) => udp4({ sport: i }));
   const src = `${dir}/drain-in.pcap`;
   const w = PcapWriter.create(src);

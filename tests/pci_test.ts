@@ -15,15 +15,15 @@ import {
   PciCommand,
   virtioNetKind,
 } from "../mod/pci/config.ts";
-import { listDevices, runPciCommand } from "../mod/pci/commands.ts";
+import { listDevices, runPciCommand } from "../cli/pci.ts";
 import { PolledConfigChange } from "../mod/pci/interrupts.ts";
 import { normalizeAddress, parseResources, Sysfs } from "../mod/pci/sysfs.ts";
 import type { IoBar } from "../mod/pci/io_bar.ts";
 import { PciTransport } from "../mod/transport/pci.ts";
 import { LegacyPciTransport, LegacyReg } from "../mod/transport/pci_legacy.ts";
 import { CommonCfg } from "../mod/transport/pci_modern.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
-import type { QueueMemory } from "../mod/transport/transport.ts";
+import { TransportEvent } from "../mod/virtio/transport.ts";
+import type { QueueMemory } from "../mod/virtio/transport.ts";
 import { bit, NetConfig, NetFeature } from "../mod/virtio/constants.ts";
 
 // Configuration spaces (first bytes; the rest is zero) of the lab's NICs, bound to virtio-pci

@@ -99,3 +99,26 @@ Deno.test("unix socket: a listener that accepts nothing makes connect wait no lo
     }
   });
 });
+
+Deno.test("unix socket: a path in a directory that does not exist is an error at once", () => {
+  inTempDir("gone", (dir) => {
+    const path = `${dir}/x.sock`;
+    const t0 = performance.now();
+    assert.throws(
+      () => UnixSocket.connect(path, 10_000),
+      new RegExp(
+        `^Error: cannot connect to unix socket ${path}: the directory ${dir} does not exist$`,
+      ),
+    );
+    assert.ok(performance.now() - t0 < 2000, "no wait for the 10 s timeout");
+    assert.throws(
+      () => new UnixListener(path),
+      new RegExp(`^Error: cannot listen on ${path}: the directory ${dir} does not exist$`),
+    );
+    // Relative paths name their directory as given.
+    assert.throws(
+      () => UnixSocket.connect("no-such-dir-vpmd/x.sock", 10_000),
+      /directory no-such-dir-vpmd does not exist/,
+    );
+  });
+});

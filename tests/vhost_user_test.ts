@@ -7,8 +7,8 @@ import { DmaRegion } from "../ffi/dma.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
-import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
+import { type QueueMemory, TransportEvent } from "../mod/virtio/transport.ts";
+import { Notice, VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import {
   Avail,
   bit,
@@ -24,6 +24,7 @@ import {
 import { peerTest } from "./lib/peers.ts";
 import { socketPath, Testpmd, testpmdPeer } from "./lib/testpmd.ts";
 import { UnixListener } from "../ffi/socket.ts";
+import { type Fake, fakeBackend, withFake as withFakeAt } from "./lib/fake_vhost.ts";
 
 /**
  * A bare split-ring pair (RX queue 0, TX queue 1) driven straight through the transport, with no
@@ -893,7 +894,7 @@ Deno.test("vhost-user spec: a path that is not a socket is an error at once, and
   assert.ok(performance.now() - t0 < 2000, "no wait for the 10 s timeout");
   assert.throws(
     () => VhostUserTransport.fromSpec(file, { server: "", timeout: "1" }),
-    /,server: cannot listen there: .*notes\.txt exists and is not a socket: remove it or choose/,
+    /,server: .*notes\.txt exists and is not a socket: remove it or choose/,
   );
   assert.equal(Deno.readTextFileSync(file), "keep");
   assert.throws(
@@ -917,95 +918,37 @@ Deno.test("vhost-user spec: no backend is a clear error after the timeout (clien
   assert.throws(() => Deno.statSync(path), Deno.errors.NotFound);
 });
 
+Deno.test("vhost-user spec: a socket in a directory that does not exist is an error at once", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "vpmd-vu-" });
+  const path = `${dir}/gone/x.sock`;
+  try {
+    const t0 = performance.now();
+    assert.throws(
+      () => VhostUserTransport.fromSpec(path, { timeout: "10" }),
+      new RegExp(
+        `^Error: vhost-user:${path}: cannot connect to unix socket ${path}: ` +
+          `the directory ${dir}/gone does not exist$`,
+      ),
+    );
+    assert.throws(
+      () => VhostUserTransport.fromSpec(path, { server: "", timeout: "10" }),
+      new RegExp(
+        `^Error: vhost-user:${path},server: cannot listen on ${path}: ` +
+          `the directory ${dir}/gone does not exist$`,
+      ),
+    );
+    assert.ok(performance.now() - t0 < 2000, "no wait for the 10 s timeout");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 // ---- a misbehaving backend (a small fake in a subprocess) -------------------------------------
 
-/**
- * A fake vhost-user backend: listens on `path`, answers the handshake (VERSION_1 and protocol
- * features REPLY_ACK and STATUS) and then misbehaves as `mode` says: `nack-mem` refuses
- * SET_MEM_TABLE, `hangup` closes the connection at SET_MEM_TABLE, `wrong-reply` answers
- * GET_FEATURES with a reply to another request, `short-reply` answers GET_PROTOCOL_FEATURES with
- * no payload, `nack-enable` refuses SET_VRING_ENABLE, `drop-features-ok` answers GET_STATUS
- * without FEATURES_OK. It prints "status N" for each SET_STATUS, "mem" at SET_MEM_TABLE and
- * "closed" when the front-end hangs up.
- */
-function fakeBackend(path: string, mode: string): Deno.ChildProcess {
-  const socketUrl = new URL("../ffi/socket.ts", import.meta.url).href;
-  const code = `
-    import { UnixListener } from "${socketUrl}";
-    const [path, mode] = Deno.args;
-    const l = new UnixListener(path);
-    const s = l.accept(10000);
-    const hdr = new Uint8Array(12), dv = new DataView(hdr.buffer), body = new Uint8Array(512);
-    const fds = [];
-    let status = 0;
-    const reply = (req, u64, size = 8) => {
-      const m = new Uint8Array(12 + size), v = new DataView(m.buffer);
-      v.setUint32(0, req, true); v.setUint32(4, 1 | 4, true); v.setUint32(8, size, true);
-      if (size === 8) v.setBigUint64(12, BigInt(u64), true);
-      s.send(m);
-    };
-    try {
-      for (;;) {
-        s.recvExact(hdr, 12, fds, 10000);
-        const req = dv.getUint32(0, true), flags = dv.getUint32(4, true), size = dv.getUint32(8, true);
-        if (size) s.recvExact(body, size, fds, 10000);
-        if (req === 39) status = Number(new DataView(body.buffer).getBigUint64(0, true));
-        if (req === 39) console.log("status " + status);
-        if (req === 5) console.log("mem");
-        if (req === 1) reply(mode === "wrong-reply" ? 15 : 1, (1n << 32n) | (1n << 30n));
-        else if (req === 15) reply(15, (1n << 3n) | (1n << 16n), mode === "short-reply" ? 0 : 8);
-        else if (req === 40) reply(40, mode === "drop-features-ok" ? status & ~8 : status);
-        else if (req === 5 && mode === "hangup") break;
-        else if (flags & 8) {
-          const refuse = (req === 5 && mode === "nack-mem") || (req === 18 && mode === "nack-enable");
-          reply(req, refuse ? 1 : 0);
-        }
-      }
-    } catch { console.log("closed"); }
-    s.close(); l.close();
-  `;
-  return new Deno.Command(Deno.execPath(), {
-    args: ["eval", code, path, mode],
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-}
-
-/** Run `fn` against a fake backend in `mode`; `out` reads what the fake prints. Cleans up after. */
-async function withFake(
-  mode: string,
-  fn: (path: string, out: ReadableStreamDefaultReader<string>) => void | Promise<void>,
-): Promise<void> {
+/** Run `fn` against a fake backend (tests/lib/fake_vhost.ts) in `mode` on a fresh socket path. */
+function withFake(mode: string, fn: (path: string, fake: Fake) => void | Promise<void>) {
   const path = socketPath(`fake-${mode}`);
-  const child = fakeBackend(path, mode);
-  const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  try {
-    await fn(path, out);
-  } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await out.cancel();
-    await child.status;
-    try {
-      Deno.removeSync(path);
-    } catch {
-      // removed by the fake
-    }
-  }
-}
-
-/** Read a child's output until it matches `re` (or ends); returns all of it. */
-async function readUntil(out: ReadableStreamDefaultReader<string>, re: RegExp): Promise<string> {
-  let text = "";
-  while (!re.test(text)) {
-    const { value, done } = await out.read();
-    if (done) break;
-    text += value;
-  }
-  return text;
+  return withFakeAt(path, mode, (fake) => fn(path, fake));
 }
 
 function startOn(t: VhostUserTransport): () => void {
@@ -1060,7 +1003,7 @@ Deno.test("vhost-user: a reply without its payload is an error, not a stale valu
 });
 
 Deno.test("vhost-user: a start the backend refuses part-way ends the connection (it lets go of our memory)", async () => {
-  await withFake("nack-enable", async (path, out) => {
+  await withFake("nack-enable", async (path, fake) => {
     const t = new VhostUserTransport({ path });
     const pool = new MbufPool({ count: 1024, kind: "memfd" });
     const port = new Port(0, t);
@@ -1069,7 +1012,7 @@ Deno.test("vhost-user: a start the backend refuses part-way ends the connection 
       // Memory table, rings, kick and call fds are handed over before SET_VRING_ENABLE is refused.
       assert.throws(() => port.start(), /refused SET_VRING_ENABLE/);
       // Port, pool and transport are still open: the backend saw the connection end all the same.
-      assert.match(await readUntil(out, /closed/), /mem[^]*closed/);
+      assert.match(await fake.readUntil(/closed/), /mem[^]*closed/);
       assert.equal(t.linkStats.lost, 1);
     } finally {
       port.close();
@@ -1080,9 +1023,9 @@ Deno.test("vhost-user: a start the backend refuses part-way ends the connection 
 });
 
 Deno.test("vhost-user: a backend that drops FEATURES_OK (GET_STATUS) fails the start before any memory is handed over", async () => {
-  await withFake("drop-features-ok", async (path, out) => {
+  await withFake("drop-features-ok", async (path, fake) => {
     const logs: string[] = [];
-    const t = new VhostUserTransport({ path, log: (m) => logs.push(m) });
+    const t = new VhostUserTransport({ path, notice: (k, m) => logs.push(`${k}: ${m}`) });
     const pool = new MbufPool({ count: 1024, kind: "memfd" });
     const port = new Port(0, t);
     try {
@@ -1098,7 +1041,7 @@ Deno.test("vhost-user: a backend that drops FEATURES_OK (GET_STATUS) fails the s
       t.close();
       // ACKNOWLEDGE, DRIVER, FEATURES_OK (dropped by the backend), then the port's reset and
       // FAILED (3.1.1); never the memory table, never DRIVER_OK.
-      const seen = await readUntil(out, /closed/);
+      const seen = await fake.readUntil(/closed/);
       assert.deepEqual(seen.match(/status \d+|mem/g), [
         "status 1",
         "status 3",
@@ -1121,7 +1064,7 @@ Deno.test("vhost-user: reconnecting to a backend that never answers, or to no so
   const logs: string[] = [];
   let t: VhostUserTransport | null = null;
   try {
-    t = new VhostUserTransport({ path, log: (m) => logs.push(m) });
+    t = new VhostUserTransport({ path, notice: (k, m) => logs.push(`${k}: ${m}`) });
     child.kill("SIGKILL");
     await child.output();
     // A listener that never accepts nor answers takes the path: each attempt connects, then
@@ -1140,15 +1083,21 @@ Deno.test("vhost-user: reconnecting to a backend that never answers, or to no so
     const longest = pollFor(4000, () => failed().length >= 2);
     deaf.close();
     assert.equal(t.linkStats.lost, 1);
-    assert.match(failed()[0], /no answer from the peer within 500 ms.*next attempt in 200 ms/);
-    assert.match(failed()[1], /next attempt in 400 ms/);
+    // The connection ended soon after it began: a failure like the attempts that follow, each
+    // doubling the wait.
+    assert.match(logs[0], /^backend-lost: .*next attempt in 200 ms$/);
+    assert.match(
+      failed()[0],
+      /^reconnect-failed: .*no answer from the peer within 500 ms.*next attempt in 400 ms$/,
+    );
+    assert.match(failed()[1], /next attempt in 800 ms/);
     assert.ok(longest < 1500, `a poll took ${longest.toFixed(0)} ms`);
     // Now the socket's directory becomes a file: connect fails with ENOTDIR, which is reported
     // and retried, not thrown out of poll().
     Deno.removeSync(dir, { recursive: true });
     Deno.writeTextFileSync(dir, "not a directory");
     pollFor(2000, () => failed().length >= 3);
-    assert.match(failed()[2], /connect.*Not a directory.*next attempt in 800 ms/);
+    assert.match(failed()[2], /connect.*Not a directory.*next attempt in 1000 ms/);
   } finally {
     t?.close();
     try {
@@ -1159,6 +1108,169 @@ Deno.test("vhost-user: reconnecting to a backend that never answers, or to no so
     await child.status;
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+/** A transport on `path` whose notices land in `notices` as "kind: message". */
+function noticed(path: string, notices: string[]): VhostUserTransport {
+  return new VhostUserTransport({ path, notice: (k, m) => notices.push(`${k}: ${m}`) });
+}
+
+/**
+ * Port 0 on a fake `ctrl-tamper` backend that, once the port runs, keeps the control ring's
+ * avail.idx `ahead` of its used.idx for `secs` seconds (every descriptor a link in an endless
+ * chain), then runs `check` with the port, its transport, its notices and the fake.
+ */
+async function tamperedCtrl(
+  ahead: number,
+  secs: number,
+  check: (port: Port, t: VhostUserTransport, notices: string[], fake: Fake) => Promise<void>,
+): Promise<void> {
+  await withFake("ctrl-tamper", async (path, fake) => {
+    const notices: string[] = [];
+    const t = noticed(path, notices);
+    // Where the port puts its control ring (queue 2): the fake is told, as a backend could find.
+    const queues: QueueMemory[] = [];
+    const setupQueue = t.setupQueue.bind(t);
+    t.setupQueue = (q) => {
+      queues.push(q);
+      setupQueue(q);
+    };
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t);
+    try {
+      port.configure({ pool });
+      port.start();
+      const q = queues.find((q) => q.index === 2)!;
+      const at = (off: number) => q.region.addr + off;
+      const avail = at(q.availOffset + Avail.IDX);
+      const used = at(q.usedOffset + Used.IDX);
+      const line = `${at(q.descOffset)} ${avail} ${used} ${q.size} ${ahead} ${secs}\n`;
+      await fake.stdin.write(new TextEncoder().encode(line));
+      await fake.readUntil(/tampering/);
+      // Its first write has landed (nothing served yet: nothing polled).
+      const u16 = q.region.u16;
+      const moved = () =>
+        u16[(q.availOffset + Avail.IDX) >> 1] !== u16[(q.usedOffset + Used.IDX) >> 1];
+      for (const end = Date.now() + 5000; !moved() && Date.now() < end;) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      assert.ok(moved(), "the fake backend wrote nothing");
+      await check(port, t, notices, fake);
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
+    }
+  });
+}
+
+/** 1000 polls of `port`, within 2.5 s; returns how many were done. */
+function thousandPolls(port: Port): [number, number] {
+  let polls = 0;
+  const t0 = performance.now();
+  for (const end = t0 + 2500; polls < 1000 && performance.now() < end; polls++) port.poll();
+  return [polls, performance.now() - t0];
+}
+
+Deno.test("vhost-user: a backend that keeps the control ring's avail index one behind cannot stall poll()", async () => {
+  await tamperedCtrl(-1, 3, async (port, t, notices, fake) => {
+    // avail.idx stays one behind used.idx (65535 ahead), every chain endless: served, that is
+    // 65535 chains of 64 descriptors in every poll (seconds each here). 1000 polls take
+    // milliseconds when the index is refused; the bound is generous.
+    const [polls, took] = thousandPolls(port);
+    assert.equal(polls, 1000, `only ${polls} polls in ${took.toFixed(0)} ms`);
+    spin(200, () => port.poll()); // the backend still rewrites the index: told once all the same
+    const told = notices.filter((n) => n.startsWith(`${Notice.CTRL_RING_ERROR}:`));
+    assert.equal(told.length, 1, notices.join("\n"));
+    assert.match(
+      told[0],
+      /^ctrl-ring-error: control queue: avail\.idx \d+ with \d+ served, not within the ring's 64 entries ahead, which the driver never writes/,
+    );
+    assert.equal(t.ctrlStats.ringErrors, 1);
+    // The queue is not served any more: the driver's next command fails, and says so.
+    assert.match(await fake.readUntil(/tampered \d+/), /tampered [1-9]/);
+    assert.throws(() => port.setPromiscuous(false), /did not answer on the control queue/);
+    // A restart sets the queue up afresh, and it is served again.
+    port.stop();
+    port.start();
+    const ok = t.ctrlStats.ok;
+    port.setPromiscuous(false);
+    assert.equal(t.ctrlStats.ok, ok + 1);
+  });
+});
+
+Deno.test("vhost-user: a backend that keeps a full control ring of endless chains gets one served", async () => {
+  await tamperedCtrl(64, 1, async (port, t, notices, fake) => {
+    const [polls, took] = thousandPolls(port);
+    assert.equal(polls, 1000, `only ${polls} polls in ${took.toFixed(0)} ms`);
+    assert.equal(t.ctrlStats.malformed, 1);
+    assert.equal(notices.length, 1, notices.join("\n"));
+    assert.match(
+      notices[0],
+      /^ctrl-ring-error: control queue: a malformed command chain \(descriptor 0\), which the driver never writes/,
+    );
+    await fake.readUntil(/tampered/);
+  });
+});
+
+Deno.test("vhost-user: a backend that hangs up at SET_MEM_TABLE is retried less and less often, every loss told", async () => {
+  await withFake("hangup", (path) => {
+    const notices: string[] = [];
+    const t = noticed(path, notices);
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t, { log: (m) => notices.push(`port: ${m}`) });
+    try {
+      port.configure({ pool });
+      port.start(); // the hang-up is a link down, not an error
+      assert.equal(port.linkUp, false);
+      spin(3500, () => port.poll());
+      // Waits of 200, 400, 800, 1000 ms (plus set-up time): about five connections in 3.5 s,
+      // where a fixed 100 ms gave 30.
+      const lost = notices.filter((n) => n.startsWith(`${Notice.BACKEND_LOST}:`));
+      const back = notices.filter((n) => n.startsWith(`${Notice.BACKEND_RETURNED}:`));
+      assert.ok(t.linkStats.returned >= 2 && t.linkStats.returned <= 6, notices.join("\n"));
+      assert.equal(lost.length, t.linkStats.lost);
+      assert.equal(back.length, t.linkStats.returned);
+      assert.match(lost[0], /set-up failed: SET_MEM_TABLE: .*peer closed the connection/);
+      assert.deepEqual(
+        lost.slice(0, 4).map((n) => Number(/next attempt in (\d+) ms$/.exec(n)?.[1])),
+        [200, 400, 800, 1000],
+      );
+      assert.equal(port.linkUp, false);
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
+    }
+  });
+});
+
+Deno.test("vhost-user: a backend that does not answer GET_VRING_BASE at stop is told, and let go of within a second", async () => {
+  await withFake("deaf-stop", async (path, fake) => {
+    const notices: string[] = [];
+    const t = noticed(path, notices);
+    const pool = new MbufPool({ count: 1024, kind: "memfd" });
+    const port = new Port(0, t);
+    try {
+      port.configure({ pool });
+      port.start();
+      assert.equal(port.linkUp, true);
+      const t0 = performance.now();
+      port.stop();
+      const took = performance.now() - t0;
+      assert.ok(took < 3000, `stopping took ${took.toFixed(0)} ms`);
+      assert.equal(notices.length, 1, notices.join("\n"));
+      assert.match(
+        notices[0],
+        /^stop-failed: stopping the vrings failed: GET_VRING_BASE: unix socket: no answer from the peer within 1000 ms; connection closed$/,
+      );
+      assert.match(await fake.readUntil(/closed/), /mem[^]*closed/); // the backend saw the end
+    } finally {
+      port.close();
+      pool.close();
+      t.close();
+    }
+  });
 });
 
 Deno.test("vhost-user: a reply to the wrong request is an error naming both", async () => {

@@ -16,15 +16,20 @@
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import { writeTestFrame } from "../testframe.ts";
-import { Eth } from "../virtio/constants.ts";
+import { Eth } from "../eth.ts";
 
+/** The forwarding modes, as `vpmd fwd --mode` names them. */
 export const MODES = ["io", "mac", "macswap", "rxonly", "txonly"] as const;
+/** A forwarding mode (see the module comment). */
 export type Mode = typeof MODES[number];
 
 /** One forwarding stream: frames received on `rx` queue `queue` leave on `tx` queue `queue`. */
 export interface Stream {
+  /** Port frames are received on. */
   rx: Port;
+  /** Port frames leave on (txonly sends here; rxonly sends nothing). */
   tx: Port;
+  /** Queue pair used on both ports. */
   queue: number;
   /** The burst array (mbuf numbers), allocated once per stream. */
   pkts: Uint32Array;
@@ -33,8 +38,11 @@ export interface Stream {
 /** Runs one burst on a stream; returns the packets it moved (received, or sent for txonly). */
 export type Engine = (s: Stream) => number;
 
+/** What `createEngine` needs. */
 export interface EngineOptions {
+  /** The pool the ports receive into (txonly builds its frames there). */
   pool: MbufPool;
+  /** Most frames per burst (at most each stream's `pkts.length`). */
   burst: number;
   /** Destination MAC per port id (mac and txonly engines). */
   peers: Uint8Array[];
@@ -91,6 +99,7 @@ function dropRunts(s: Stream, pool: MbufPool, n: number): number {
   return j;
 }
 
+/** The engine for `mode`: a function that runs one burst on a stream. */
 export function createEngine(mode: Mode, opts: EngineOptions): Engine {
   const { pool, burst } = opts;
   const starved = buffersOfLargestFrame(pool);

@@ -12,6 +12,7 @@ import { setImmediate } from "node:timers";
 import type { Port } from "../port.ts";
 import type { Engine, Stream } from "./engines.ts";
 
+/** When `ForwardLoop.run` returns, and what it calls meanwhile. */
 export interface RunOptions {
   /** Stop at this `performance.now()` time (ms); default: never. */
   untilMs?: number;
@@ -39,9 +40,13 @@ export function idlePause(): void {
   for (let i = 0; i < IDLE_PAUSES; i++) Atomics.pause();
 }
 
+/** Runs an engine on every stream and polls every port until told to stop. */
 export class ForwardLoop {
+  /** Ports polled after every iteration. */
   readonly ports: Port[];
+  /** Streams the engine runs on, each once per iteration. */
   readonly streams: Stream[];
+  /** The forwarding engine (`createEngine`). */
   readonly engine: Engine;
   /** Time between turns given to the event loop. */
   readonly yieldMs: number;
@@ -50,6 +55,7 @@ export class ForwardLoop {
   #stopped = false;
   #checkEvery = 256;
 
+  /** A loop over started `ports`; it gives the event loop a turn every `yieldMs`. */
   constructor(ports: Port[], streams: Stream[], engine: Engine, yieldMs = 2) {
     this.ports = ports;
     this.streams = streams;
@@ -62,6 +68,7 @@ export class ForwardLoop {
     this.#stopped = true;
   }
 
+  /** True once `stop()` was called (until the next `drain`). */
   get stopRequested(): boolean {
     return this.#stopped;
   }

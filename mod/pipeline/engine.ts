@@ -15,7 +15,7 @@
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import type { Engine, Stream } from "../fwd/engines.ts";
-import { Eth } from "../virtio/constants.ts";
+import { Eth } from "../eth.ts";
 import {
   aimBurst,
   Burst,

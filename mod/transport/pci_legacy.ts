@@ -7,7 +7,8 @@
  * on a 4096-byte boundary, located by its page frame number; the device decides the size).
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import { PciCommand } from "../pci/config.ts";
+import { IsrBit, PciCommand } from "../pci/config.ts";
+import { requirePhysical } from "../pci/dma.ts";
 import type { ConfigChangeSource } from "../pci/interrupts.ts";
 import type { IoBar } from "../pci/io_bar.ts";
 import type { PciFunction } from "../pci/sysfs.ts";
@@ -25,7 +26,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 
 /** 4.1.4.10: the legacy header in BAR0 (byte offsets and widths in the comments). */
 export const LegacyReg = {
@@ -50,12 +51,6 @@ export const LegacyReg = {
   DEVICE_CONFIG_MSIX: 24,
   /** The queue address register counts 4096-byte pages. */
   QUEUE_ADDRESS_SHIFT: 12,
-} as const;
-
-/** 4.1.4.5 ISR status bits (the legacy ISR register has the same meaning). */
-export const IsrBit = {
-  QUEUE: 1,
-  CONFIG: 2,
 } as const;
 
 /** How long `reset` waits for the status to read back 0. */
@@ -223,15 +218,5 @@ export class LegacyPciTransport implements VirtioTransport {
       this.interrupts.close();
       this.bar.close();
     }
-  }
-}
-
-/** PCI devices without an IOMMU reach only memory addressed physically (ffi/dma.ts "physical"). */
-export function requirePhysical(address: string, region: DmaRegion): void {
-  if (region.kind !== "physical") {
-    throw new Error(
-      `${address}: DMA memory must be 'physical' (hugepages with physical addresses), ` +
-        `not '${region.kind}'`,
-    );
   }
 }

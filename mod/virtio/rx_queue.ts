@@ -25,12 +25,27 @@
  * sets the pace (docs/performance.md).
  *
  * The device is not trusted: every used entry is checked (id in range and held by the device,
- * length within what was posted, num_buffers within the entries that are there). A bad entry is
- * counted in `rxErrors` and dropped; a buffer is never lost or handed out twice. Which
- * descriptors the device holds is kept as the avail position each was last offered at
+ * length within what was posted, num_buffers within the entries that are there). A frame with a
+ * bad entry is dropped and counted once in `rxErrors` (and `rxDropped`), however many buffers it
+ * spans; a buffer is never lost or handed out twice. A used.idx more than a ring ahead (or behind)
+ * is no frame: it is counted in `rxIdxErrors`, once per bad value, and the queue waits for a sane
+ * one. Which descriptors the device holds is kept as the avail position each was last offered at
  * (`#postedAt`): a descriptor is the device's when that position was published and it has not
  * come back since. Taking one back and offering it again is then one write, with no second pass
  * over the burst's avail entries to mark them once they are published.
+ *
+ * What a frame is when the device's framing breaks (mergeable, 5.1.6.4): a frame is a first used
+ * entry and the num_buffers - 1 after it (one error when any of them is bad). When the first entry
+ * does not give num_buffers (its id names no buffer the device holds, it is shorter than the
+ * header, or its count is 0 or runs past the entries published), the frame is that entry and those
+ * after it up to the first of: an entry shorter than a whole buffer (a frame spread over buffers
+ * fills each but its last: that one ends it), or the used index published (devices publish whole
+ * frames; a frame that runs past it is an error in itself). That is one error, one drop
+ * (`#dropBroken`). The end is found from used lengths alone, never from buffer contents: the
+ * buffers after a bad entry may be the rest of its frame, whose bytes a sender chose, and no piece
+ * of a frame may pass for a frame. A broken frame whose last buffer is exactly full shows no end:
+ * the drop then runs on to the next short entry or the published index, one error for what the
+ * device meant as more than one frame.
  *
  * With VIRTIO_F_IN_ORDER (2.7.9) buffers are offered in ring order (descriptor i at every avail
  * position p with p mod size = i: `fill()` starts so, and every buffer goes back at the next
@@ -42,10 +57,10 @@
  * see one entry per buffer either way.
  */
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "./transport.ts";
 import { Avail, Desc, NetHdr } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
-import type { PortStats } from "../port.ts";
+import type { PortStats } from "./stats.ts";
 import { vlanStrip } from "../vlan.ts";
 
 /** Avail positions are counted modulo 2^31 (`#availIdx`, `#postedAt`); avail.idx is the low 16 bits. */
@@ -116,8 +131,13 @@ export class RxQueue {
   #expandedEnd = -1;
   /** In order: a burst stopped at an entry not in its place; expand from `#lastUsed`. */
   #mustExpand = false;
-  /** Mergeable: an entry was bad; read num_buffers of every buffer until a frame checks out. */
-  #resync = false;
+  /**
+   * Mergeable, in order: a broken frame's drop stopped at an entry to spell out (`#expand`); the
+   * next burst goes on dropping (`#dropBroken`) before it looks for a frame.
+   */
+  #dropping = false;
+  /** The avail position after `#dropBroken`'s reposts. */
+  #dropAvailIdx = 0;
   /** Descriptors whose new buffer's address the burst writes after its loop (`#writeDeferred`). */
   readonly #deferred: Uint16Array;
 
@@ -214,12 +234,14 @@ export class RxQueue {
     const pending = (usedIdx - this.#lastUsed) & 0xffff;
     if (pending === 0) return 0;
     if (pending > ring.size) {
-      // The device claims more completions than descriptors exist (2.7.8): nothing in the range
-      // can be trusted. Count it once per bad value and wait for a sane used.idx.
+      // The device claims more completions than descriptors exist, or moved used.idx back
+      // (2.7.8): nothing in the range can be trusted. No frame is lost by it (the entries are
+      // read once a sane used.idx is published), so it is not an rxError: counted apart, once
+      // per bad value.
       if (usedIdx !== this.#badUsedIdx) {
         this.#badUsedIdx = usedIdx;
-        this.stats.rxErrors++;
-        this.#totals.rxErrors++;
+        this.stats.rxIdxErrors++;
+        this.#totals.rxIdxErrors++;
       }
       return 0;
     }
@@ -425,7 +447,6 @@ export class RxQueue {
     const portArr = pool.port;
     const portId = this.#portId;
     const DEVICE_HEADER = MbufFlag.DEVICE_HEADER;
-    let resync = this.#resync;
     const oldAvail = this.#availIdx;
     const lastPublished = oldAvail - 1;
     let availIdx = oldAvail;
@@ -438,6 +459,11 @@ export class RxQueue {
     const defer = ((usedIdx - this.#lastUsed) & 0xffff) > max;
     const deferred = this.#deferred;
     let nDeferred = 0;
+    if (this.#dropping) {
+      // The rest of a broken frame, spelled out since (counted when it was seen).
+      used = this.#dropBroken(used, usedIdx, entries, usedRing, fromRing, availIdx, lastPublished);
+      availIdx = this.#dropAvailIdx;
+    }
     while (n < max && used !== usedIdx) {
       // First buffer of a frame: its header says how many used entries the frame has.
       let e = usedRing + 2 * (used & mask);
@@ -452,27 +478,30 @@ export class RxQueue {
           this.#mustExpand = true;
           break;
         }
-        used = (used + 1) & 0xffff;
-        errors++; // as in #burstOne: repost what stood at this position
-        resync = true;
-        const lost = u16[availRing + ((used - 1) & mask)];
-        if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
-          u16[availRing + (availIdx & mask)] = lost;
-          postedAt[lost] = availIdx++;
-        }
+        // Names no buffer of ours: how many entries the frame has is unknown.
+        errors++;
+        used = this.#dropBroken(
+          used,
+          usedIdx,
+          entries,
+          usedRing,
+          fromRing,
+          availIdx,
+          lastPublished,
+        );
+        availIdx = this.#dropAvailIdx;
+        if (this.#mustExpand) break;
         continue;
       }
       used = (used + 1) & 0xffff;
       // num_buffers (le16), read only from a full buffer: a frame spread over buffers fills all
       // but its last (5.1.6.4.1), so a first buffer with room left is the whole frame. The
       // header's line is then left in the device's cache; the TX queue does not read it either
-      // (DEVICE_HEADER). After an error it is read from every buffer until a frame checks out:
-      // the entries after a bad one may be the rest of its frame, buffers without a header.
-      // One u16 load when it sits at an even offset (buffers are 64-byte aligned, so whenever
-      // the headroom is even).
+      // (DEVICE_HEADER). One u16 load when it sits at an even offset (buffers are 64-byte
+      // aligned, so whenever the headroom is even).
       let nb = 1;
       if (len < hdr) nb = 0;
-      else if (len >= postLen || resync) {
+      else if (len >= postLen) {
         const nbAt = bufOff[buf[id]] + numBuffersOff;
         nb = evenNb ? words16[nbAt >>> 1] : bytesArr[nbAt] | (bytesArr[nbAt + 1] << 8);
       }
@@ -480,9 +509,17 @@ export class RxQueue {
       if (nb === 0 || nb - 1 > left) {
         // Too short for a header, no count, or more buffers than the device has returned.
         errors++;
-        resync = true;
-        u16[availRing + (availIdx & mask)] = id;
-        postedAt[id] = availIdx++;
+        used = this.#dropBroken(
+          (used - 1) & 0xffff,
+          usedIdx,
+          entries,
+          usedRing,
+          fromRing,
+          availIdx,
+          lastPublished,
+        );
+        availIdx = this.#dropAvailIdx;
+        if (this.#mustExpand) break;
         continue;
       }
       if (nb === 1 && len <= postLen) {
@@ -513,7 +550,6 @@ export class RxQueue {
         flags[m] = DEVICE_HEADER;
         portArr[m] = portId;
         pkts[n++] = m;
-        resync = false;
         bytes += l;
         continue;
       }
@@ -562,10 +598,9 @@ export class RxQueue {
         if (len > postLen || len === 0) bad = true;
       }
       if (bad || pool.available < taken) {
-        if (bad) {
-          errors++;
-          resync = true;
-        } else noMbuf++;
+        // num_buffers came from a header we can trust, so the next entry starts a frame.
+        if (bad) errors++;
+        else noMbuf++;
         for (let k = 0; k < taken; k++) {
           u16[availRing + (availIdx & mask)] = segId[k];
           postedAt[segId[k]] = availIdx++;
@@ -595,14 +630,69 @@ export class RxQueue {
       flags[head] = DEVICE_HEADER;
       portArr[head] = portId;
       pkts[n++] = head;
-      resync = false;
       bytes += total;
     }
     this.#lastUsed = used;
-    this.#resync = resync;
     if (nDeferred !== 0) this.#writeDeferred(nDeferred);
     this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
     return n;
+  }
+
+  /**
+   * Drop a broken frame from used position `from` (see the module comment): give back every
+   * buffer of its entries, the one an entry names when the device holds it, else the one offered
+   * at the entry's position (devices use RX buffers in avail order), up to and including the first
+   * entry shorter than a whole buffer, or to `usedIdx`. Returns the position after it; the avail
+   * position after the reposts is left in `#dropAvailIdx`. In order, reading the ring, it stops at
+   * an entry not in its place (`#mustExpand`, `#dropping`: the next burst goes on from the copy).
+   * At most `usedIdx - from` entries, which `burst` keeps within the ring size.
+   */
+  #dropBroken(
+    from: number,
+    usedIdx: number,
+    entries: Uint32Array,
+    usedRing: number,
+    fromRing: boolean,
+    availIdx: number,
+    lastPublished: number,
+  ): number {
+    const ring = this.ring;
+    const mask = ring.mask;
+    const size = ring.size;
+    const u16 = ring.u16;
+    const availRing = ring.availRing16;
+    const postedAt = this.#postedAt;
+    const inOrder = this.#inOrder;
+    const postLen = this.#postLen;
+    let used = from;
+    this.#dropping = false;
+    while (used !== usedIdx) {
+      const e = usedRing + 2 * (used & mask);
+      const id = entries[e];
+      const len = entries[e + 1];
+      let back = id;
+      if (
+        inOrder
+          ? id !== (used & mask)
+          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
+      ) {
+        if (inOrder && fromRing) {
+          this.#mustExpand = true;
+          this.#dropping = true;
+          break;
+        }
+        back = u16[availRing + (used & mask)];
+        if (back >= size || ((lastPublished - postedAt[back]) & POS_MASK) >= HELD_SPAN) back = -1;
+      }
+      used = (used + 1) & 0xffff;
+      if (back >= 0) {
+        u16[availRing + (availIdx & mask)] = back;
+        postedAt[back] = availIdx++;
+      }
+      if (len < postLen) break;
+    }
+    this.#dropAvailIdx = availIdx;
+    return used;
   }
 
   /** The new addresses of the first `count` descriptors in `#deferred`, in one pass. */
@@ -674,7 +764,7 @@ export class RxQueue {
   release(): void {
     this.#expandedEnd = -1;
     this.#mustExpand = false;
-    this.#resync = false;
+    this.#dropping = false;
     const buf = this.#buf;
     for (let i = 0; i < buf.length; i++) {
       if (buf[i] !== NONE) this.pool.free(buf[i]);

@@ -38,10 +38,10 @@
  * once, only when the device asks.
  */
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "./transport.ts";
 import { Avail, Desc } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
-import type { PortStats } from "../port.ts";
+import type { PortStats } from "./stats.ts";
 import { vlanInsert } from "../vlan.ts";
 
 /** A frame received with a device-written header (mbuf.ts): sent behind the zero header, unread. */

@@ -3,7 +3,7 @@
  * generators are off unless asked for), the pipeline engine forwards them through the real
  * driver queues, and what each sim's wire was given to send is collected (copies).
  */
-import { buildStreams, reclaimSent } from "../../mod/fwd/cli.ts";
+import { buildStreams, reclaimSent } from "../../mod/fwd/streams.ts";
 import { ForwardLoop } from "../../mod/fwd/loop.ts";
 import { MbufPool } from "../../mod/mbuf.ts";
 import { Port } from "../../mod/port.ts";

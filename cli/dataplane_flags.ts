@@ -15,8 +15,8 @@
  *
  * Every malformed value is an Error with a one-line message (the CLI turns it into exit 2).
  */
-import type { CaptureDir, CaptureSpec } from "../pcap/capture.ts";
-import { MAX_SNAPLEN } from "../pcap/format.ts";
+import type { CaptureDir, CaptureSpec } from "../mod/pcap/capture.ts";
+import { MAX_SNAPLEN } from "../mod/pcap/format.ts";
 
 /** parseArgs option definitions for these flags (merged into `vpmd fwd`'s). */
 export const DATAPLANE_FLAGS = {

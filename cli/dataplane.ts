@@ -5,17 +5,17 @@
  * the pipeline's `init`) and attaches the captures, `summary` and `account` add to the summary,
  * `close` calls the pipeline's `close` and closes the capture files.
  */
-import type { MbufPool } from "../mbuf.ts";
-import type { Port } from "../port.ts";
-import type { PipelineContext, PipelinePort } from "../pipeline/api.ts";
-import { createPipelineEngine, type PipelineStats } from "../pipeline/engine.ts";
-import { type LoadedPipeline, loadPipeline } from "../pipeline/load.ts";
-import { PortCapture } from "../pcap/capture.ts";
-import { type PcapFrames, readPcap } from "../pcap/reader.ts";
-import { createReplayEngine, segmentsFor } from "../pcap/replay.ts";
-import { CaptureClock, PcapWriter } from "../pcap/writer.ts";
-import { Ether } from "../packet/ether.ts";
-import type { Engine, Mode } from "./engines.ts";
+import type { MbufPool } from "../mod/mbuf.ts";
+import type { Port } from "../mod/port.ts";
+import type { PipelineContext, PipelinePort } from "../mod/pipeline/api.ts";
+import { createPipelineEngine, type PipelineStats } from "../mod/pipeline/engine.ts";
+import { type LoadedPipeline, loadPipeline } from "../mod/pipeline/load.ts";
+import { PortCapture } from "../mod/pcap/capture.ts";
+import { type PcapFrames, readPcap } from "../mod/pcap/reader.ts";
+import { createReplayEngine, segmentsFor } from "../mod/pcap/replay.ts";
+import { CaptureClock, PcapWriter } from "../mod/pcap/writer.ts";
+import { Ether } from "../mod/packet/ether.ts";
+import type { Engine, Mode } from "../mod/fwd/engines.ts";
 import { accountCounted } from "./dataplane_accounting.ts";
 import { accountFrames, type Accounting } from "./accounting.ts";
 import type { DataPlaneOptions } from "./dataplane_flags.ts";

@@ -4,10 +4,11 @@
  * one object per period and a final summary object as the last line.
  *
  * The summary's keys are an interface other tools read: `ports[]` (port, name, rxPackets,
- * txPackets, rxBytes, txBytes, rxDropped, txDropped, rxNoMbuf, rxErrors, txErrors, and `wire` for
- * simulated ports), `totals`, `durationSec`, `mode`.
+ * txPackets, rxBytes, txBytes, rxDropped, txDropped, rxNoMbuf, rxErrors, txErrors, rxIdxErrors,
+ * and `wire` for simulated ports), `totals`, `durationSec`, `mode`.
  */
-import type { Port, PortStats } from "../port.ts";
+import type { Port } from "../mod/port.ts";
+import type { PortStats } from "../mod/virtio/stats.ts";
 
 export const STAT_KEYS = [
   "rxPackets",
@@ -19,6 +20,7 @@ export const STAT_KEYS = [
   "rxNoMbuf",
   "rxErrors",
   "txErrors",
+  "rxIdxErrors",
 ] as const;
 
 export type Counters = Record<typeof STAT_KEYS[number], number>;
@@ -136,7 +138,7 @@ function nicBlock(r: PortRow, rxPps: number, txPps: number): string {
       col("RX-bytes", r.rxBytes)
     }`,
     `  ${col("RX-errors", r.rxErrors)}${col("RX-dropped", r.rxDropped)}`,
-    `  ${col("RX-nombuf", r.rxNoMbuf)}`,
+    `  ${col("RX-nombuf", r.rxNoMbuf)}${col("RX-idx-errors", r.rxIdxErrors)}`,
     `  ${col("TX-packets", r.txPackets)}${col("TX-errors", r.txErrors)}${
       col("TX-bytes", r.txBytes)
     }`,

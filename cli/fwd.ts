@@ -4,27 +4,29 @@
  * drain what is in flight, and print the summary (with --json, the last stdout line).
  */
 import { parseArgs } from "cli-args";
-import { argsErrorMessage } from "../args_error.ts";
-import type { DmaKind } from "../../ffi/dma.ts";
-import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
-import { Port, ringRoomFor } from "../port.ts";
+import { argsErrorMessage } from "./args_error.ts";
+import { MbufPool, poolOfFirstKind } from "../mod/mbuf.ts";
+import { commonDmaKinds } from "../mod/open.ts";
+import { Port, ringRoomFor } from "../mod/port.ts";
 import {
   deviceKey,
   formatPortSpec,
   openTransport,
   parsePortSpec,
   type PortSpec,
-} from "../portspec.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
-import { parseMac } from "../mac.ts";
-import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
-import { ForwardLoop } from "./loop.ts";
+} from "../mod/portspec.ts";
+import { DeviceError, type VirtioTransport } from "../mod/virtio/transport.ts";
+import { parseMac } from "../mod/mac.ts";
+import { checkTxpkts, createEngine, type Mode, MODES } from "../mod/fwd/engines.ts";
+import { ForwardLoop } from "../mod/fwd/loop.ts";
+import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
-import { type Accounting, simWire, type WireCounters } from "./accounting.ts";
+import type { Accounting, WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
-import { CtrlCommandError } from "../virtio/ctrl_queue.ts";
-import { Eth, has, NetFeature } from "../virtio/constants.ts";
+import { has, NetFeature } from "../mod/virtio/constants.ts";
+import { Eth } from "../mod/eth.ts";
 import { StopSignals } from "./signals.ts";
+import { NoticePrinter } from "./notices.ts";
 import { DATAPLANE_FLAGS, type DataPlaneOptions, parseDataPlaneFlags } from "./dataplane_flags.ts";
 import { DataPlane } from "./dataplane.ts";
 
@@ -212,24 +214,6 @@ function asUsage(e: unknown): never {
   throw new UsageError((e as Error).message);
 }
 
-/** The memory kinds every transport can reach, best first (the first transport's order). */
-export function commonDmaKinds(transports: VirtioTransport[]): DmaKind[] {
-  const [first, ...rest] = transports;
-  return first.dmaKinds.filter((k) => rest.every((t) => t.dmaKinds.includes(k)));
-}
-
-/** Streams like testpmd's: port 2k forwards to 2k+1 and back; an odd last port to itself. */
-export function buildStreams(ports: Port[], mode: Mode, queues: number, burst: number): Stream[] {
-  const streams: Stream[] = [];
-  for (let i = 0; i < ports.length; i++) {
-    const peer = mode === "txonly" || mode === "rxonly" ? i : (i ^ 1) < ports.length ? i ^ 1 : i;
-    for (let q = 0; q < queues; q++) {
-      streams.push({ rx: ports[i], tx: ports[peer], queue: q, pkts: new Uint32Array(burst) });
-    }
-  }
-  return streams;
-}
-
 /** At least the ring size `configure` will take (a device that fixes its sizes ignores --rxd/--txd). */
 function ringEstimate(t: VirtioTransport, asked: number | undefined): number {
   return asked !== undefined && asked > 0 && !t.queueSizeFixed
@@ -246,12 +230,15 @@ export async function runForwarder(args: string[]): Promise<number> {
   let signals: StopSignals | null = null;
   let dp: DataPlane | null = null;
   const log = (msg: string) => console.error(msg);
+  const notices = new NoticePrinter(o.json);
   try {
     dp = await DataPlane.prepare(o.dataPlane).catch(asUsage);
-    for (const s of o.specs) {
+    for (const [i, s] of o.specs.entries()) {
       try {
-        transports.push(openTransport(s));
+        transports.push(openTransport(s, notices.sink(i, names[i])));
       } catch (e) {
+        // No such device is bad usage; one that answers wrongly has failed.
+        if (e instanceof DeviceError) throw e;
         throw new UsageError((e as Error).message);
       }
     }
@@ -327,14 +314,13 @@ export async function runForwarder(args: string[]): Promise<number> {
       try {
         port.start();
       } catch (e) {
-        // A device that refuses a control command is a failure (exit 1), not bad usage.
-        if (e instanceof CtrlCommandError) throw new Error(`${names[i]}: ${e.message}`);
-        throw new UsageError(`${names[i]}: ${(e as Error).message}`);
+        // configure() found every usage problem: what fails now is the device (exit 1).
+        throw new Error(`${names[i]}: ${withoutName(transports[i], e)}`);
       }
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool, signals, dp);
+    return await forward(o, names, ports, pool, signals, notices, dp);
   } finally {
     await dp?.close(log);
     for (const p of ports) {
@@ -417,9 +403,9 @@ async function forward(
   o: FwdOptions,
   names: string[],
   ports: Port[],
-  transports: VirtioTransport[],
   pool: MbufPool,
   signals: StopSignals,
+  notices: NoticePrinter,
   dp: DataPlane,
 ): Promise<number> {
   const log = (msg: string) => console.error(msg);
@@ -435,8 +421,11 @@ async function forward(
   const streams = buildStreams(ports, o.mode, o.queues, o.burst);
   const loop = new ForwardLoop(ports, streams, engine);
   const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
-  const wires = transports.map(simWire);
-  const wireOf = (i: number): WireCounters | null => wires[i]?.counters() ?? null;
+  const wires = ports.map((p) => p.wire);
+  const wireOf = (i: number): WireCounters | null => {
+    const w = wires[i];
+    return w === null ? null : { ...w.counters };
+  };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
   signals.onStop = () => loop.stop();
@@ -476,6 +465,8 @@ async function forward(
       poolSize: pool.count,
       ...dp.summary(),
     };
+    notices.flush();
+    notices.endJson();
     if (o.json) {
       console.log(JSON.stringify(summary));
     } else {
@@ -487,15 +478,10 @@ async function forward(
   }
 }
 
-/**
- * Let every TX queue take back what the device has finished with (a burst of 0 frames), so that
- * stopping the port counts as dropped only frames really still in flight.
- */
-export function reclaimSent(ports: Port[], queues: number): void {
-  const none = new Uint32Array(0);
-  for (const p of ports) {
-    for (let q = 0; q < queues; q++) p.txBurst(q, none, 0);
-  }
+/** An error's message without the transport's own name in front (the caller names the port). */
+function withoutName(t: VirtioTransport, e: unknown): string {
+  const m = (e as Error).message;
+  return m.startsWith(`${t.name}: `) ? m.slice(t.name.length + 2) : m;
 }
 
 function printSummary(

@@ -7,7 +7,8 @@
  * with `rxBurst`/`txBurst`, or with the forwarding loop and the engines of `vpmd fwd --mode`.
  * A frame is an mbuf number into an `MbufPool`, whose typed arrays hold the bytes and metadata;
  * nothing on the burst path allocates. The driver calls libc through FFI: run programs that use
- * it with `deno run -A`.
+ * it with `deno run -A`. The data-plane API of `vpmd fwd --pipeline` (a `Burst` of frames with
+ * verdicts, packet header helpers, checksums) and pcap capture and replay are exported too.
  *
  * @example Forward both ways between two simulated ports for half a second
  * ```ts
@@ -65,3 +66,21 @@ export {
   type WireCounts,
 } from "./mod/virtio/transport.ts";
 export { type DmaKind, DmaRegion, type DmaRegionOptions, HugepageShortage } from "./ffi/dma.ts";
+export * from "./mod/pipeline/mod.ts";
+export {
+  createPipelineEngine,
+  emptyPipelineStats,
+  type PipelineEngine,
+  type PipelineEngineOptions,
+  type PipelineStats,
+} from "./mod/pipeline/engine.ts";
+export { type LoadedPipeline, loadPipeline, PipelineLoadError } from "./mod/pipeline/load.ts";
+export { type CaptureDir, type CaptureSpec, PortCapture } from "./mod/pcap/capture.ts";
+export {
+  type ByteSink,
+  CaptureClock,
+  PcapWriter,
+  type PcapWriterOptions,
+} from "./mod/pcap/writer.ts";
+export { parsePcap, PcapFormatError, type PcapFrames, readPcap } from "./mod/pcap/reader.ts";
+export { createReplayEngine, type ReplayOptions } from "./mod/pcap/replay.ts";

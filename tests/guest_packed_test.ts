@@ -59,8 +59,8 @@ guestTest(
       const sizes = [9014, 60, 4000, 1514, 2049];
       const count = 300;
       const { summary } = await forward(g, [modern, transitional], specs, async () => {
-        await expectForwarded(modern, transitional, 0x23, count, sizes);
-        await expectForwarded(transitional, modern, 0x24, count, sizes);
+        await expectForwarded(modern, transitional, 0x23, count, sizes, 16);
+        await expectForwarded(transitional, modern, 0x24, count, sizes, 16);
       }, ["--mtu", "9000"]);
       const bytes = sizes.reduce((a, s) => a + s, 0) * (count / sizes.length) + 200 * 64;
       assert.equal(summary.ports[0].rxBytes, bytes);

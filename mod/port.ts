@@ -30,6 +30,7 @@ import {
   Status,
 } from "./virtio/constants.ts";
 import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
+import { INDIRECT_TABLE_BYTES, IndirectTables } from "./virtio/indirect.ts";
 import { PackedCtrlQueue } from "./virtio/packed_ctrl_queue.ts";
 import { PACKED_START_ALIGN, packedParts, PackedRing } from "./virtio/packed_ring.ts";
 import { PackedRxQueue } from "./virtio/packed_rx_queue.ts";
@@ -103,6 +104,9 @@ const BASE_FEATURES = [
   // Packed rings (2.8) whenever the device offers them: transports offer the bit only when the
   // port spec asks for it (packed=1).
   Feature.RING_PACKED,
+  // Indirect tables for multi-segment TX frames (2.7.5.3, 2.8.7) whenever the device offers them:
+  // transports offer the bit only when the port spec asks for it (indirect=1).
+  Feature.INDIRECT_DESC,
   NetFeature.MAC,
   NetFeature.STATUS,
   NetFeature.MTU,
@@ -140,6 +144,8 @@ interface Plan {
   maxFrame: number;
   /** VIRTIO_F_RING_PACKED was negotiated: every queue is a packed ring (2.8). */
   packed: boolean;
+  /** VIRTIO_F_INDIRECT_DESC was negotiated: TX queues get indirect tables (indirect.ts). */
+  indirect: boolean;
 }
 
 /** Receive filter state, re-applied through the control queue on every start. */
@@ -361,6 +367,7 @@ export class Port {
       }
     }
     const packed = has(features, Feature.RING_PACKED);
+    const indirect = has(features, Feature.INDIRECT_DESC);
     return {
       cfg,
       features,
@@ -373,6 +380,7 @@ export class Port {
       mtu,
       maxFrame,
       packed,
+      indirect,
     };
   }
 
@@ -465,10 +473,16 @@ export class Port {
   #rings(plan: Plan, pool: DmaRegion): RingArea {
     const layout = this.transport.ringLayout;
     const key = `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/` +
-      `${pool.kind}/${plan.packed ? "packed" : "split"}`;
+      `${pool.kind}/${plan.packed ? "packed" : "split"}/${plan.indirect ? "indirect" : ""}`;
     const old = this.#ringArea;
     if (old && old.key === key && (old.own || old.region === pool)) return old;
-    const bytes = ringAreaBytes(this.#ringSizes(plan), layout, pageSizeOf(pool.kind), plan.packed);
+    const bytes = ringAreaBytes(
+      this.#ringSizes(plan),
+      layout,
+      pageSizeOf(pool.kind),
+      plan.packed,
+      plan.indirect ? plan.queues * plan.txd : 0,
+    );
     if (old?.own) old.region.close();
     this.#ringArea = null;
     const align = plan.packed ? PACKED_START_ALIGN : ringStartAlign(layout);
@@ -520,6 +534,17 @@ export class Port {
     // After the control buffer: zero bytes that nobody writes, the header of frames sent as
     // header + frame descriptors (see TxQueue).
     const zeroHeader = region.iova(base + placed.end + CTRL_BUFFER_BYTES);
+    // After the zero header: each TX queue's indirect tables, one per ring slot.
+    const tablesAt = alignUp(base + placed.end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES);
+    const tables = (q: number): IndirectTables | undefined =>
+      plan.indirect
+        ? new IndirectTables(
+          region,
+          tablesAt + q * plan.txd * INDIRECT_TABLE_BYTES,
+          plan.txd,
+          plan.txd,
+        )
+        : undefined;
     const memory: QueueMemory[] = [];
     for (let q = 0; q < plan.queues; q++) {
       const rxStats = emptyStats();
@@ -539,6 +564,7 @@ export class Port {
         ...common,
         vlanInsert: cfg.vlanInsert ?? -1,
         zeroHeader,
+        indirect: tables(q),
         stats: txStats,
         totals: this.stats,
       };
@@ -822,29 +848,43 @@ export function ringRoomFor(
     return asked ?? Math.min(DEFAULT_RING, max);
   };
   const queues = cfg.queues ?? 1;
+  const txd = size(cfg.txd, NetQueue.tx(0));
   const sizes: [number, number][] = [];
   for (let q = 0; q < queues; q++) {
     sizes.push([NetQueue.rx(q), size(cfg.rxd, NetQueue.rx(0))]);
-    sizes.push([NetQueue.tx(q), size(cfg.txd, NetQueue.tx(0))]);
+    sizes.push([NetQueue.tx(q), txd]);
   }
   sizes.push([NetQueue.ctrl(queues), CTRL_RING]);
   // The area may start up to one alignment step past the pool's next free byte.
-  // Whichever ring kind is negotiated: the larger of the two layouts.
+  // Whichever ring kind is negotiated: the larger of the two layouts. Indirect tables when the
+  // transport offers them (it does only when asked).
+  const tables = has(t.getDeviceFeatures(), Feature.INDIRECT_DESC) ? queues * txd : 0;
   const bytes = Math.max(
-    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), false),
-    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), true),
+    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), false, tables),
+    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), true, tables),
   );
   return bytes + Math.max(ringStartAlign(t.ringLayout), PACKED_START_ALIGN);
 }
 
-/** Bytes of a ring area: the rings as `placeRings` lays them out, the control buffer, the zero header. */
+/**
+ * Bytes of a ring area: the rings as `placeRings` lays them out, the control buffer, the zero
+ * header, then `tables` indirect tables (aligned to their size, wherever the area starts).
+ */
 function ringAreaBytes(
   sizes: [number, number][],
   layout: RingLayout,
   pageSize: number,
   packed: boolean,
+  tables: number,
 ): number {
-  return placeRings(sizes, layout, pageSize, packed).end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES;
+  const end = placeRings(sizes, layout, pageSize, packed).end + CTRL_BUFFER_BYTES +
+    ZERO_HEADER_BYTES;
+  return tables === 0 ? end : end + INDIRECT_TABLE_BYTES + tables * INDIRECT_TABLE_BYTES;
+}
+
+/** `offset` rounded up to a multiple of INDIRECT_TABLE_BYTES. */
+function alignUp(offset: number): number {
+  return Math.ceil(offset / INDIRECT_TABLE_BYTES) * INDIRECT_TABLE_BYTES;
 }
 
 /**

@@ -5,7 +5,7 @@
  *
  * Transmit queues (5.1.6.2): each available chain is a device-readable net header followed by the
  * frame; the frame goes to the wire (dropped while the link is down), the used entry gets length
- * 0. Receive queues (5.1.6.3/4): a frame is written as header + data into one available chain, or
+ * 0. With VIRTIO_F_INDIRECT_DESC a transmit chain may continue in an indirect table (indirect.ts). Receive queues (5.1.6.3/4): a frame is written as header + data into one available chain, or
  * with MRG_RXBUF into as many chains (buffers) as needed, `num_buffers` telling how many; each
  * used entry carries the bytes written. The control queue (5.1.6.5) handles RX mode, MAC
  * table/address, VLAN, announce and multiqueue commands, each only when its feature was
@@ -26,6 +26,7 @@ import {
   netHdrSize,
   NetQueue,
 } from "../virtio/constants.ts";
+import { DeviceIndirectTable } from "./indirect.ts";
 import { DevicePackedQueue } from "./packed_queue.ts";
 import { DeviceQueue } from "./queue.ts";
 import { type SimWire, WIRE_MAX_FRAME } from "./wire.ts";
@@ -148,6 +149,8 @@ export class SimDevice {
   configChanged = false;
   /** Queue pairs the driver enabled with VQ_PAIRS_SET (1 until then, 5.1.6.5.5). */
   activePairs = 1;
+  /** Transmit chains read through an indirect table. */
+  indirectTables = 0;
   /** Deliberate misbehaviour (null: a correct device), and how many times it struck. */
   readonly evil: EvilMode | null;
   evilCount = 0;
@@ -164,6 +167,9 @@ export class SimDevice {
   #eventIdx = false;
   #inOrder = false;
   #packed = false;
+  #indirect = false;
+  /** The indirect table a transmit chain continues in (reused). */
+  readonly #table = new DeviceIndirectTable();
   #vlanFiltering = false;
   readonly #rx: (AnyQueue | null)[];
   readonly #tx: (AnyQueue | null)[];
@@ -259,6 +265,7 @@ export class SimDevice {
     this.#eventIdx = has(features, Feature.EVENT_IDX);
     this.#inOrder = has(features, Feature.IN_ORDER);
     this.#packed = has(features, Feature.RING_PACKED);
+    this.#indirect = has(features, Feature.INDIRECT_DESC);
     this.#vlanFiltering = has(features, NetFeature.CTRL_VLAN);
   }
 
@@ -367,6 +374,8 @@ export class SimDevice {
       const head = q.take();
       if (head >= q.size) return this.#bad();
       let d = head;
+      /** Where the chain's descriptors are read: the ring, then perhaps an indirect table. */
+      let src: AnyQueue | DeviceIndirectTable = q;
       let skip = this.#hdr;
       let len = 0;
       /** Offset of the frame when it lies whole in one descriptor (checked in place), else -1. */
@@ -375,10 +384,20 @@ export class SimDevice {
       let tooLong = false;
       let headerSet = 0;
       for (let hops = 0;; hops++) {
-        const flags = q.descFlags(d);
-        const dl = q.descLen(d);
-        if (hops >= q.size || (flags & (Desc.F_WRITE | Desc.F_INDIRECT)) !== 0) return this.#bad();
-        if (!this.#map(q.descAddr(d), dl)) return this.#bad();
+        let flags = src.descFlags(d);
+        if ((flags & Desc.F_INDIRECT) !== 0) {
+          // The chain goes on in an indirect table; one inside a table is a nested one.
+          if (src !== q || !this.#openIndirect(q, d, hops, flags)) return this.#bad();
+          src = this.#table;
+          d = 0;
+          hops = 0;
+          flags = src.descFlags(0);
+        }
+        const dl = src.descLen(d);
+        if (hops >= src.size || (flags & (Desc.F_WRITE | Desc.F_INDIRECT)) !== 0) {
+          return this.#bad();
+        }
+        if (!this.#map(src.descAddr(d), dl)) return this.#bad();
         const s = Math.min(skip, dl);
         for (let i = 0, at = this.#hdr - skip; i < s; i++, at++) {
           if (((DRIVER_ZERO >> at) & 1) !== 0) headerSet |= this.#mapU8[this.#mapOff + i];
@@ -402,8 +421,8 @@ export class SimDevice {
           len += part;
         }
         if ((flags & Desc.F_NEXT) === 0) break;
-        d = q.descNext(d);
-        if (d >= q.size) return this.#bad();
+        d = src.descNext(d);
+        if (d >= src.size) return this.#bad();
       }
       const evil = q instanceof DevicePackedQueue && this.#txEvil(q, batch > 0);
       if (evil && batch > 0) {
@@ -428,6 +447,22 @@ export class SimDevice {
     }
     if (batch > 0) q.putUsed(lastHead, 0, batch);
     q.publish();
+  }
+
+  /**
+   * Open the indirect table that descriptor `d` of `q` (met after `hops` descriptors of its
+   * chain, with `flags`) refers to, as `#table`; false when the descriptor or the table breaks a
+   * rule (indirect.ts).
+   */
+  #openIndirect(q: AnyQueue, d: number, hops: number, flags: number): boolean {
+    if (!this.#indirect) return false;
+    const packed = q instanceof DevicePackedQueue;
+    if ((flags & Desc.F_NEXT) !== 0 || (packed && hops !== 0)) return false;
+    const len = q.descLen(d);
+    if (!this.#map(q.descAddr(d), len)) return false;
+    if (!this.#table.open(this.#mapU8, this.#mapOff, len, q.size, packed)) return false;
+    this.indirectTables++;
+    return true;
   }
 
   /** Receive filter (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table, 5.1.6.5.3 VLAN), QEMU's order. */

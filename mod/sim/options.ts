@@ -34,6 +34,11 @@ export interface SimOptions {
   inOrder?: boolean;
   /** Offer VIRTIO_F_RING_PACKED (2.8): the driver then uses packed rings (needs VERSION_1). */
   packed?: boolean;
+  /**
+   * Offer VIRTIO_F_INDIRECT_DESC (2.7.5.3, 2.8.7): the driver then sends multi-segment frames
+   * through indirect tables, which the device reads (mod/sim/indirect.ts).
+   */
+  indirect?: boolean;
   /** The device wants kicks and works on a queue only after one (default: it polls). */
   notify?: boolean;
   linkUp?: boolean;
@@ -61,6 +66,7 @@ const SPEC_OPTIONS: Record<string, string> = {
   event_idx: "0|1",
   in_order: "0|1",
   packed: "0|1",
+  indirect: "0|1",
   notify: "0|1",
   link: "up|down",
   evil: EVIL_MODES.join("|"),
@@ -152,6 +158,7 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
     ctrlVlan: flag("ctrl_vlan", "1", "0"),
     legacy,
     packed,
+    indirect: flag("indirect", "1", "0"),
     eventIdx: flag("event_idx", "1", "0"),
     inOrder: flag("in_order", "1", "0"),
     notify: flag("notify", "1", "0"),

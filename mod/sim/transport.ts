@@ -73,6 +73,7 @@ export class SimTransport implements VirtioTransport {
     if (opts.mtu !== undefined) f.push(NetFeature.MTU);
     if (opts.eventIdx) f.push(Feature.EVENT_IDX);
     if (opts.inOrder) f.push(Feature.IN_ORDER);
+    if (opts.indirect) f.push(Feature.INDIRECT_DESC);
     if (opts.packed) {
       if (opts.legacy) throw new Error(`${this.name}: packed rings need VERSION_1 (not legacy)`);
       f.push(Feature.RING_PACKED);

@@ -1,7 +1,8 @@
 /**
  * PCI port specs: `0000:00:04.0[,portio=ioperm|sysfs][,mode=legacy|modern][,irq=uio|poll]
- * [,packed=0|1]`. `packed=1` lets a modern device's VIRTIO_F_RING_PACKED through (2.8; a legacy
- * interface has no VERSION_1, so no packed rings: an error there).
+ * [,packed=0|1][,indirect=0|1]`. `packed=1` lets a modern device's VIRTIO_F_RING_PACKED through
+ * (2.8; a legacy interface has no VERSION_1, so no packed rings: an error there); `indirect=1`
+ * lets VIRTIO_F_INDIRECT_DESC through (2.7.5.3, 2.8.7; legacy and modern).
  *
  * Chooses the transport: modern (mod/transport/pci_modern.ts) when the function has the virtio
  * 1.x capabilities, legacy (mod/transport/pci_legacy.ts) for legacy-only functions; `mode=`
@@ -33,6 +34,7 @@ const OPTIONS: Record<string, readonly string[]> = {
   mode: ["legacy", "modern"],
   irq: ["uio", "poll"],
   packed: ["0", "1"],
+  indirect: ["0", "1"],
 };
 
 /** Checks a PCI spec's options; throws the one-line CLI error for anything unknown. */
@@ -148,7 +150,13 @@ export const PciTransport = {
       if (mode === "legacy") {
         const bar = openIoBar(fn, portio);
         try {
-          return new LegacyPciTransport(fn, bar, msixEnabled(config), interrupts);
+          return new LegacyPciTransport(
+            fn,
+            bar,
+            msixEnabled(config),
+            interrupts,
+            options.indirect === "1",
+          );
         } catch (e) {
           bar.close();
           throw e;
@@ -161,6 +169,7 @@ export const PciTransport = {
         interrupts,
         kind === "transitional" ? "transitional as modern" : "modern",
         options.packed === "1",
+        options.indirect === "1",
       );
     } catch (e) {
       interrupts.close();

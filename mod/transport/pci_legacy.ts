@@ -16,6 +16,7 @@ import {
   Avail,
   bit,
   Desc,
+  Feature,
   featureNames,
   has,
   NET_CONFIG_FIELDS,
@@ -66,9 +67,18 @@ export class LegacyPciTransport implements VirtioTransport {
   readonly configOffset: number;
   readonly interrupts: ConfigChangeSource;
   #closed = false;
+  /** Let VIRTIO_F_INDIRECT_DESC through to the driver (the spec's `indirect=1`). */
+  readonly #indirect: boolean;
 
-  constructor(fn: PciFunction, bar: IoBar, msix: boolean, interrupts: ConfigChangeSource) {
+  constructor(
+    fn: PciFunction,
+    bar: IoBar,
+    msix: boolean,
+    interrupts: ConfigChangeSource,
+    indirect = false,
+  ) {
     this.fn = fn;
+    this.#indirect = indirect;
     this.bar = bar;
     this.configOffset = msix ? LegacyReg.DEVICE_CONFIG_MSIX : LegacyReg.DEVICE_CONFIG;
     this.interrupts = interrupts;
@@ -126,7 +136,8 @@ export class LegacyPciTransport implements VirtioTransport {
   }
 
   getDeviceFeatures(): bigint {
-    return BigInt(this.bar.read32(LegacyReg.DEVICE_FEATURES) >>> 0);
+    const f = BigInt(this.bar.read32(LegacyReg.DEVICE_FEATURES) >>> 0);
+    return this.#indirect ? f : f & ~bit(Feature.INDIRECT_DESC);
   }
 
   setDriverFeatures(features: bigint): void {

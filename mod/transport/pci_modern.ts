@@ -114,6 +114,8 @@ export class ModernPciTransport implements VirtioTransport {
   #closed = false;
   /** Let VIRTIO_F_RING_PACKED through to the driver (the spec's `packed=1`). */
   readonly #packed: boolean;
+  /** Let VIRTIO_F_INDIRECT_DESC through to the driver (the spec's `indirect=1`). */
+  readonly #indirect: boolean;
 
   constructor(
     fn: PciFunction,
@@ -122,9 +124,11 @@ export class ModernPciTransport implements VirtioTransport {
     interrupts: ConfigChangeSource,
     label = "modern",
     packed = false,
+    indirect = false,
   ) {
     this.fn = fn;
     this.#packed = packed;
+    this.#indirect = indirect;
     this.interrupts = interrupts;
     this.name = `${fn.address} (${label}, ${interrupts.kind} link events)`;
     if (caps.common === null || caps.notify === null || caps.isr === null) {
@@ -213,7 +217,9 @@ export class ModernPciTransport implements VirtioTransport {
     this.#w32(CommonCfg.DEVICE_FEATURE_SELECT, 1);
     const hi = this.#r32(CommonCfg.DEVICE_FEATURE);
     const f = (BigInt(hi) << 32n) | BigInt(lo);
-    return this.#packed ? f : f & ~bit(Feature.RING_PACKED);
+    const hidden = (this.#packed ? 0n : bit(Feature.RING_PACKED)) |
+      (this.#indirect ? 0n : bit(Feature.INDIRECT_DESC));
+    return f & ~hidden;
   }
 
   setDriverFeatures(features: bigint): void {

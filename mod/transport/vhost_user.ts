@@ -92,6 +92,11 @@ export interface VhostUserOptions {
   inOrder?: boolean;
   /** Offer VIRTIO_F_RING_PACKED (2.8) to the driver when the backend has it (default false). */
   packed?: boolean;
+  /**
+   * Offer VIRTIO_F_INDIRECT_DESC (2.7.5.3, 2.8.7) to the driver when the backend has it (default
+   * false): multi-segment frames then go out through indirect tables.
+   */
+  indirect?: boolean;
   /** Largest ring size offered (default 1024). */
   qsize?: number;
   /** Device MAC reported in the synthesized config (default: random, locally administered). */
@@ -169,7 +174,17 @@ const CHECK_BACKEND = "; is the vhost-user backend running and healthy?";
 
 const TRUE_WORDS = new Set(["", "1", "on", "yes", "true"]);
 const FALSE_WORDS = new Set(["0", "off", "no", "false"]);
-const SPEC_OPTIONS = ["server", "queues", "mrg", "in_order", "packed", "qsize", "mac", "timeout"];
+const SPEC_OPTIONS = [
+  "server",
+  "queues",
+  "mrg",
+  "in_order",
+  "packed",
+  "indirect",
+  "qsize",
+  "mac",
+  "timeout",
+];
 
 function flag(name: string, v: string): boolean {
   if (TRUE_WORDS.has(v)) return true;
@@ -211,6 +226,7 @@ export class VhostUserTransport implements VirtioTransport {
   readonly #mrg: boolean;
   readonly #inOrder: boolean;
   readonly #packed: boolean;
+  readonly #indirect: boolean;
   readonly #qsize: number;
   readonly #notice: NoticeSink;
   readonly #msg = new Message();
@@ -272,6 +288,7 @@ export class VhostUserTransport implements VirtioTransport {
     this.#mrg = opts.mrg ?? true;
     this.#inOrder = opts.inOrder ?? true;
     this.#packed = opts.packed ?? false;
+    this.#indirect = opts.indirect ?? false;
     this.#qsize = opts.qsize ?? DEFAULT_QSIZE;
     this.mac = opts.mac ?? randomLocalMac();
     this.#notice = opts.notice ?? (() => {});
@@ -317,8 +334,8 @@ export class VhostUserTransport implements VirtioTransport {
   }
 
   /**
-   * `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,qsize=N][,mac=XX:..]
-   * [,timeout=S]`. `notice` receives the transport's notices.
+   * `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,packed=0|1][,indirect=0|1]
+   * [,qsize=N][,mac=XX:..][,timeout=S]`. `notice` receives the transport's notices.
    */
   static fromSpec(
     path: string,
@@ -341,6 +358,7 @@ export class VhostUserTransport implements VirtioTransport {
       mrg: o.mrg !== undefined ? flag("mrg", o.mrg) : true,
       inOrder: o.in_order !== undefined ? flag("in_order", o.in_order) : true,
       packed: o.packed !== undefined ? flag("packed", o.packed) : false,
+      indirect: o.indirect !== undefined ? flag("indirect", o.indirect) : false,
       qsize: o.qsize !== undefined ? positiveInt("qsize", o.qsize, 32768) : undefined,
       mac: o.mac !== undefined ? parseOwnMac(`vhost-user:${path}: mac=${o.mac}`, o.mac) : undefined,
       timeoutMs: o.timeout !== undefined
@@ -420,6 +438,7 @@ export class VhostUserTransport implements VirtioTransport {
     if (!this.#mrg) f &= ~bit(NetFeature.MRG_RXBUF);
     if (!this.#inOrder) f &= ~bit(Feature.IN_ORDER);
     if (!this.#packed) f &= ~bit(Feature.RING_PACKED);
+    if (!this.#indirect) f &= ~bit(Feature.INDIRECT_DESC);
     if (this.pairs > 1) f |= bit(NetFeature.MQ);
     return f;
   }

@@ -16,6 +16,10 @@
  * that starts there (`#slotId`): the ring is written, never read back, except for used
  * descriptors.
  *
+ * With VIRTIO_F_INDIRECT_DESC (`indirect`, indirect.ts) a frame of several segments takes one
+ * descriptor with INDIRECT set, pointing at the indirect table of its Buffer ID (2.8.7); frames of
+ * one segment never go that way.
+ *
  * Completions are taken back lazily, as on the split ring: when fewer than half the descriptors
  * are free, when a packet does not fit, or on a burst of 0 packets. A used descriptor at the used
  * position names a buffer in flight; the position then moves on by that buffer's descriptor count
@@ -39,6 +43,7 @@ import {
   WRAP_TOGGLE,
 } from "./packed_ring.ts";
 import type { PortStats } from "./stats.ts";
+import type { IndirectTables } from "./indirect.ts";
 import { vlanInsert } from "../vlan.ts";
 
 const LOADS_IN_ORDER = Deno.build.arch === "x86_64";
@@ -56,6 +61,8 @@ export interface PackedTxQueueOptions {
   /** iova of at least `hdrSize` zero bytes nobody writes (see the module comment). */
   zeroHeader?: number;
   inOrder?: boolean;
+  /** VIRTIO_F_INDIRECT_DESC was negotiated: one table per Buffer ID (indirect.ts). */
+  indirect?: IndirectTables;
   stats: PortStats;
   totals: PortStats;
 }
@@ -97,6 +104,9 @@ export class PackedTxQueue {
   #availBits: number = AVAIL_BITS_WRAP1;
   /** A used position where a bad entry named nothing to take back (counted once). */
   #stuckAt = -1;
+  /** Indirect tables, and the most segments a frame sent through one may have (0: none). */
+  readonly #tables: IndirectTables | null;
+  readonly #indirectMax: number;
 
   constructor(o: PackedTxQueueOptions) {
     this.ring = o.ring;
@@ -120,6 +130,8 @@ export class PackedTxQueue {
     this.#done = new Int32Array(n);
     this.#free = n;
     this.#reclaimBelow = Math.max(Math.min(n, 32), n >> 1);
+    this.#tables = o.indirect ?? null;
+    this.#indirectMax = o.indirect?.maxEntries ?? 0;
     o.ring.disableInterrupts();
   }
 
@@ -321,6 +333,25 @@ export class PackedTxQueue {
       const id = ids[idHead];
       idHead = idHead + 1 === size ? 0 : idHead + 1;
       idCount--;
+      if (segs > 1 && segs <= this.#indirectMax) {
+        // One descriptor for the whole frame, pointing at its Buffer ID's indirect table.
+        const at = desc32 + 4 * aSlot;
+        this.#tables!.putPacked(id, pool, m, iovaLo[m] + off - hdr, hdr + first, u32, at);
+        const iw = (id | ((PackedDesc.F_INDIRECT | aBits) << 16)) >>> 0;
+        if (headWord < 0) headWord = iw;
+        else u32[at + 3] = iw;
+        mbufOf[id] = m;
+        count[id] = 1;
+        slotId[aSlot] = id;
+        free--;
+        if (++aSlot === size) {
+          aSlot = 0;
+          aBits ^= WRAP_TOGGLE;
+        }
+        sent++;
+        bytes += len;
+        continue;
+      }
       const descs = split ? 2 : segs;
       mbufOf[id] = m;
       count[id] = descs;

@@ -11,8 +11,8 @@
  * for, a pool too small for the rings): one line on stderr. A second stop signal: devices reset,
  * exit 128 + the signal's number.
  */
-import { runForwarder, UsageError } from "./mod/fwd/cli.ts";
-import { runPciCommand } from "./mod/pci/commands.ts";
+import { runForwarder, UsageError } from "./cli/fwd.ts";
+import { runPciCommand } from "./cli/pci.ts";
 
 export const USAGE = `vpmd: userspace virtio-net poll-mode driver and packet forwarder
 
@@ -60,12 +60,23 @@ fwd flags:
   --mcast ADDR,...    multicast addresses to receive (MAC filter table)
   --vlan-filter VID,...  receive tagged frames of these VLANs only (device filter)
   --mtu N             port MTU (default 1500)
+  --pipeline FILE.ts  run this TypeScript module on every received burst instead of --mode:
+                      frames go where its verdicts say (pair, another port, back, drop)
+  --pipeline-arg K=V  an argument for the pipeline's init (repeatable)
+  --pcap P:FILE[:rx|tx|both]  capture port P's frames into FILE (pcap, ns timestamps;
+                      repeatable; default both directions)
+  --pcap-snaplen N, --pcap-count N, --pcap-max-bytes N  bytes kept per frame, frames and
+                      bytes per file at most
+  --tx-pcap FILE      with --mode txonly: send the frames of a capture (pcap or pcapng)
+  --tx-pcap-loop N    send the capture N times, then stop (default 1; 0 = until stopped)
 
 Stopping: SIGINT (Ctrl-C), SIGTERM or SIGHUP drains, resets the devices, prints the
 summary and exits 0; a second signal resets the devices and exits 128 + its number.
 
-Example:
+Examples:
   vpmd fwd sim:p0 sim:p1 --mode io --duration 5
+  vpmd fwd sim:p0 sim:p1 --pipeline examples/firewall.ts --pipeline-arg rules=rules.json \\
+    --pcap 1:out.pcap:tx
 `;
 
 export async function main(args: string[]): Promise<number> {

@@ -7,7 +7,8 @@
  * with `rxBurst`/`txBurst`, or with the forwarding loop and the engines of `vpmd fwd --mode`.
  * A frame is an mbuf number into an `MbufPool`, whose typed arrays hold the bytes and metadata;
  * nothing on the burst path allocates. The driver calls libc through FFI: run programs that use
- * it with `deno run -A`.
+ * it with `deno run -A`. The data-plane API of `vpmd fwd --pipeline` (a `Burst` of frames with
+ * verdicts, packet header helpers, checksums) and pcap capture and replay are exported too.
  *
  * @example Forward both ways between two simulated ports for half a second
  * ```ts
@@ -40,8 +41,9 @@ export {
   type PortPoolOptions,
 } from "./mod/open.ts";
 export { openTransport, parsePortSpec, type PortKind, type PortSpec } from "./mod/portspec.ts";
-export { Port, type PortConfig, type PortStats } from "./mod/port.ts";
-export { MbufFlag, MbufPool, NONE, type PoolOptions } from "./mod/mbuf.ts";
+export { Port, type PortConfig, type QueueLayout } from "./mod/port.ts";
+export type { PortStats } from "./mod/virtio/stats.ts";
+export { type BufferHolder, MbufFlag, MbufPool, NONE, type PoolOptions } from "./mod/mbuf.ts";
 export { ForwardLoop, idlePause, type RunOptions } from "./mod/fwd/loop.ts";
 export {
   createEngine,
@@ -50,14 +52,42 @@ export {
   type Mode,
   MODES,
   type Stream,
+  type StreamPort,
 } from "./mod/fwd/engines.ts";
 export { vlanInsert, vlanStrip } from "./mod/vlan.ts";
 export { checkTestFrame, FrameCheck, TEST_FRAME_MIN, writeTestFrame } from "./mod/testframe.ts";
 export { parseMac } from "./mod/mac.ts";
 export {
+  type NoticeSink,
   type QueueMemory,
   type RingLayout,
+  type SimulatedWire,
   TransportEvent,
   type VirtioTransport,
-} from "./mod/transport/transport.ts";
-export { type DmaKind, DmaRegion, type DmaRegionOptions, HugepageShortage } from "./ffi/dma.ts";
+  type WireCounts,
+} from "./mod/virtio/transport.ts";
+export {
+  type DmaKind,
+  DmaRegion,
+  type DmaRegionOptions,
+  HugepageShortage,
+  type RegionShare,
+} from "./ffi/dma.ts";
+export * from "./mod/pipeline/mod.ts";
+export {
+  createPipelineEngine,
+  emptyPipelineStats,
+  type PipelineEngine,
+  type PipelineEngineOptions,
+  type PipelineStats,
+} from "./mod/pipeline/engine.ts";
+export { type LoadedPipeline, loadPipeline, PipelineLoadError } from "./mod/pipeline/load.ts";
+export { type CaptureDir, type CaptureSpec, PortCapture } from "./mod/pcap/capture.ts";
+export {
+  type ByteSink,
+  CaptureClock,
+  PcapWriter,
+  type PcapWriterOptions,
+} from "./mod/pcap/writer.ts";
+export { parsePcap, PcapFormatError, type PcapFrames, readPcap } from "./mod/pcap/reader.ts";
+export { createReplayEngine, type ReplayOptions } from "./mod/pcap/replay.ts";

@@ -56,12 +56,19 @@ export interface DmaRegionOptions {
  * Worker's message): the mapping is the process's, so its address is enough.
  */
 export interface RegionShare {
+  /** Virtual address of byte 0 (the mapping is the process's). */
   addr: number;
+  /** Bytes mapped. */
   size: number;
+  /** The kind of memory. */
   kind: DmaKind;
+  /** The region's name. */
   name: string;
+  /** Its memfd, -1 for none. */
   fd: number;
+  /** iova of byte 0 (non-physical regions). */
   iovaBase: number;
+  /** Physical address of each page (physical regions), else null. */
   pagePhys: number[] | null;
 }
 

@@ -10,7 +10,7 @@
  */
 import type { MbufPool } from "./mbuf.ts";
 import { NONE } from "./mbuf.ts";
-import { Eth } from "./virtio/constants.ts";
+import { Eth } from "./eth.ts";
 
 /** RFC 903 / RFC 826 packet layout after the Ethernet header (offsets from the frame start). */
 const Rarp = {

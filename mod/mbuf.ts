@@ -65,6 +65,7 @@ export const MbufFlag = {
  * first.
  */
 export interface BufferHolder {
+  /** Give back to the pool the buffers the holder is done with. */
   reclaim(): void;
 }
 
@@ -222,6 +223,7 @@ export class MbufPool {
     if (!this.#holders.includes(h)) this.#holders.push(h);
   }
 
+  /** Forget a holder (a TX queue whose ring is freed). */
   removeHolder(h: BufferHolder): void {
     const i = this.#holders.indexOf(h);
     if (i >= 0) this.#holders.splice(i, 1);
@@ -308,6 +310,11 @@ export class MbufPool {
       }
     }
     this.#freeCount = fc;
+  }
+
+  /** True when buffer `m` is in the pool (free), false while a packet holds it. */
+  isFree(m: number): boolean {
+    return this.next[m] === IN_POOL;
   }
 
   /** Absolute offset in `bytes` of segment `m`'s data. */

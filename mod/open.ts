@@ -7,7 +7,7 @@ import type { DmaKind } from "../ffi/dma.ts";
 import { type MbufPool, poolOfFirstKind, type PoolOptions } from "./mbuf.ts";
 import { Port, ringRoomFor } from "./port.ts";
 import { openTransport, type PortSpec } from "./portspec.ts";
-import type { VirtioTransport } from "./transport/transport.ts";
+import type { VirtioTransport } from "./virtio/transport.ts";
 
 /** Options of `openPort`. */
 export interface OpenPortOptions {

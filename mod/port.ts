@@ -10,11 +10,17 @@
 import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
 import type { MbufPool } from "./mbuf.ts";
-import { type RingLayout, TransportEvent, type VirtioTransport } from "./transport/transport.ts";
+import { Eth } from "./eth.ts";
+import {
+  type QueueMemory,
+  type RingLayout,
+  type SimulatedWire,
+  TransportEvent,
+  type VirtioTransport,
+} from "./virtio/transport.ts";
 import {
   bit,
   Ctrl,
-  Eth,
   Feature,
   has,
   HashType,
@@ -27,8 +33,14 @@ import {
 } from "./virtio/constants.ts";
 import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
 import { DEFAULT_RSS_KEY, rssConfigData, type RssSettings } from "./virtio/rss.ts";
+import { INDIRECT_TABLE_BYTES, IndirectTables } from "./virtio/indirect.ts";
+import { PackedCtrlQueue } from "./virtio/packed_ctrl_queue.ts";
+import { PACKED_START_ALIGN, packedParts, PackedRing } from "./virtio/packed_ring.ts";
+import { PackedRxQueue } from "./virtio/packed_rx_queue.ts";
+import { PackedTxQueue } from "./virtio/packed_tx_queue.ts";
 import { RxQueue } from "./virtio/rx_queue.ts";
 import { isValidQueueSize, ringParts, ringStartAlign, SplitRing } from "./virtio/split_ring.ts";
+import type { PortStats } from "./virtio/stats.ts";
 import { TxQueue } from "./virtio/tx_queue.ts";
 
 /** Zero bytes in the ring region that TX chains use as a header (at least the 12-byte header). */
@@ -84,51 +96,29 @@ export interface PortConfig {
 export interface QueueLayout {
   /** The region of the rings (the pool's, or the port's own). */
   region: DmaRegion;
+  /** The transport's ring layout. */
   layout: RingLayout;
-  /** Per queue pair: virtqueue index, entries, byte offset in `region` of the RX and TX ring. */
+  /** Per queue pair: virtqueue index, entries, byte offset in `region` of the RX ring. */
   rx: { index: number; size: number; offset: number }[];
-  tx: { index: number; size: number; offset: number }[];
+  /**
+   * The same of the TX rings, and where each one's indirect tables are (IndirectTables, one per
+   * entry; -1 without INDIRECT_DESC).
+   */
+  tx: { index: number; size: number; offset: number; indirect: number }[];
+  /** The negotiated virtio-net header size. */
   hdrSize: number;
+  /** MRG_RXBUF, EVENT_IDX and IN_ORDER negotiated. */
   mrgRxbuf: boolean;
+  /** See `mrgRxbuf`. */
   eventIdx: boolean;
+  /** See `mrgRxbuf`. */
   inOrder: boolean;
+  /** Software VLAN strip on receive. */
   vlanStrip: boolean;
   /** TCI to insert on every frame, -1 for none. */
   vlanInsert: number;
   /** iova of the zero header (TxQueueOptions.zeroHeader). */
   zeroHeader: number;
-}
-
-/**
- * Counters, plain numbers updated once per burst. rxDropped counts every frame the driver
- * discarded on receive (rxNoMbuf: no buffer to replace it; rxErrors: the device described it with
- * a bad used entry or header, one count per frame however many buffers it spans). rxIdxErrors
- * counts impossible used.idx values on RX (more than a ring ahead, or moved back), once per value:
- * no frame is lost by one, so it is in neither rxErrors nor rxDropped. txDropped counts frames not
- * sent: refused by txBurst (added by the caller) or malformed (also in txErrors), and frames lost
- * in flight when the device went away or was reset (taken out of txPackets and txBytes again).
- * txErrors also counts bad used entries on the TX ring.
- */
-export interface PortStats {
-  /** Frames received. */
-  rxPackets: number;
-  /** Frames sent. */
-  txPackets: number;
-  /** Bytes received (frames without the virtio-net header). */
-  rxBytes: number;
-  /** Bytes sent (frames without the virtio-net header). */
-  txBytes: number;
-  /** Frames discarded on receive. */
-  rxDropped: number;
-  /** Frames not sent. */
-  txDropped: number;
-  /** Received frames dropped because no buffer could replace theirs. */
-  rxNoMbuf: number;
-  /** Bad used entries on the RX ring (each one dropped). */
-  rxErrors: number;
-  /** Malformed frames refused, and bad used entries on the TX ring. */
-  txErrors: number;
-  rxIdxErrors: number;
 }
 
 export function emptyStats(): PortStats {
@@ -159,6 +149,12 @@ const BASE_FEATURES = [
   Feature.VERSION_1,
   Feature.ANY_LAYOUT,
   Feature.IN_ORDER, // chains in ring order, TX completions counted (tx_queue.ts, rx_queue.ts)
+  // Packed rings (2.8) whenever the device offers them: transports offer the bit only when the
+  // port spec asks for it (packed=1).
+  Feature.RING_PACKED,
+  // Indirect tables for multi-segment TX frames (2.7.5.3, 2.8.7) whenever the device offers them:
+  // transports offer the bit only when the port spec asks for it (indirect=1).
+  Feature.INDIRECT_DESC,
   NetFeature.MAC,
   NetFeature.STATUS,
   NetFeature.MTU,
@@ -196,6 +192,10 @@ interface Plan {
   maxFrame: number;
   /** RSS as sent to the device after DRIVER_OK, or null. */
   rss: RssSettings | null;
+  /** VIRTIO_F_RING_PACKED was negotiated: every queue is a packed ring (2.8). */
+  packed: boolean;
+  /** VIRTIO_F_INDIRECT_DESC was negotiated: TX queues get indirect tables (indirect.ts). */
+  indirect: boolean;
 }
 
 /** Receive filter state, re-applied through the control queue on every start. */
@@ -229,9 +229,9 @@ export class Port {
   #wanted = false;
   #mac = new Uint8Array(6);
   #linkUp = false;
-  #rx: RxQueue[] = [];
-  #tx: TxQueue[] = [];
-  #ctrl: CtrlQueue | null = null;
+  #rx: (RxQueue | PackedRxQueue)[] = [];
+  #tx: (TxQueue | PackedTxQueue)[] = [];
+  #ctrl: CtrlQueue | PackedCtrlQueue | null = null;
   /** With detachedQueues: where the rings are (null while stopped). */
   #layout: QueueLayout | null = null;
   /** With detachedQueues: the device came back and waits for `bringBack()`. */
@@ -275,6 +275,11 @@ export class Port {
   /** The link state (5.1.4); false while stopped. */
   get linkUp(): boolean {
     return this.#linkUp;
+  }
+
+  /** The link behind a simulated device (`sim:`: frame generator and checker), else null. */
+  get wire(): SimulatedWire | null {
+    return this.transport.wire ?? null;
   }
 
   /**
@@ -329,6 +334,8 @@ export class Port {
     if (queues > 1) want |= bit(NetFeature.MQ);
     if (cfg.rss !== undefined) want |= bit(NetFeature.RSS);
     let features = offered & want;
+    // 2.8 is virtio 1.x: without VERSION_1 there are no packed rings.
+    if (!has(features, Feature.VERSION_1)) features &= ~bit(Feature.RING_PACKED);
     // Features that depend on the control queue are void without it (5.1.3.1).
     if (!has(features, NetFeature.CTRL_VQ)) {
       for (const f of CTRL_FEATURES) features &= ~bit(f);
@@ -414,7 +421,23 @@ export class Port {
         ? CTRL_SIZE_LATER
         : this.#ctrlSize(ctrlIndex);
     }
-    return { cfg, features, hdrSize, queues, rxd, txd, ctrlSize, ctrlIndex, mtu, maxFrame, rss };
+    const packed = has(features, Feature.RING_PACKED);
+    const indirect = has(features, Feature.INDIRECT_DESC);
+    return {
+      cfg,
+      features,
+      hdrSize,
+      queues,
+      rxd,
+      txd,
+      ctrlSize,
+      ctrlIndex,
+      mtu,
+      maxFrame,
+      packed,
+      indirect,
+      rss,
+    };
   }
 
   /**
@@ -559,14 +582,20 @@ export class Port {
    */
   #rings(plan: Plan, pool: DmaRegion): RingArea {
     const layout = this.transport.ringLayout;
-    const key =
-      `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/${pool.kind}`;
+    const key = `${plan.queues}/${plan.rxd}/${plan.txd}/${plan.ctrlSize}/${layout.placement}/` +
+      `${pool.kind}/${plan.packed ? "packed" : "split"}/${plan.indirect ? "indirect" : ""}`;
     const old = this.#ringArea;
     if (old && old.key === key && (old.own || old.region === pool)) return old;
-    const bytes = ringAreaBytes(this.#ringSizes(plan), layout, pageSizeOf(pool.kind));
+    const bytes = ringAreaBytes(
+      this.#ringSizes(plan),
+      layout,
+      pageSizeOf(pool.kind),
+      plan.packed,
+      plan.indirect ? plan.queues * plan.txd : 0,
+    );
     if (old?.own) old.region.close();
     this.#ringArea = null;
-    const align = ringStartAlign(layout);
+    const align = plan.packed ? PACKED_START_ALIGN : ringStartAlign(layout);
     let area: RingArea;
     if (old && !old.own && old.region === pool && old.bytes >= bytes) {
       // Laid out anew: the zero header may now lie where a ring was.
@@ -601,88 +630,105 @@ export class Port {
     const layout = t.ringLayout;
     const cfg = plan.cfg;
     const eventIdx = has(plan.features, Feature.EVENT_IDX);
+    const inOrder = has(plan.features, Feature.IN_ORDER);
+    const mrgRxbuf = has(plan.features, NetFeature.MRG_RXBUF);
     const { region, base } = area;
-    const placed = placeRings(this.#ringSizes(plan), layout, region.pageSize);
+    const placed = placeRings(this.#ringSizes(plan), layout, region.pageSize, plan.packed);
+    const at = (index: number): number => base + placed.offset.get(index)!;
     const place = (index: number, size: number): SplitRing =>
-      new SplitRing(index, size, region, base + placed.offset.get(index)!, layout);
+      new SplitRing(index, size, region, at(index), layout);
+    const placePacked = (index: number, size: number): PackedRing =>
+      new PackedRing(index, size, region, at(index));
     this.queueStats.rx.length = 0;
     this.queueStats.tx.length = 0;
     // After the control buffer: zero bytes that nobody writes, the header of frames sent as
     // header + frame descriptors (see TxQueue).
     const zeroHeader = region.iova(base + placed.end + CTRL_BUFFER_BYTES);
-    const rings: SplitRing[] = [];
+    // After the zero header: each TX queue's indirect tables, one per ring slot.
+    const tablesAt = alignUp(base + placed.end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES);
+    const tablesOf = (q: number) => tablesAt + q * plan.txd * INDIRECT_TABLE_BYTES;
+    const tables = (q: number): IndirectTables | undefined =>
+      plan.indirect ? new IndirectTables(region, tablesOf(q), plan.txd, plan.txd) : undefined;
+    const memory: QueueMemory[] = [];
     const detached = cfg.detachedQueues ?? false;
+    if (detached && plan.packed) {
+      this.#fail("queues served by worker threads (--cores) use split rings; run with packed=0");
+    }
     const where: QueueLayout = {
       region,
       layout,
       rx: [],
       tx: [],
       hdrSize: plan.hdrSize,
-      mrgRxbuf: has(plan.features, NetFeature.MRG_RXBUF),
+      mrgRxbuf,
       eventIdx,
-      inOrder: has(plan.features, Feature.IN_ORDER),
+      inOrder,
       vlanStrip: cfg.vlanStrip ?? false,
       vlanInsert: cfg.vlanInsert ?? -1,
       zeroHeader,
     };
     for (let q = 0; q < plan.queues; q++) {
-      const rxRing = place(NetQueue.rx(q), plan.rxd);
-      const txRing = place(NetQueue.tx(q), plan.txd);
-      rings.push(rxRing, txRing);
       const rxStats = emptyStats();
       const txStats = emptyStats();
       this.queueStats.rx.push(rxStats);
       this.queueStats.tx.push(txStats);
       if (detached) {
-        const at = (r: SplitRing) => ({
-          index: r.index,
-          size: r.size,
-          offset: r.memory.descOffset,
-        });
-        where.rx.push(at(rxRing));
-        where.tx.push(at(txRing));
+        const rxRing = place(NetQueue.rx(q), plan.rxd);
+        const txRing = place(NetQueue.tx(q), plan.txd);
+        memory.push(rxRing.memory, txRing.memory);
+        const ring = (r: SplitRing) => ({ index: r.index, size: r.size, offset: at(r.index) });
+        where.rx.push(ring(rxRing));
+        where.tx.push({ ...ring(txRing), indirect: plan.indirect ? tablesOf(q) : -1 });
         continue;
       }
-      this.#rx.push(
-        new RxQueue({
-          ring: rxRing,
-          pool: cfg.pool,
-          transport: t,
-          hdrSize: plan.hdrSize,
-          mrgRxbuf: has(plan.features, NetFeature.MRG_RXBUF),
-          eventIdx,
-          inOrder: has(plan.features, Feature.IN_ORDER),
-          portId: this.id,
-          vlanStrip: cfg.vlanStrip ?? false,
-          stats: rxStats,
-          totals: this.stats,
-        }),
-      );
-      this.#tx.push(
-        new TxQueue({
-          ring: txRing,
-          pool: cfg.pool,
-          transport: t,
-          hdrSize: plan.hdrSize,
-          eventIdx,
-          vlanInsert: cfg.vlanInsert ?? -1,
-          zeroHeader,
-          inOrder: has(plan.features, Feature.IN_ORDER),
-          stats: txStats,
-          totals: this.stats,
-        }),
-      );
+      const common = { pool: cfg.pool, transport: t, hdrSize: plan.hdrSize, eventIdx, inOrder };
+      const rx = {
+        ...common,
+        mrgRxbuf,
+        portId: this.id,
+        vlanStrip: cfg.vlanStrip ?? false,
+        stats: rxStats,
+        totals: this.stats,
+      };
+      const tx = {
+        ...common,
+        vlanInsert: cfg.vlanInsert ?? -1,
+        zeroHeader,
+        indirect: tables(q),
+        stats: txStats,
+        totals: this.stats,
+      };
+      if (plan.packed) {
+        const rxRing = placePacked(NetQueue.rx(q), plan.rxd);
+        const txRing = placePacked(NetQueue.tx(q), plan.txd);
+        memory.push(rxRing.memory, txRing.memory);
+        this.#rx.push(new PackedRxQueue({ ...rx, ring: rxRing }));
+        this.#tx.push(new PackedTxQueue({ ...tx, ring: txRing }));
+      } else {
+        const rxRing = place(NetQueue.rx(q), plan.rxd);
+        const txRing = place(NetQueue.tx(q), plan.txd);
+        memory.push(rxRing.memory, txRing.memory);
+        this.#rx.push(new RxQueue({ ...rx, ring: rxRing }));
+        this.#tx.push(new TxQueue({ ...tx, ring: txRing }));
+      }
     }
     // Sent buffers come back when the pool runs short, not only when a ring fills (mbuf.ts).
     for (const tx of this.#tx) cfg.pool.addHolder(tx);
     if (plan.ctrlSize > 0) {
-      const ring = place(plan.ctrlIndex, plan.ctrlSize);
-      rings.push(ring);
       const buf = base + placed.end;
-      this.#ctrl = new CtrlQueue(ring, t, region, buf, `port ${this.id}`, eventIdx);
+      const label = `port ${this.id}`;
+      if (plan.packed) {
+        const ring = placePacked(plan.ctrlIndex, plan.ctrlSize);
+        memory.push(ring.memory);
+        this.#ctrl = new PackedCtrlQueue(ring, t, region, buf, label, eventIdx);
+      } else {
+        const ring = place(plan.ctrlIndex, plan.ctrlSize);
+        memory.push(ring.memory);
+        this.#ctrl = new CtrlQueue(ring, t, region, buf, label, eventIdx);
+      }
     }
     for (const rx of this.#rx) rx.fill();
-    for (const ring of rings) t.setupQueue(ring.memory);
+    for (const m of memory) t.setupQueue(m);
     this.#layout = detached ? where : null;
   }
 
@@ -770,6 +816,15 @@ export class Port {
    */
   txIdle(queue: number): void {
     this.#tx[queue]?.idle();
+  }
+
+  /**
+   * Descriptors of TX queue `queue` the device has not given back yet (0 when stopped). After a
+   * reclaim (`txBurst(queue, none, 0)`), 0 means every frame sent on it has left.
+   */
+  txInFlight(queue: number): number {
+    const tx = this.#tx[queue];
+    return tx === undefined ? 0 : tx.ring.size - tx.freeDescriptors;
   }
 
   /**
@@ -955,19 +1010,43 @@ export function ringRoomFor(
     return asked ?? Math.min(DEFAULT_RING, max);
   };
   const queues = cfg.queues ?? 1;
+  const txd = size(cfg.txd, NetQueue.tx(0));
   const sizes: [number, number][] = [];
   for (let q = 0; q < queues; q++) {
     sizes.push([NetQueue.rx(q), size(cfg.rxd, NetQueue.rx(0))]);
-    sizes.push([NetQueue.tx(q), size(cfg.txd, NetQueue.tx(0))]);
+    sizes.push([NetQueue.tx(q), txd]);
   }
   sizes.push([NetQueue.ctrl(queues), CTRL_RING]);
   // The area may start up to one alignment step past the pool's next free byte.
-  return ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind)) + ringStartAlign(t.ringLayout);
+  // Whichever ring kind is negotiated: the larger of the two layouts. Indirect tables when the
+  // transport offers them (it does only when asked).
+  const tables = has(t.getDeviceFeatures(), Feature.INDIRECT_DESC) ? queues * txd : 0;
+  const bytes = Math.max(
+    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), false, tables),
+    ringAreaBytes(sizes, t.ringLayout, pageSizeOf(kind), true, tables),
+  );
+  return bytes + Math.max(ringStartAlign(t.ringLayout), PACKED_START_ALIGN);
 }
 
-/** Bytes of a ring area: the rings as `placeRings` lays them out, the control buffer, the zero header. */
-function ringAreaBytes(sizes: [number, number][], layout: RingLayout, pageSize: number): number {
-  return placeRings(sizes, layout, pageSize).end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES;
+/**
+ * Bytes of a ring area: the rings as `placeRings` lays them out, the control buffer, the zero
+ * header, then `tables` indirect tables (aligned to their size, wherever the area starts).
+ */
+function ringAreaBytes(
+  sizes: [number, number][],
+  layout: RingLayout,
+  pageSize: number,
+  packed: boolean,
+  tables: number,
+): number {
+  const end = placeRings(sizes, layout, pageSize, packed).end + CTRL_BUFFER_BYTES +
+    ZERO_HEADER_BYTES;
+  return tables === 0 ? end : end + INDIRECT_TABLE_BYTES + tables * INDIRECT_TABLE_BYTES;
+}
+
+/** `offset` rounded up to a multiple of INDIRECT_TABLE_BYTES. */
+function alignUp(offset: number): number {
+  return Math.ceil(offset / INDIRECT_TABLE_BYTES) * INDIRECT_TABLE_BYTES;
 }
 
 /**
@@ -979,12 +1058,13 @@ function placeRings(
   sizes: [number, number][],
   layout: RingLayout,
   pageSize: number,
+  packed: boolean,
 ): { offset: Map<number, number>; end: number } {
-  const align = ringStartAlign(layout);
+  const align = packed ? PACKED_START_ALIGN : ringStartAlign(layout);
   const offset = new Map<number, number>();
   let next = 0;
   for (const [index, size] of sizes) {
-    const bytes = ringParts(size, layout).bytes;
+    const bytes = packed ? packedParts(size).bytes : ringParts(size, layout).bytes;
     let off = Math.ceil(next / align) * align;
     if (
       bytes <= pageSize && Math.floor(off / pageSize) !== Math.floor((off + bytes - 1) / pageSize)

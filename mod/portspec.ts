@@ -11,7 +11,7 @@
 import { basename, dirname, join, resolve } from "node:path";
 import { SimTransport } from "./sim/transport.ts";
 import { PciTransport } from "./transport/pci.ts";
-import type { NoticeSink, VirtioTransport } from "./transport/transport.ts";
+import type { NoticeSink, VirtioTransport } from "./virtio/transport.ts";
 import { VhostUserTransport } from "./transport/vhost_user.ts";
 
 /** The transport a port spec names. */

@@ -13,7 +13,7 @@
  *
  * Writing and checking allocate nothing.
  */
-import { Eth } from "./virtio/constants.ts";
+import { Eth } from "./eth.ts";
 
 /** Shortest test frame (an Ethernet minimum frame without its FCS). */
 export const TEST_FRAME_MIN = 60;

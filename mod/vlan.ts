@@ -11,7 +11,7 @@
  * a new outermost 0x8100 tag, so a frame that already carries one leaves with two (Q-in-Q style).
  */
 import { MbufFlag, type MbufPool } from "./mbuf.ts";
-import { Eth } from "./virtio/constants.ts";
+import { Eth } from "./eth.ts";
 
 const MACS = 2 * Eth.ADDR;
 

@@ -8,9 +8,12 @@
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
  * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf as `--mrg`, in_order=1:
  * what vpmd negotiates; forwarding mode M, io for the loop), or `dpdk-DEVARGS` for that front-end
- * with some of its devargs changed (`dpdk-in_order=0`, `dpdk-mrg_rxbuf=1,in_order=0`). The vpmd
- * trees run with their defaults but for mergeable buffers: `--mrg` (default 0, vpmd's default for
- * 64-byte frames) for every front-end, `TREE,mrg=0|1` for one. Each repetition runs every tree's
+ * with some of its devargs changed (`dpdk-in_order=0`, `dpdk-mrg_rxbuf=1,in_order=0`), or
+ * `dpdk-fast` for DPDK's fastest front-end path (packed_vq=1,in_order=1,vectorized=1,mrg_rxbuf=0
+ * and EAL --force-max-simd-bitwidth=512, dpdk_front.ts). The vpmd trees run with their defaults
+ * but for mergeable buffers and the ring kind: `--mrg` (default 0, vpmd's default for 64-byte
+ * frames) and `--packed` (default 0: split rings; 1: `packed=1` on the vhost-user port, and
+ * packed_vq=1 for `dpdk`) for every front-end, `TREE,mrg=0|1,packed=0|1` for one. Each repetition runs every tree's
  * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
@@ -32,7 +35,7 @@
  */
 import { parseArgs } from "cli-args";
 import { coreCycles, Testpmd } from "../tests/lib/testpmd.ts";
-import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
+import { FAST_EAL, fastDevargs, sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { childArgs, pinnedDeno } from "./command.ts";
 import { median } from "./median.ts";
 
@@ -47,6 +50,7 @@ const { values, positionals: trees } = parseArgs({
     reps: { type: "string", default: "4" },
     busy: { type: "boolean", default: false },
     mrg: { type: "string", default: "0" },
+    packed: { type: "string", default: "0" },
   },
 });
 const mode = values.mode!;
@@ -55,29 +59,33 @@ const child = values.front === "child";
 const busy = values.busy! && child;
 const modes = child ? ["txonly", "loop", "rxonly"] : ["txonly", "io", "mac", "macswap"];
 const mrg = values.mrg!;
+const packed = values.packed!;
 function usage(why?: string): never {
   if (why) console.error(`bench-ab: ${why}`);
   console.error(
     "usage: bench-ab.ts [--front fwd|child] [--mode txonly|io|mac|macswap (fwd), " +
-      "txonly|loop|rxonly (child)] [--reps N] [--busy (child)] [--mrg 0|1] " +
-      "(dpdk[-DEVARGS] | PATH[,mrg=0|1])...",
+      "txonly|loop|rxonly (child)] [--reps N] [--busy (child)] [--mrg 0|1] [--packed 0|1] " +
+      "(dpdk[-DEVARGS] | dpdk-fast | PATH[,mrg=0|1][,packed=0|1])...",
   );
   Deno.exit(2);
 }
 if (
   !["fwd", "child"].includes(values.front!) || !modes.includes(mode) || trees.length === 0 ||
-  !["0", "1"].includes(mrg)
+  !["0", "1"].includes(mrg) || !["0", "1"].includes(packed)
 ) usage();
 const sock = `/tmp/vpmd-ab-${Deno.pid}.sock`;
 /** The vhost side's forwarding mode: the front-end's counterpart. */
 const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : "mac";
 /** A TREE argument: DPDK's front-end with its devargs, or a vpmd checkout. */
-type Front = { dpdk: true; devargs: string } | { dpdk: false; path: string; mrg: string };
+type Front =
+  | { dpdk: true; devargs: string; eal: string[] }
+  | { dpdk: false; path: string; mrg: string; packed: string };
 function front(tree: string): Front {
+  if (tree === "dpdk-fast") return { dpdk: true, devargs: fastDevargs(256), eal: FAST_EAL };
   if (tree === "dpdk" || tree.startsWith("dpdk-")) {
     // sameFeatures' devargs, those named after "dpdk-" replaced or added.
     const args = new Map<string, string>();
-    for (const a of sameFeatures(mrg, 256, "1").split(",")) {
+    for (const a of sameFeatures(mrg, 256, "1", packed).split(",")) {
       const [k, v] = a.split("=", 2);
       args.set(k, v);
     }
@@ -86,29 +94,33 @@ function front(tree: string): Front {
       if (v === undefined) usage(`${tree}: devargs are KEY=VALUE`);
       args.set(k, v);
     }
-    return { dpdk: true, devargs: [...args].map(([k, v]) => `${k}=${v}`).join(",") };
+    return { dpdk: true, devargs: [...args].map(([k, v]) => `${k}=${v}`).join(","), eal: [] };
   }
   const [path, ...opts] = tree.split(",");
   let m = mrg;
+  let p = packed;
   for (const o of opts) {
-    if (o !== "mrg=0" && o !== "mrg=1") usage(`${tree}: a vpmd tree takes only ,mrg=0|1`);
-    m = o.slice(4);
+    if (/^mrg=[01]$/.test(o)) m = o.slice(4);
+    else if (/^packed=[01]$/.test(o)) p = o.slice(7);
+    else usage(`${tree}: a vpmd tree takes only ,mrg=0|1 and ,packed=0|1`);
   }
-  return { dpdk: false, path, mrg: m };
+  return { dpdk: false, path, mrg: m, packed: p };
 }
 const fronts = new Map<string, Front>(trees.map((t: string) => [t, front(t)]));
 /** The vpmd front-end command for a checkout. */
-const frontArgs = (path: string, treeMrg: string): string[] =>
+const frontArgs = (path: string, treeMrg: string, treePacked: string): string[] =>
   child
     ? childArgs(`${path}/scripts/bench-vhost.ts`, mode, sock, 4.5, [
       "--mrg",
       treeMrg,
+      // A tree without packed rings knows no --packed: asked only for packed ones.
+      ...(treePacked === "1" ? ["--packed", "1"] : []),
       ...(busy ? ["--busy"] : []),
     ])
     : [
       `${path}/main.ts`,
       "fwd",
-      `vhost-user:${sock},mrg=${treeMrg}`,
+      `vhost-user:${sock},mrg=${treeMrg}${treePacked === "1" ? ",packed=1" : ""}`,
       "--mode",
       mode,
       "--duration",
@@ -117,11 +129,12 @@ const frontArgs = (path: string, treeMrg: string): string[] =>
       "0",
     ];
 /** DPDK's virtio_user testpmd as the front-end, forwarding. */
-async function startDpdk(devargs: string): Promise<Testpmd> {
+async function startDpdk(devargs: string, eal: string[]): Promise<Testpmd> {
   const front = await startDpdkFront({
     sock,
     fwd: mode === "loop" ? "io" : mode,
     devargs,
+    eal,
     burst: 32,
     ring: 256,
     app: busy ? ["--record-core-cycles"] : [],
@@ -158,10 +171,10 @@ try {
       await vhost.cmd("clear port stats all");
       if (vhostMode !== "mac") await vhost.cmd("start");
       const f = fronts.get(tree)!;
-      const dpdk = f.dpdk ? await startDpdk(f.devargs) : null;
+      const dpdk = f.dpdk ? await startDpdk(f.devargs, f.eal) : null;
       const fwd = !f.dpdk
         ? new Deno.Command("taskset", {
-          args: pinnedDeno(frontArgs(f.path, f.mrg)),
+          args: pinnedDeno(frontArgs(f.path, f.mrg, f.packed)),
           stdout: "piped",
           stderr: "piped",
         }).spawn()

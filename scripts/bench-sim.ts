@@ -17,12 +17,12 @@
  * order and counts TX completions; the device writes one used entry per TX batch).
  */
 import { parseArgs } from "cli-args";
-import { buildStreams } from "../mod/fwd/cli.ts";
+import { buildStreams } from "../mod/fwd/streams.ts";
 import { createEngine } from "../mod/fwd/engines.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { openTransport } from "../mod/portspec.ts";
-import type { VirtioTransport } from "../mod/transport/transport.ts";
+import type { VirtioTransport } from "../mod/virtio/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { median } from "./median.ts";
 

@@ -2,7 +2,8 @@
  * vpmd vs DPDK's own virtio_user front-end, against the same DPDK vhost PMD testpmd.
  *
  *   deno run -A scripts/bench-vhost.ts [--reps 5] [--seconds 3] [--tests rxonly,txonly,loop]
- *                                      [--mrg 0|1] [--in-order 0|1] [--defaults]
+ *                                      [--mrg 0|1] [--in-order 0|1] [--packed 0|1] [--defaults]
+ *                                      [--fast]
  *
  * One vhost testpmd (server socket, forwarding on CPU 1) serves every run. Each repetition runs
  * DPDK's `net_virtio_user` testpmd (A) and vpmd (B) one after the other on CPU 0, alternating
@@ -15,7 +16,11 @@
  * machine). DPDK's devargs are set to the features vpmd negotiates (split ring,
  * mrg_rxbuf as --mrg, default 0 on both sides: vpmd leaves MRG_RXBUF out while its frames fit one
  * buffer; in_order as --in-order, default 1: vpmd negotiates VIRTIO_F_IN_ORDER unless told not
- * to); `--defaults` adds a column with DPDK's default devargs (mrg_rxbuf=1 among them).
+ * to; packed_vq as --packed, default 0: vpmd's ring kind, `packed=` of its vhost-user port);
+ * `--defaults` adds a column with DPDK's default devargs (mrg_rxbuf=1 among them); `--fast` one
+ * with DPDK's fastest front-end path (packed_vq=1,in_order=1,vectorized=1,mrg_rxbuf=0 and EAL
+ * --force-max-simd-bitwidth=512, dpdk_front.ts) and vpmd's paired ratio to it, run in each
+ * repetition right after the other two.
  *
  * Busy cost: vpmd's child measures the time of loop iterations whose burst moved packets (one
  * iteration in 16 timed, a clock read's own cost subtracted; iterations over 50 µs were preempted
@@ -35,7 +40,7 @@ import { writeTestFrame } from "../mod/testframe.ts";
 import { VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import { coreCycles, type EthStats, Testpmd } from "../tests/lib/testpmd.ts";
 import { childArgs, pinnedDeno } from "./command.ts";
-import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
+import { FAST_EAL, fastDevargs, sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 import { median } from "./median.ts";
 
 const BURST = 32;
@@ -72,6 +77,7 @@ async function childMain(args: string[]): Promise<void> {
       seconds: { type: "string" },
       mrg: { type: "string", default: "0" },
       "in-order": { type: "string", default: "1" },
+      packed: { type: "string", default: "0" },
       busy: { type: "boolean", default: false },
     },
   });
@@ -81,6 +87,7 @@ async function childMain(args: string[]): Promise<void> {
     path: values.path!,
     mrg: values.mrg === "1",
     inOrder: values["in-order"] === "1",
+    packed: values.packed === "1",
   });
   const pool = new MbufPool({ count: 8192, kind: transport.dmaKinds[0] });
   const port = new Port(0, transport);
@@ -323,6 +330,7 @@ async function runDpdk(
   test: Test,
   seconds: number,
   devargs: string,
+  eal: string[] = [],
 ): Promise<RunResult> {
   await prepareVhost(vhost, test);
   const fwd = test === "loop" ? "io" : test;
@@ -333,6 +341,7 @@ async function runDpdk(
     burst: BURST,
     ring: RING,
     app: ["--record-core-cycles"],
+    eal,
   });
   try {
     await front.cmd("start");
@@ -353,6 +362,7 @@ async function runVpmd(
   seconds: number,
   mrg: string,
   inOrder: string,
+  packed: string,
   busy: boolean,
 ): Promise<RunResult> {
   await prepareVhost(vhost, test);
@@ -364,6 +374,8 @@ async function runVpmd(
         mrg,
         "--in-order",
         inOrder,
+        "--packed",
+        packed,
         ...(busy ? ["--busy"] : []),
       ]),
     ),
@@ -405,7 +417,9 @@ async function main(): Promise<void> {
       tests: { type: "string", default: "rxonly,txonly,loop" },
       mrg: { type: "string", default: "0" },
       "in-order": { type: "string", default: "1" },
+      packed: { type: "string", default: "0" },
       defaults: { type: "boolean", default: false },
+      fast: { type: "boolean", default: false },
       "busy-reps": { type: "string", default: "3" },
     },
   });
@@ -413,12 +427,13 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds);
   const mrg = values.mrg!;
   const inOrder = values["in-order"]!;
-  if (!["0", "1"].includes(mrg) || !["0", "1"].includes(inOrder)) {
-    console.error("bench-vhost: --mrg and --in-order take 0 or 1");
+  const packed = values.packed!;
+  if (![mrg, inOrder, packed].every((v) => ["0", "1"].includes(v))) {
+    console.error("bench-vhost: --mrg, --in-order and --packed take 0 or 1");
     Deno.exit(2);
   }
   const tests = values.tests!.split(",") as Test[];
-  const same = sameFeatures(mrg, RING, inOrder);
+  const same = sameFeatures(mrg, RING, inOrder, packed);
   const sock = `/tmp/vpmd-bench-${Deno.pid}.sock`;
   const vhost = await Testpmd.start({
     vdev: `net_vhost0,iface=${sock},queues=1`,
@@ -433,26 +448,31 @@ async function main(): Promise<void> {
       const a: number[] = [];
       const d: number[] = [];
       const b: number[] = [];
+      const f: number[] = [];
       for (let r = 0; r < reps; r++) {
         const order = r % 2 === 0 ? ["A", "B"] : ["B", "A"];
         for (const who of order) {
           if (who === "A") {
             a.push((await runDpdk(vhost, sock, test, seconds, same)).mpps);
           } else {
-            b.push((await runVpmd(vhost, sock, test, seconds, mrg, inOrder, false)).mpps);
+            b.push((await runVpmd(vhost, sock, test, seconds, mrg, inOrder, packed, false)).mpps);
           }
         }
         if (values.defaults) d.push((await runDpdk(vhost, sock, test, seconds, "")).mpps);
+        if (values.fast) {
+          f.push((await runDpdk(vhost, sock, test, seconds, fastDevargs(RING), FAST_EAL)).mpps);
+        }
         console.error(
           `${test} rep ${r + 1}: dpdk ${a.at(-1)!.toFixed(2)} vpmd ${b.at(-1)!.toFixed(2)} Mpps` +
-            (values.defaults ? ` dpdk-defaults ${d.at(-1)!.toFixed(2)}` : ""),
+            (values.defaults ? ` dpdk-defaults ${d.at(-1)!.toFixed(2)}` : "") +
+            (values.fast ? ` dpdk-fast ${f.at(-1)!.toFixed(2)}` : ""),
         );
       }
       const aBusy: number[] = [];
       const bBusy: number[] = [];
       for (let r = 0; r < Number(values["busy-reps"]); r++) {
         const x = await runDpdk(vhost, sock, test, seconds, same);
-        const y = await runVpmd(vhost, sock, test, seconds, mrg, inOrder, true);
+        const y = await runVpmd(vhost, sock, test, seconds, mrg, inOrder, packed, true);
         if (x.busyNs !== null) aBusy.push(x.busyNs);
         if (y.busyNs !== null) bBusy.push(y.busyNs);
         console.error(
@@ -473,7 +493,12 @@ async function main(): Promise<void> {
         } | ${paired.toFixed(2).padStart(6)} | ${median(aBusy).toFixed(1).padStart(6)} | ${
           median(bBusy).toFixed(1).padStart(6)
         } |` +
-          (values.defaults ? ` ${median(d).toFixed(2).padStart(6)} |` : ""),
+          (values.defaults ? ` ${median(d).toFixed(2).padStart(6)} |` : "") +
+          (values.fast
+            ? ` ${median(f).toFixed(2).padStart(6)} | ${
+              median(f.map((x, i) => b[i] / x)).toFixed(2).padStart(6)
+            } |`
+            : ""),
       );
     }
   } finally {
@@ -481,15 +506,17 @@ async function main(): Promise<void> {
   }
   console.log(
     `vpmd vs DPDK 22.11 net_virtio_user, same vhost testpmd, 64 B, burst ${BURST}, ring ${RING}, ` +
-      `mrg_rxbuf=${mrg}, in_order=${inOrder}, ${reps} alternating reps x ${seconds} s, medians (Mpps at the vhost side)`,
+      `mrg_rxbuf=${mrg}, in_order=${inOrder}, ${packed === "1" ? "packed" : "split"} ring, ` +
+      `${reps} alternating reps x ${seconds} s, medians (Mpps at the vhost side)`,
   );
   console.log(
     "| test    |   DPDK |   vpmd | ratio | paired | DPDK ns/pkt busy | vpmd ns/pkt busy |" +
-      (values.defaults ? " DPDK defaults |" : ""),
+      (values.defaults ? " DPDK defaults |" : "") +
+      (values.fast ? " dpdk-fast | paired vs fast |" : ""),
   );
   console.log(
     "|---------|-------:|-------:|------:|-------:|-------:|-------:|" +
-      (values.defaults ? "-------:|" : ""),
+      (values.defaults ? "-------:|" : "") + (values.fast ? "-------:|-------:|" : ""),
   );
   for (const r of rows) console.log(r);
   console.log(`command: deno run -A scripts/bench-vhost.ts ${Deno.args.join(" ")}`.trim());

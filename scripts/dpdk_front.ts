@@ -5,10 +5,23 @@
  */
 import { Testpmd } from "../tests/lib/testpmd.ts";
 
-/** DPDK's devargs for the features vpmd negotiates: split ring, mrg_rxbuf and in_order as given. */
-export function sameFeatures(mrg: string, ring: number, inOrder: string): string {
-  return `packed_vq=0,mrg_rxbuf=${mrg},in_order=${inOrder},queue_size=${ring}`;
+/**
+ * DPDK's devargs for the features vpmd negotiates: the ring kind (packed_vq 0 split, 1 packed),
+ * mrg_rxbuf and in_order as given.
+ */
+export function sameFeatures(mrg: string, ring: number, inOrder: string, packed = "0"): string {
+  return `packed_vq=${packed},mrg_rxbuf=${mrg},in_order=${inOrder},queue_size=${ring}`;
 }
+
+/**
+ * DPDK's fastest front-end path ("dpdk-fast"): packed ring, in order, vectorized (AVX512) RX and
+ * TX, no mergeable buffers. DPDK 22.11 takes its AVX512 paths only when told it may use 512-bit
+ * SIMD (`FAST_EAL`).
+ */
+export function fastDevargs(ring: number): string {
+  return `packed_vq=1,in_order=1,vectorized=1,mrg_rxbuf=0,queue_size=${ring}`;
+}
+export const FAST_EAL = ["--force-max-simd-bitwidth=512"];
 
 export interface DpdkFrontOptions {
   /** The vhost-user socket (the vhost side is the server). */
@@ -21,6 +34,8 @@ export interface DpdkFrontOptions {
   ring: number;
   /** More application arguments (e.g. `--record-core-cycles`). */
   app?: string[];
+  /** More EAL arguments (e.g. FAST_EAL). */
+  eal?: string[];
 }
 
 /** Start the front-end testpmd (not yet forwarding: `cmd("start")`); `stop()` it when done. */
@@ -30,7 +45,7 @@ export function startDpdkFront(o: DpdkFrontOptions): Promise<Testpmd> {
     fwd: o.fwd,
     lcores: "0,1",
     mainLcore: 1,
-    eal: ["--single-file-segments"],
+    eal: ["--single-file-segments", ...(o.eal ?? [])],
     app: [`--burst=${o.burst}`, `--rxd=${o.ring}`, `--txd=${o.ring}`, ...(o.app ?? [])],
   });
 }

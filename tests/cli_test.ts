@@ -2,9 +2,9 @@
  * The CLI as a user runs it: `deno run -A main.ts ...` in a subprocess, with a hard timeout.
  */
 import assert from "assert";
-import { parseFwdArgs } from "../mod/fwd/cli.ts";
+import { parseFwdArgs } from "../cli/fwd.ts";
 import { MbufPool } from "../mod/mbuf.ts";
-import { NoticePrinter } from "../mod/fwd/notices.ts";
+import { NoticePrinter } from "../cli/notices.ts";
 import { withFake } from "./lib/fake_vhost.ts";
 import { peerTest } from "./lib/peers.ts";
 import { socketPath, Testpmd, testpmdPeer } from "./lib/testpmd.ts";

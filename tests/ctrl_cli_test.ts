@@ -1,5 +1,5 @@
 /**
- * Without a guest: the `vpmd fwd` receive-filter and MTU flags (mod/fwd/filters.ts) checked
+ * Without a guest: the `vpmd fwd` receive-filter and MTU flags (cli/filters.ts) checked
  * and applied through the port against the simulated device (whose receive filter drops
  * injected frames like QEMU's), CTRL_VLAN negotiated only for --vlan-filter, queue-size rules,
  * stopped-only configuration and the library flow stop/configure/start, the announce frame's
@@ -8,13 +8,13 @@
  */
 import assert from "assert";
 import { ANNOUNCE_FRAME_BYTES, writeAnnounce } from "../mod/announce.ts";
-import { applyFilters, type FilterOptions, parseFilterFlags } from "../mod/fwd/filters.ts";
+import { applyFilters, type FilterOptions, parseFilterFlags } from "../cli/filters.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port, type PortConfig } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
 import { parseMac } from "../mod/mac.ts";
-import type { VirtioTransport } from "../mod/transport/transport.ts";
+import type { VirtioTransport } from "../mod/virtio/transport.ts";
 import { bit, has, NetFeature } from "../mod/virtio/constants.ts";
 import { CtrlCommandError } from "../mod/virtio/ctrl_queue.ts";
 

@@ -10,7 +10,7 @@ import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
-import type { QueueMemory, VirtioTransport } from "../mod/transport/transport.ts";
+import type { QueueMemory, VirtioTransport } from "../mod/virtio/transport.ts";
 import { Avail, Ctrl, Desc, Used } from "../mod/virtio/constants.ts";
 import { CtrlQueue } from "../mod/virtio/ctrl_queue.ts";
 import { SplitRing } from "../mod/virtio/split_ring.ts";

@@ -4,11 +4,11 @@
  * multi-segment) arrive at the wire byte-exact, rxonly frees everything.
  */
 import assert from "assert";
-import { accountFrames } from "../mod/fwd/accounting.ts";
-import { buildStreams, reclaimSent } from "../mod/fwd/cli.ts";
+import { accountFrames } from "../cli/accounting.ts";
+import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { createEngine, defaultPeer, type Mode } from "../mod/fwd/engines.ts";
 import { ForwardLoop } from "../mod/fwd/loop.ts";
-import { type Counters, type PortRow, STAT_KEYS, StatsReporter } from "../mod/fwd/stats.ts";
+import { type Counters, type PortRow, STAT_KEYS, StatsReporter } from "../cli/stats.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { openTransport } from "../mod/portspec.ts";

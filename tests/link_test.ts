@@ -10,8 +10,8 @@ import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
-import { Eth } from "../mod/virtio/constants.ts";
+import { TransportEvent } from "../mod/virtio/transport.ts";
+import { Eth } from "../mod/eth.ts";
 
 function setup(spec: Record<string, string>) {
   const t = SimTransport.fromSpec("link", spec);

@@ -15,15 +15,15 @@ import {
   PciCommand,
   virtioNetKind,
 } from "../mod/pci/config.ts";
-import { listDevices, runPciCommand } from "../mod/pci/commands.ts";
+import { listDevices, runPciCommand } from "../cli/pci.ts";
 import { PolledConfigChange } from "../mod/pci/interrupts.ts";
 import { normalizeAddress, parseResources, Sysfs } from "../mod/pci/sysfs.ts";
 import type { IoBar } from "../mod/pci/io_bar.ts";
 import { PciTransport } from "../mod/transport/pci.ts";
 import { LegacyPciTransport, LegacyReg } from "../mod/transport/pci_legacy.ts";
 import { CommonCfg } from "../mod/transport/pci_modern.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
-import type { QueueMemory } from "../mod/transport/transport.ts";
+import { TransportEvent } from "../mod/virtio/transport.ts";
+import type { QueueMemory } from "../mod/virtio/transport.ts";
 import { bit, NetConfig, NetFeature } from "../mod/virtio/constants.ts";
 
 // Configuration spaces (first bytes; the rest is zero) of the lab's NICs, bound to virtio-pci
@@ -420,7 +420,14 @@ Deno.test("pci transport: legacy register layout through sysfs resource0 (pread/
       assert.equal(t.queueSizeFixed, true);
       assert.deepEqual(t.ringLayout, { placement: "contiguous", usedAlign: 4096 });
       t.reset();
-      assert.equal(t.getDeviceFeatures(), 0x79bf8064n);
+      // The device offers VIRTIO_F_INDIRECT_DESC (bit 28); it is passed on only with indirect=1.
+      assert.equal(t.getDeviceFeatures(), 0x69bf8064n);
+      const ti = PciTransport.fromSpec("0000:00:06.0", { portio: "sysfs", indirect: "1" }, sysfs);
+      try {
+        assert.equal(ti.getDeviceFeatures(), 0x79bf8064n);
+      } finally {
+        ti.close();
+      }
       assert.deepEqual(Array.from(t.readConfig(0, 6)), [0x52, 0x54, 0x00, 0x12, 0x34, 0x12]);
       assert.equal(t.queueMaxSize(0), 256);
       assert.throws(() => t.setDriverFeatures(1n << 32n), /only feature bits 0-31/);

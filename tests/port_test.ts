@@ -17,7 +17,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "../mod/transport/transport.ts";
+} from "../mod/virtio/transport.ts";
 import {
   Avail,
   bit,
@@ -184,39 +184,42 @@ function withPort(
 }
 
 Deno.test("port start: the 3.1.1 sequence, features intersected with the driver's", () => {
-  withPort({ features: [...MODERN, NetFeature.GSO, Feature.RING_PACKED] }, (port, t, pool) => {
-    port.configure({ pool, rxd: 128, txd: 64 });
-    port.start();
-    const A = Status.ACKNOWLEDGE;
-    const D = Status.DRIVER;
-    const F = Status.FEATURES_OK;
-    assert.deepEqual(t.calls, [
-      "reset",
-      `status ${A}`,
-      `status ${A | D}`,
-      "features",
-      `status ${A | D | F}`,
-      "memory",
-      "memory",
-      "queue 0 size 128",
-      "queue 1 size 64",
-      "queue 2 size 64",
-      `status ${A | D | F | Status.DRIVER_OK}`,
-    ]);
-    assert.equal(t.regions[1], pool.region);
-    // MRG_RXBUF is left out: frames of the default MTU fit one buffer.
-    let want = 0n;
-    for (const f of MODERN) if (f !== NetFeature.MRG_RXBUF) want |= bit(f);
-    assert.equal(port.features, want);
-    assert.equal(t.driverFeatures, want);
-    assert.deepEqual([...port.mac], [0x52, 0x54, 0, 1, 2, 3]);
-    assert.equal(port.linkUp, true);
-    assert.equal(pool.available, 1024 - 128);
-    port.stop();
-    assert.equal(t.calls.at(-1), "reset");
-    assert.equal(pool.available, 1024);
-    assert.equal(port.started, false);
-  });
+  withPort(
+    { features: [...MODERN, NetFeature.GSO, Feature.NOTIFICATION_DATA] },
+    (port, t, pool) => {
+      port.configure({ pool, rxd: 128, txd: 64 });
+      port.start();
+      const A = Status.ACKNOWLEDGE;
+      const D = Status.DRIVER;
+      const F = Status.FEATURES_OK;
+      assert.deepEqual(t.calls, [
+        "reset",
+        `status ${A}`,
+        `status ${A | D}`,
+        "features",
+        `status ${A | D | F}`,
+        "memory",
+        "memory",
+        "queue 0 size 128",
+        "queue 1 size 64",
+        "queue 2 size 64",
+        `status ${A | D | F | Status.DRIVER_OK}`,
+      ]);
+      assert.equal(t.regions[1], pool.region);
+      // MRG_RXBUF is left out: frames of the default MTU fit one buffer.
+      let want = 0n;
+      for (const f of MODERN) if (f !== NetFeature.MRG_RXBUF) want |= bit(f);
+      assert.equal(port.features, want);
+      assert.equal(t.driverFeatures, want);
+      assert.deepEqual([...port.mac], [0x52, 0x54, 0, 1, 2, 3]);
+      assert.equal(port.linkUp, true);
+      assert.equal(pool.available, 1024 - 128);
+      port.stop();
+      assert.equal(t.calls.at(-1), "reset");
+      assert.equal(pool.available, 1024);
+      assert.equal(port.started, false);
+    },
+  );
 });
 
 Deno.test("port start: a legacy device gets no FEATURES_OK and a 10-byte header", () => {

@@ -7,7 +7,7 @@ import assert from "assert";
 import { DmaRegion } from "../ffi/dma.ts";
 import { MbufFlag, MbufPool } from "../mod/mbuf.ts";
 import { emptyStats } from "../mod/port.ts";
-import type { QueueMemory, RingLayout, VirtioTransport } from "../mod/transport/transport.ts";
+import type { QueueMemory, RingLayout, VirtioTransport } from "../mod/virtio/transport.ts";
 import { Avail, Desc, Feature, NetHdr, Used } from "../mod/virtio/constants.ts";
 import { DeviceQueue } from "../mod/sim/queue.ts";
 import { RxQueue } from "../mod/virtio/rx_queue.ts";

@@ -14,7 +14,7 @@ import { Port, type PortConfig } from "../mod/port.ts";
 import { SimTransport } from "../mod/sim/transport.ts";
 import { SimWire } from "../mod/sim/wire.ts";
 import { checkTestFrame, FrameCheck, writeTestFrame } from "../mod/testframe.ts";
-import { TransportEvent } from "../mod/transport/transport.ts";
+import { TransportEvent, type VirtioTransport } from "../mod/virtio/transport.ts";
 import { Avail, Desc, Feature, NetFeature, Status, Used } from "../mod/virtio/constants.ts";
 
 const PEER = Uint8Array.of(0x02, 0x99, 0, 0, 0, 1);
@@ -80,6 +80,21 @@ function tagged(dst: Uint8Array, vid: number): Uint8Array {
   t.set(f.subarray(12), 16);
   return t;
 }
+
+Deno.test("sim: the port exposes its wire; a port on another transport has none", () => {
+  const { t, port, close } = setup({});
+  try {
+    assert.equal(port.wire, t.wire);
+    assert.equal(receive(port, 10).length, 10);
+    port.wire?.stopGenerator();
+    assert.equal(t.wire.generating, false);
+    assert.ok(port.wire !== null && port.wire.counters.generated >= 10);
+  } finally {
+    close();
+  }
+  const real = new Port(1, { name: "no wire" } as unknown as VirtioTransport, { log: () => {} });
+  assert.equal(real.wire, null);
+});
 
 Deno.test("sim: generated frames reach the driver intact, echoed frames pass the checker", () => {
   const { t, pool, port, close } = setup({ size: "64+200+1514" });

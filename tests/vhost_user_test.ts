@@ -7,7 +7,7 @@ import { DmaRegion } from "../ffi/dma.ts";
 import { MbufPool } from "../mod/mbuf.ts";
 import { Port } from "../mod/port.ts";
 import { writeTestFrame } from "../mod/testframe.ts";
-import { type QueueMemory, TransportEvent } from "../mod/transport/transport.ts";
+import { type QueueMemory, TransportEvent } from "../mod/virtio/transport.ts";
 import { Notice, VhostUserTransport } from "../mod/transport/vhost_user.ts";
 import {
   Avail,

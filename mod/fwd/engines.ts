@@ -16,7 +16,7 @@
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import { writeTestFrame } from "../testframe.ts";
-import { Eth } from "../virtio/constants.ts";
+import { Eth } from "../eth.ts";
 
 /** The forwarding modes, as `vpmd fwd --mode` names them. */
 export const MODES = ["io", "mac", "macswap", "rxonly", "txonly"] as const;
@@ -27,7 +27,10 @@ export type Mode = typeof MODES[number];
  * What an engine uses of a port: its bursts, counters, number and MAC address (a `Port`, or the
  * queues of one that a worker thread serves, mod/fwd/worker_main.ts).
  */
-export type StreamPort = Pick<Port, "id" | "mac" | "stats" | "rxBurst" | "txBurst" | "txIdle">;
+export type StreamPort = Pick<
+  Port,
+  "id" | "mac" | "stats" | "limits" | "rxBurst" | "txBurst" | "txIdle" | "txInFlight"
+>;
 
 /** One forwarding stream: frames received on `rx` queue `queue` leave on `tx` queue `queue`. */
 export interface Stream {

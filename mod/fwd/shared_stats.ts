@@ -6,9 +6,11 @@
  * counters and a thread's busy time are copied in at every clock check. The main thread only
  * reads; an aligned 8-byte load sees a whole value.
  */
-import type { PortStats } from "../port.ts";
-import { SimWire, type WireCounters } from "../sim/wire.ts";
-import { STAT_KEYS } from "./stats.ts";
+import { emptyStats } from "../port.ts";
+import type { PortStats } from "../virtio/stats.ts";
+
+/** The counters of a PortStats, in one order for every thread. */
+const STAT_KEYS = Object.keys(emptyStats()) as (keyof PortStats)[];
 
 const NSTAT = STAT_KEYS.length;
 /** Offsets of each counter in a block of STAT_KEYS.length slots. */
@@ -22,9 +24,6 @@ const RX_NO_MBUF = STAT_KEYS.indexOf("rxNoMbuf");
 const RX_ERRORS = STAT_KEYS.indexOf("rxErrors");
 const TX_ERRORS = STAT_KEYS.indexOf("txErrors");
 const RX_IDX_ERRORS = STAT_KEYS.indexOf("rxIdxErrors");
-
-/** The simulated wire's counters, in one order for every thread. */
-export const WIRE_KEYS = Object.keys(new SimWire(false, 0).counters) as (keyof WireCounters)[];
 
 /** What a worker reports about itself (see WorkerReport in workers.ts). */
 export const BUSY_KEYS = [
@@ -107,6 +106,11 @@ export class SharedStats implements PortStats {
   }
 }
 
+/** Where counter `key` is in a block of PortStats slots. */
+export function statSlot(key: keyof PortStats): number {
+  return STAT_KEYS.indexOf(key);
+}
+
 /** Set every counter of `s` to 0. */
 export function clearStats(s: PortStats): void {
   for (let i = 0; i < NSTAT; i++) s[STAT_KEYS[i]] = 0;
@@ -121,10 +125,11 @@ export function addStats(into: PortStats, slots: Float64Array, base: number): vo
 const LINE_SLOTS = 8;
 
 /**
- * Where each counter lives, for `workers` threads over `ports` ports of `queues` queue pairs:
- * per worker its BUSY_KEYS, then per port a block of the port's totals, each RX queue's and each
- * TX queue's counters and the wire's (zeros where the worker does not serve that part). A cache
- * line of space separates workers' areas, so that no two threads write one line.
+ * Where each counter lives, for `workers` threads over `ports` ports of `queues` queue pairs and
+ * simulated wires of `wireSlots` counters: per worker its BUSY_KEYS, then per port a block of the
+ * port's totals, each RX queue's and each TX queue's counters and the wire's (zeros where the
+ * worker does not serve that part). A cache line of space separates workers' areas, so that no
+ * two threads write one line.
  */
 export class CounterLayout {
   readonly workers: number;
@@ -133,11 +138,11 @@ export class CounterLayout {
   readonly #block: number;
   readonly #worker: number;
 
-  constructor(workers: number, ports: number, queues: number) {
+  constructor(workers: number, ports: number, queues: number, wireSlots: number) {
     this.workers = workers;
     this.ports = ports;
     this.queues = queues;
-    this.#block = (1 + 2 * queues) * NSTAT + WIRE_KEYS.length;
+    this.#block = (1 + 2 * queues) * NSTAT + wireSlots;
     // A line of space after each worker's area, whatever the buffer's alignment.
     const slots = BUSY_KEYS.length + ports * this.#block;
     this.#worker = Math.ceil(slots / LINE_SLOTS) * LINE_SLOTS + LINE_SLOTS;
@@ -161,7 +166,7 @@ export class CounterLayout {
     return this.totals(w, p) + NSTAT * (1 + this.queues + q);
   }
 
-  /** The counters of worker `w`'s copy of port `p`'s simulated wire (WIRE_KEYS order). */
+  /** The counters of worker `w`'s copy of port `p`'s simulated wire (`wireKeys` order). */
   wire(w: number, p: number): number {
     return this.totals(w, p) + NSTAT * (1 + 2 * this.queues);
   }

@@ -14,20 +14,18 @@
  */
 /// <reference lib="deno.worker" />
 import { DmaRegion } from "../../ffi/dma.ts";
-import { raw } from "../../ffi/libc.ts";
 import { threadCpuMs } from "../../ffi/thread.ts";
 import { MbufPool } from "../mbuf.ts";
-import { type IoBar, IopermBar, type PortIoMethod, SysfsIoBar } from "../pci/io_bar.ts";
-import { LegacyReg } from "../transport/pci_legacy.ts";
-import type { PortStats } from "../port.ts";
-import type { SimDevice } from "../sim/device.ts";
-import { simCopy } from "../sim/share.ts";
+import type { Port } from "../port.ts";
+import { type DeviceWork, type QueueServer, serveDevice } from "../queue_share.ts";
+import { IndirectTables } from "../virtio/indirect.ts";
 import { RxQueue } from "../virtio/rx_queue.ts";
 import { SplitRing } from "../virtio/split_ring.ts";
+import type { PortStats } from "../virtio/stats.ts";
 import { TxQueue } from "../virtio/tx_queue.ts";
 import { createEngine, type Engine, type Stream, type StreamPort } from "./engines.ts";
 import { idlePause } from "./loop.ts";
-import { BUSY_KEYS, CounterLayout, SharedStats, WIRE_KEYS } from "./shared_stats.ts";
+import { BUSY_KEYS, CounterLayout, SharedStats } from "./shared_stats.ts";
 import {
   Command,
   Control,
@@ -52,12 +50,14 @@ class WorkerPort implements StreamPort {
   readonly id: number;
   readonly mac: Uint8Array;
   readonly stats: PortStats;
+  readonly limits: Port["limits"];
   readonly rx: (RxQueue | undefined)[] = [];
   readonly tx: (TxQueue | undefined)[] = [];
 
-  constructor(id: number, mac: Uint8Array, stats: PortStats) {
-    this.id = id;
-    this.mac = mac;
+  constructor(plan: PortPlan, stats: PortStats) {
+    this.id = plan.id;
+    this.mac = plan.mac;
+    this.limits = plan.limits;
     this.stats = stats;
   }
 
@@ -74,51 +74,10 @@ class WorkerPort implements StreamPort {
   txIdle(queue: number): void {
     this.tx[queue]?.idle();
   }
-}
 
-/** Notifications through a modern PCI function's notify BAR, mapped by the main thread. */
-class MmioNotify {
-  readonly #u16: Uint16Array;
-  readonly #slots: number[];
-
-  constructor(addr: number, size: number, slots: number[]) {
-    const ptr = Deno.UnsafePointer.create(BigInt(addr))!;
-    this.#u16 = new Uint16Array(Deno.UnsafePointerView.getArrayBuffer(ptr, size));
-    this.#slots = slots;
-  }
-
-  notify(index: number): void {
-    this.#u16[this.#slots[index]] = index;
-  }
-}
-
-/** Notifications through a legacy PCI function's I/O BAR, with ports of this thread's own. */
-class PortIoNotify {
-  readonly bar: IoBar;
-
-  constructor(p: { method: PortIoMethod; base: number; size: number; path: string }) {
-    this.bar = p.method === "ioperm"
-      ? new IopermBar(p.base, p.size)
-      : new SysfsIoBar(p.path, p.size);
-  }
-
-  notify(index: number): void {
-    this.bar.write16(LegacyReg.QUEUE_NOTIFY, index);
-  }
-}
-
-/** Notifications through the kick eventfds of a vhost-user device (8 bytes each). */
-class EventfdNotify {
-  readonly #fds: number[];
-  readonly #one = new Uint8Array(new BigUint64Array([1n]).buffer);
-
-  constructor(fds: number[]) {
-    this.#fds = fds;
-  }
-
-  notify(index: number): void {
-    const fd = this.#fds[index];
-    if (fd !== undefined && fd >= 0) raw.write(fd, this.#one, 8n);
+  txInFlight(queue: number): number {
+    const tx = this.tx[queue];
+    return tx === undefined ? 0 : tx.ring.size - tx.freeDescriptors;
   }
 }
 
@@ -127,16 +86,16 @@ class ForwardingWorker {
   readonly init: WorkerInit;
   readonly pool: MbufPool;
   readonly ports: WorkerPort[] = [];
-  /** Simulated devices to run between bursts, with the port index each belongs to. */
-  readonly devices: { port: number; device: SimDevice }[] = [];
+  /** Simulated devices' work to run between bursts, with the port index each belongs to. */
+  readonly devices: { port: number; device: DeviceWork }[] = [];
   readonly streams: Stream[];
   readonly engine: Engine;
   readonly #counters: Float64Array;
   readonly #control: Int32Array;
   readonly #layout: CounterLayout;
   readonly #regions: DmaRegion[];
-  /** Legacy PCI I/O BARs this thread opened to notify (closed at release). */
-  readonly #bars: IoBar[] = [];
+  /** How this thread reaches each device (closed at release). */
+  readonly #servers: QueueServer[] = [];
   /** The port a plan's port index names (streams refer to ports by index). */
   readonly #byIndex: WorkerPort[] = [];
   #iterations = 0;
@@ -150,7 +109,12 @@ class ForwardingWorker {
     this.init = init;
     this.#counters = new Float64Array(init.counters);
     this.#control = new Int32Array(init.control);
-    this.#layout = new CounterLayout(init.workers, init.portCount, init.queues);
+    this.#layout = new CounterLayout(
+      init.workers,
+      init.portCount,
+      init.queues,
+      init.wireKeys.length,
+    );
     const regions = init.regions.map((r) => DmaRegion.attach(r));
     this.#regions = regions;
     const p = init.pool;
@@ -164,7 +128,7 @@ class ForwardingWorker {
     const byIndex = this.#byIndex;
     for (const plan of init.ports) {
       const totals = new SharedStats(this.#counters, this.#layout.totals(init.worker, plan.port));
-      const port = new WorkerPort(plan.id, plan.mac, totals);
+      const port = new WorkerPort(plan, totals);
       this.ports.push(port);
       byIndex[plan.port] = port;
       this.#attach(port, plan);
@@ -191,27 +155,16 @@ class ForwardingWorker {
     const region = regions[plan.region];
     const ring = (r: { index: number; size: number; offset: number }) =>
       new SplitRing(r.index, r.size, region, r.offset, plan.layout, false);
-    let device: SimDevice | null = null;
-    let transport: { notify(index: number): void };
-    if (plan.notify.kind === "sim") {
-      const copy = simCopy(plan.notify.sim, plan.notify.rateShare);
-      for (const r of regions) copy.addMemory(r);
-      copy.linkUp = Atomics.load(this.#control, Control.link(plan.port)) !== 0;
-      this.devices.push({ port: plan.port, device: copy });
-      transport = { notify: (index: number) => copy.kick(index) };
-      device = copy;
-    } else if (plan.notify.kind === "eventfd") {
-      transport = new EventfdNotify(plan.notify.fds);
-    } else if (plan.notify.kind === "mmio") {
-      transport = new MmioNotify(plan.notify.addr, plan.notify.size, plan.notify.slots);
-    } else {
-      const io = new PortIoNotify(plan.notify);
-      this.#bars.push(io.bar);
-      transport = io;
+    const server = serveDevice(plan.device, regions, plan.rx.map((r) => r.queue));
+    this.#servers.push(server);
+    if (server.work !== null) {
+      server.work.linkUp = Atomics.load(this.#control, Control.link(plan.port)) !== 0;
+      this.devices.push({ port: plan.port, device: server.work });
     }
+    const transport = { notify: (index: number) => server.notify(index) };
     for (const { queue, ring: place } of plan.rx) {
       const r = ring(place);
-      device?.setupQueue(r.memory);
+      server.setup(r.memory);
       port.rx[queue] = new RxQueue({
         ring: r,
         pool: this.pool,
@@ -228,7 +181,8 @@ class ForwardingWorker {
     }
     for (const { queue, ring: place } of plan.tx) {
       const r = ring(place);
-      device?.setupQueue(r.memory);
+      server.setup(r.memory);
+      const size = place.size;
       const tx = new TxQueue({
         ring: r,
         pool: this.pool,
@@ -237,6 +191,9 @@ class ForwardingWorker {
         eventIdx: plan.eventIdx,
         vlanInsert: plan.vlanInsert,
         zeroHeader: plan.zeroHeader,
+        indirect: place.indirect < 0
+          ? undefined
+          : new IndirectTables(region, place.indirect, size, size),
         inOrder: plan.inOrder,
         stats: new SharedStats(c, L.txQueue(w, plan.port, queue)),
         totals,
@@ -301,7 +258,7 @@ class ForwardingWorker {
   /** The devices were reset: every buffer the rings held comes back (frames in flight dropped). */
   release(): void {
     for (const port of this.ports) this.#release(port);
-    for (const bar of this.#bars) bar.close();
+    for (const server of this.#servers) server.close();
     this.#publish();
   }
 
@@ -373,10 +330,11 @@ class ForwardingWorker {
     const w = this.init.worker;
     const L = this.#layout;
     const c = this.#counters;
+    const keys = this.init.wireKeys;
     for (const { port, device } of this.devices) {
       const at = L.wire(w, port);
-      const counters = device.wire.counters;
-      for (let i = 0; i < WIRE_KEYS.length; i++) c[at + i] = counters[WIRE_KEYS[i]];
+      const counters = device.wire.counters as Record<string, number>;
+      for (let i = 0; i < keys.length; i++) c[at + i] = counters[keys[i]];
       const up = Atomics.load(this.#control, Control.link(port)) !== 0;
       if (up !== device.linkUp) device.linkUp = up;
       if (device.needsReset) {

@@ -14,9 +14,9 @@
  * new plans (`attached`), RUN and `resume`.
  */
 import type { RegionShare } from "../../ffi/dma.ts";
-import type { PortIoMethod } from "../pci/io_bar.ts";
-import type { SimShare } from "../sim/share.ts";
-import type { RingLayout } from "../transport/transport.ts";
+import type { DeviceShare } from "../queue_share.ts";
+import type { Port } from "../port.ts";
+import type { RingLayout } from "../virtio/transport.ts";
 import type { Mode } from "./engines.ts";
 
 /** One ring: virtqueue index, entries, byte offset in the ring region. */
@@ -26,18 +26,6 @@ export interface RingPlace {
   offset: number;
 }
 
-/**
- * How a worker notifies a device: its copy of a simulated device, vhost-user's kick eventfds
- * (per queue index), a modern PCI function's notify BAR (mapped by the main thread; the 16-bit
- * element per queue index), or a legacy one's I/O BAR (the worker gets the ports itself: ioperm
- * is per thread).
- */
-export type NotifyPlan =
-  | { kind: "sim"; sim: SimShare; rateShare: number }
-  | { kind: "eventfd"; fds: number[] }
-  | { kind: "mmio"; addr: number; size: number; slots: number[] }
-  | { kind: "portio"; method: PortIoMethod; base: number; size: number; path: string };
-
 /** What a worker serves of one port. */
 export interface PortPlan {
   /** Index of the port in the forwarder's list (counters, streams). */
@@ -45,6 +33,8 @@ export interface PortPlan {
   /** Port id (mbuf `port`, engines' tables) and MAC address. */
   id: number;
   mac: Uint8Array;
+  /** The port's `limits` (queue pairs, ring sizes, MTU, largest frame, header size). */
+  limits: Port["limits"];
   /** Index of the ring region in `WorkerInit.regions`. */
   region: number;
   layout: RingLayout;
@@ -55,19 +45,21 @@ export interface PortPlan {
   vlanStrip: boolean;
   vlanInsert: number;
   zeroHeader: number;
-  /** The queues the worker serves: queue pair number and its ring. */
+  /** The queues the worker serves: queue pair number and its ring (TX: and indirect tables). */
   rx: { queue: number; ring: RingPlace }[];
-  tx: { queue: number; ring: RingPlace }[];
-  notify: NotifyPlan;
+  tx: { queue: number; ring: RingPlace & { indirect: number } }[];
+  /** How the worker reaches the device (mod/queue_share.ts). */
+  device: DeviceShare;
 }
 
 export interface WorkerInit {
   /** This worker's number (0 ..). */
   worker: number;
-  /** Shape of the shared counters (CounterLayout). */
+  /** Shape of the shared counters (CounterLayout): workers, ports, queue pairs, wire counters. */
   workers: number;
   portCount: number;
   queues: number;
+  wireKeys: string[];
   regions: RegionShare[];
   /** The worker's buffers: offsets lent from the forwarder's pool, in region `region`. */
   pool: { region: number; bufOff: Uint32Array; dataRoom: number; headroom: number };

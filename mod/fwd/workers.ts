@@ -18,19 +18,13 @@
 import type { RegionShare } from "../../ffi/dma.ts";
 import type { MbufPool } from "../mbuf.ts";
 import type { Port, QueueLayout } from "../port.ts";
-import { rxShare, shareSim, type SimShare } from "../sim/share.ts";
-import { SimTransport } from "../sim/transport.ts";
-import { LegacyPciTransport } from "../transport/pci_legacy.ts";
-import { ModernPciTransport } from "../transport/pci_modern.ts";
-import { VhostUserTransport } from "../transport/vhost_user.ts";
+import { deviceBroken, type DeviceShare, shareDevice } from "../queue_share.ts";
 import type { Mode } from "./engines.ts";
-import { addStats, BUSY_KEYS, clearStats, CounterLayout, WIRE_KEYS } from "./shared_stats.ts";
-import { STAT_KEYS } from "./stats.ts";
+import { addStats, BUSY_KEYS, clearStats, CounterLayout, statSlot } from "./shared_stats.ts";
 import {
   Command,
   Control,
   type FromWorker,
-  type NotifyPlan,
   type PortPlan,
   type ToWorker,
   type WorkerInit,
@@ -88,6 +82,8 @@ export interface WorkerPlan {
   control: SharedArrayBuffer;
   /** Per worker: its streams, for the report. */
   streams: StreamRef[][];
+  /** The simulated wires' counters, in the order of the shared slots. */
+  wireKeys: string[];
 }
 
 /** What `planWorkers` needs. */
@@ -111,13 +107,6 @@ export interface PlanOptions {
  */
 export function planWorkers(o: PlanOptions): WorkerPlan {
   const streams = streamsOfCores(o.ports.length, o.mode, o.queues, o.cores);
-  for (const p of o.ports) {
-    const t = p.transport;
-    const known = [SimTransport, VhostUserTransport, ModernPciTransport, LegacyPciTransport];
-    if (!known.some((k) => t instanceof k)) {
-      throw new Error(`${t.name}: --cores cannot notify this kind of device; run it on one core`);
-    }
-  }
   const regions: RegionShare[] = [o.pool.region.share()];
   const regionIndex = new Map([[o.pool.region, 0]]);
   const layouts = o.ports.map((p) => {
@@ -129,14 +118,14 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
     }
     return l;
   });
-  const layout = new CounterLayout(o.cores, o.ports.length, o.queues);
+  // The simulated wires' counters, in one order for every thread.
+  const wire = o.ports.find((p) => p.wire !== null)?.wire ?? null;
+  const wireKeys = wire === null ? [] : Object.keys(wire.counters);
+  const layout = new CounterLayout(o.cores, o.ports.length, o.queues, wireKeys.length);
   const counters = new SharedArrayBuffer(layout.slots * 8);
   const control = new SharedArrayBuffer(Control.slots(o.cores, o.ports.length) * 4);
   const ctl = new Int32Array(control);
-  const sims = o.ports.map((p) => (p.transport instanceof SimTransport ? p.transport : null));
-  o.ports.forEach((p, i) => {
-    Atomics.store(ctl, Control.link(i), (sims[i]?.device.linkUp ?? p.linkUp) ? 1 : 0);
-  });
+  o.ports.forEach((p, i) => Atomics.store(ctl, Control.link(i), p.linkUp ? 1 : 0));
   // Buffers each worker needs: its RX rings full, its TX rings full, a burst per stream.
   const perFrame = o.mode === "txonly" ? o.txpkts.length : 1;
   const need = streams.map((ss) =>
@@ -158,7 +147,7 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
   }
   // Every buffer is lent, each worker's share in proportion to what it needs (at least that).
   const shares = need.map((n) => Math.floor((available * n) / total));
-  const shared = sims.map((t) => (t === null ? null : shareSim(t)));
+  const shared = o.ports.map((p) => shareDevice(p.transport, o.queues));
   const inits = streams.map((ss, w): WorkerInit => {
     const queues = new Map<number, { rx: number[]; tx: number[] }>();
     const of = (p: number) => {
@@ -177,6 +166,7 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
       workers: o.cores,
       portCount: o.ports.length,
       queues: o.queues,
+      wireKeys,
       regions,
       pool: {
         region: 0,
@@ -198,13 +188,12 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
       control,
     };
   });
-  return { inits, layout, counters, control, streams };
+  return { inits, layout, counters, control, streams, wireKeys };
 }
 
 /**
  * What a worker needs to serve RX queues `q.rx` and TX queues `q.tx` of port `p`, laid out as `l`
- * (ring region `region` of the worker's list), notified through a copy of `sim` or, for
- * vhost-user, the queues' kick eventfds.
+ * (ring region `region` of the worker's list), reaching the device as `device` says.
  */
 function portPlan(
   p: number,
@@ -212,43 +201,13 @@ function portPlan(
   l: QueueLayout,
   region: number,
   q: { rx: number[]; tx: number[] },
-  sim: SimShare | null,
+  device: DeviceShare,
 ): PortPlan {
-  const rx = q.rx.map((queue) => ({ queue, ring: l.rx[queue] }));
-  const tx = q.tx.map((queue) => ({ queue, ring: l.tx[queue] }));
-  const t = port.transport;
-  const indexes = [...rx, ...tx].map((r) => r.ring.index);
-  let notify: NotifyPlan;
-  if (sim !== null) {
-    notify = { kind: "sim", sim, rateShare: rxShare(sim, q.rx) };
-  } else if (t instanceof VhostUserTransport) {
-    const fds: number[] = [];
-    for (const i of indexes) fds[i] = t.kickFd(i);
-    notify = { kind: "eventfd", fds };
-  } else if (t instanceof ModernPciTransport) {
-    const slots: number[] = [];
-    let window = { addr: 0, size: 0 };
-    for (const i of indexes) {
-      const w = t.notifyWindow(i);
-      slots[i] = w.slot;
-      window = w;
-    }
-    notify = { kind: "mmio", addr: window.addr, size: window.size, slots };
-  } else {
-    const l = t as LegacyPciTransport;
-    const bar = l.fn.resources()[0];
-    notify = {
-      kind: "portio",
-      method: l.bar.method,
-      base: bar.start,
-      size: bar.size,
-      path: l.fn.resourcePath(0),
-    };
-  }
   return {
     port: p,
     id: port.id,
     mac: Uint8Array.from(port.mac),
+    limits: port.limits,
     region,
     layout: l.layout,
     hdrSize: l.hdrSize,
@@ -258,9 +217,9 @@ function portPlan(
     vlanStrip: l.vlanStrip,
     vlanInsert: l.vlanInsert,
     zeroHeader: l.zeroHeader,
-    rx,
-    tx,
-    notify,
+    rx: q.rx.map((queue) => ({ queue, ring: l.rx[queue] })),
+    tx: q.tx.map((queue) => ({ queue, ring: l.tx[queue] })),
+    device,
   };
 }
 
@@ -280,7 +239,7 @@ export interface WorkerReport {
   busy: number;
 }
 
-const RX_PACKETS = STAT_KEYS.indexOf("rxPackets");
+const RX_PACKETS = statSlot("rxPackets");
 
 /** Clock ticks of the main thread while workers forward (ms), and ports' polls per tick. */
 const TICK_MS = 1;
@@ -305,7 +264,6 @@ export class WorkerGroup {
   /** Per worker: out of its forwarding loop for good (drained, released or failed). */
   readonly #quiet: boolean[];
   readonly #log: (msg: string) => void;
-  readonly #sims: (SimTransport | null)[];
 
   private constructor(plan: WorkerPlan, ports: Port[], log: (msg: string) => void) {
     this.#plan = plan;
@@ -313,7 +271,6 @@ export class WorkerGroup {
     this.#log = log;
     this.#counters = new Float64Array(plan.counters);
     this.#control = new Int32Array(plan.control);
-    this.#sims = ports.map((p) => (p.transport instanceof SimTransport ? p.transport : null));
     this.#inbox = plan.inits.map(() => []);
     this.#quiet = plan.inits.map(() => false);
     this.#workers = plan.inits.map((init, w) => {
@@ -403,16 +360,11 @@ export class WorkerGroup {
     while (!this.#stopRequested) {
       for (let k = 0; k < POLLS_PER_TICK; k++) for (const p of this.#ports) p.poll();
       for (let i = 0; i < this.#ports.length; i++) {
-        const sim = this.#sims[i];
-        const up = sim?.device.linkUp ?? this.#ports[i].linkUp;
-        Atomics.store(this.#control, Control.link(i), up ? 1 : 0);
+        const port = this.#ports[i];
+        Atomics.store(this.#control, Control.link(i), port.linkUp ? 1 : 0);
         for (let w = 0; w < L.workers; w++) {
-          if (sim !== null && Atomics.load(this.#control, Control.broken(L.ports, w, i)) !== 0) {
-            // A copy found a bad descriptor: the device needs a reset (2.1.2), as if it had.
-            if (!sim.device.needsReset) {
-              sim.device.needsReset = true;
-              sim.device.configChanged = true;
-            }
+          if (Atomics.load(this.#control, Control.broken(L.ports, w, i)) !== 0) {
+            deviceBroken(port.transport);
           }
         }
         if (this.#ports[i].awaitingBringBack) await this.#bringBack(i);
@@ -445,7 +397,8 @@ export class WorkerGroup {
       const old = init.ports.find((pp) => pp.port === i);
       if (old === undefined || l === null || region < 0) return [];
       const q = { rx: old.rx.map((r) => r.queue), tx: old.tx.map((r) => r.queue) };
-      const pp = portPlan(i, port, l, region, q, null);
+      const pairs = this.#plan.layout.queues;
+      const pp = portPlan(i, port, l, region, q, shareDevice(port.transport, pairs));
       init.ports[init.ports.indexOf(old)] = pp;
       return [pp];
     });
@@ -507,13 +460,13 @@ export class WorkerGroup {
 
   /** The wire counters of simulated port `i`: its own device's and every copy's, summed. */
   wire(i: number): Record<string, number> | null {
-    const sim = this.#sims[i];
-    if (sim === null) return null;
+    const wire = this.#ports[i].wire;
+    if (wire === null) return null;
     const L = this.#plan.layout;
-    const out: Record<string, number> = { ...sim.wire.counters };
+    const out = { ...wire.counters } as Record<string, number>;
     for (let w = 0; w < L.workers; w++) {
       const at = L.wire(w, i);
-      WIRE_KEYS.forEach((k, j) => out[k] += this.#counters[at + j]);
+      this.#plan.wireKeys.forEach((k, j) => out[k] += this.#counters[at + j]);
     }
     return out;
   }

@@ -100,6 +100,12 @@ export interface VirtioCaps {
   device: VirtioRegion | null;
 }
 
+/** 4.1.4.5 ISR status bits (the legacy ISR register has the same meaning). */
+export const IsrBit = {
+  QUEUE: 1,
+  CONFIG: 2,
+} as const;
+
 const u16 = (b: Uint8Array, o: number) => b[o] | (b[o + 1] << 8);
 const u32 = (b: Uint8Array, o: number) => (u16(b, o) + u16(b, o + 2) * 0x10000) >>> 0;
 

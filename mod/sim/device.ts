@@ -5,7 +5,7 @@
  *
  * Transmit queues (5.1.6.2): each available chain is a device-readable net header followed by the
  * frame; the frame goes to the wire (dropped while the link is down), the used entry gets length
- * 0. Receive queues (5.1.6.3/4): a frame is written as header + data into one available chain, or
+ * 0. With VIRTIO_F_INDIRECT_DESC a transmit chain may continue in an indirect table (indirect.ts). Receive queues (5.1.6.3/4): a frame is written as header + data into one available chain, or
  * with MRG_RXBUF into as many chains (buffers) as needed, `num_buffers` telling how many; each
  * used entry carries the bytes written. The control queue (5.1.6.5) handles RX mode, MAC
  * table/address, VLAN, announce, multiqueue and RSS commands, each only when its feature was
@@ -16,11 +16,11 @@
  * DEVICE_NEEDS_RESET and the device stops; memory outside the driver's regions is never touched.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import type { QueueMemory } from "../transport/transport.ts";
+import { Eth } from "../eth.ts";
+import type { QueueMemory } from "../virtio/transport.ts";
 import {
   Ctrl,
   Desc,
-  Eth,
   Feature,
   has,
   NetFeature,
@@ -28,6 +28,8 @@ import {
   netHdrSize,
   NetQueue,
 } from "../virtio/constants.ts";
+import { DeviceIndirectTable } from "./indirect.ts";
+import { DevicePackedQueue } from "./packed_queue.ts";
 import { DeviceQueue } from "./queue.ts";
 import { parseRssConfig, rssQueue, type RssState } from "./rss.ts";
 import { setTestFrameFlow, writeTestFrame } from "../testframe.ts";
@@ -62,10 +64,41 @@ export interface DeviceErrors {
  * Misbehaviour on purpose (for the driver's robustness tests): every `EVIL_EVERY`th received
  * frame gets a used entry with an id out of range (`bad-id`), a length beyond the buffer posted
  * (`bad-len`), a num_buffers larger than the ring (`bad-num-buffers`), or the used index is
- * published more than a ring ahead for one poll (`idx-jump`). Good frames keep flowing in between.
+ * published more than a ring ahead for one poll (`idx-jump`, split rings only). Good frames keep
+ * flowing in between. On packed rings only (2.8): a received frame's last used descriptor with
+ * length 0 (`packed-bad-len`), its first with the wrong wrap counter in its flags (`packed-wrap`),
+ * and every `EVIL_EVERY`th transmitted buffer's used descriptor names an id out of range
+ * (`packed-bad-id`) or the buffer used just before it again (`packed-used-twice`).
  */
-export type EvilMode = "bad-id" | "bad-len" | "bad-num-buffers" | "idx-jump";
-export const EVIL_MODES: readonly EvilMode[] = ["bad-id", "bad-len", "bad-num-buffers", "idx-jump"];
+export type EvilMode =
+  | "bad-id"
+  | "bad-len"
+  | "bad-num-buffers"
+  | "idx-jump"
+  | "packed-bad-id"
+  | "packed-bad-len"
+  | "packed-wrap"
+  | "packed-used-twice";
+export const EVIL_MODES: readonly EvilMode[] = [
+  "bad-id",
+  "bad-len",
+  "bad-num-buffers",
+  "idx-jump",
+  "packed-bad-id",
+  "packed-bad-len",
+  "packed-wrap",
+  "packed-used-twice",
+];
+/** Evil modes that only a packed ring has, and those only a split ring has. */
+export const PACKED_ONLY_EVIL: readonly EvilMode[] = [
+  "packed-bad-id",
+  "packed-bad-len",
+  "packed-wrap",
+  "packed-used-twice",
+];
+export const SPLIT_ONLY_EVIL: readonly EvilMode[] = ["idx-jump"];
+/** Evil modes that bend transmit completions; the others bend received frames. */
+const TX_EVIL: readonly EvilMode[] = ["packed-bad-id", "packed-used-twice"];
 export const EVIL_EVERY = 7;
 
 /**
@@ -73,6 +106,9 @@ export const EVIL_EVERY = 7;
  * flags, gso_type (5.1.6.2.1: GSO_NONE) and num_buffers (5.1.6.2.1: zero).
  */
 const DRIVER_ZERO = (1 << NetHdr.FLAGS) | (1 << NetHdr.GSO_TYPE) | (3 << NetHdr.NUM_BUFFERS);
+
+/** The device side of either ring kind (split: queue.ts, packed: packed_queue.ts). */
+type AnyQueue = DeviceQueue | DevicePackedQueue;
 
 /** Most frames delivered to one receive queue per poll. */
 const RX_BATCH = 512;
@@ -124,10 +160,15 @@ export class SimDevice {
    * of the thread that polls them (mod/sim/share.ts): `run()` then serves the control queue only.
    */
   serveData = true;
+  /** Transmit chains read through an indirect table. */
+  indirectTables = 0;
   /** Deliberate misbehaviour (null: a correct device), and how many times it struck. */
   readonly evil: EvilMode | null;
   evilCount = 0;
   #evilTick = 0;
+  #txEvilTick = 0;
+  /** The evil mode bends transmit completions (else received frames). */
+  readonly #txEvilMode: boolean;
   /** idx-jump: the true used.idx is published again on the next poll. */
   #jumpedQueue: DeviceQueue | null = null;
 
@@ -136,10 +177,14 @@ export class SimDevice {
   #mrg = false;
   #eventIdx = false;
   #inOrder = false;
+  #packed = false;
+  #indirect = false;
+  /** The indirect table a transmit chain continues in (reused). */
+  readonly #table = new DeviceIndirectTable();
   #vlanFiltering = false;
-  readonly #rx: (DeviceQueue | null)[];
-  readonly #tx: (DeviceQueue | null)[];
-  #ctrl: DeviceQueue | null = null;
+  readonly #rx: (AnyQueue | null)[];
+  readonly #tx: (AnyQueue | null)[];
+  #ctrl: AnyQueue | null = null;
   #rxTurn = 0;
   /** Driver memory: regions and their iova ranges (like a vhost-user memory table). */
   readonly #regions: DmaRegion[] = [];
@@ -159,6 +204,7 @@ export class SimDevice {
     this.notifyMode = opts.notify;
     this.linkUp = opts.linkUp;
     this.evil = opts.evil;
+    this.#txEvilMode = opts.evil !== null && TX_EVIL.includes(opts.evil);
     this.#rx = new Array(opts.queuePairs).fill(null);
     this.#tx = new Array(opts.queuePairs).fill(null);
   }
@@ -190,7 +236,7 @@ export class SimDevice {
     return this.#sumQueues((q) => q.batchedEntries);
   }
 
-  #sumQueues(f: (q: DeviceQueue) => number): number {
+  #sumQueues(f: (q: AnyQueue) => number): number {
     let n = 0;
     for (const q of [...this.#rx, ...this.#tx, this.#ctrl]) if (q !== null) n += f(q);
     return n;
@@ -230,6 +276,8 @@ export class SimDevice {
     this.#mrg = has(features, NetFeature.MRG_RXBUF);
     this.#eventIdx = has(features, Feature.EVENT_IDX);
     this.#inOrder = has(features, Feature.IN_ORDER);
+    this.#packed = has(features, Feature.RING_PACKED);
+    this.#indirect = has(features, Feature.INDIRECT_DESC);
     this.#vlanFiltering = has(features, NetFeature.CTRL_VLAN);
   }
 
@@ -258,7 +306,9 @@ export class SimDevice {
 
   setupQueue(q: QueueMemory): void {
     if (!this.hasQueue(q.index)) throw new Error(`queue ${q.index} does not exist`);
-    const dq = new DeviceQueue(q, this.#eventIdx, this.notifyMode, this.#inOrder);
+    const dq = this.#packed
+      ? new DevicePackedQueue(q, this.#eventIdx, this.notifyMode)
+      : new DeviceQueue(q, this.#eventIdx, this.notifyMode, this.#inOrder);
     if (q.index === this.ctrlIndex && has(this.#features, NetFeature.CTRL_VQ)) this.#ctrl = dq;
     else if (q.index % 2 === 0) this.#rx[q.index >> 1] = dq;
     else this.#tx[q.index >> 1] = dq;
@@ -339,7 +389,7 @@ export class SimDevice {
   }
 
   // 2.7.13 / 5.1.6.2: consume transmit chains.
-  #transmit(q: DeviceQueue): void {
+  #transmit(q: AnyQueue): void {
     let n = q.pending();
     if (n === 0) return;
     const scratch = this.#scratch;
@@ -351,6 +401,8 @@ export class SimDevice {
       const head = q.take();
       if (head >= q.size) return this.#bad();
       let d = head;
+      /** Where the chain's descriptors are read: the ring, then perhaps an indirect table. */
+      let src: AnyQueue | DeviceIndirectTable = q;
       let skip = this.#hdr;
       let len = 0;
       /** Offset of the frame when it lies whole in one descriptor (checked in place), else -1. */
@@ -359,10 +411,20 @@ export class SimDevice {
       let tooLong = false;
       let headerSet = 0;
       for (let hops = 0;; hops++) {
-        const flags = q.descFlags(d);
-        const dl = q.descLen(d);
-        if (hops >= q.size || (flags & (Desc.F_WRITE | Desc.F_INDIRECT)) !== 0) return this.#bad();
-        if (!this.#map(q.descAddr(d), dl)) return this.#bad();
+        let flags = src.descFlags(d);
+        if ((flags & Desc.F_INDIRECT) !== 0) {
+          // The chain goes on in an indirect table; one inside a table is a nested one.
+          if (src !== q || !this.#openIndirect(q, d, hops, flags)) return this.#bad();
+          src = this.#table;
+          d = 0;
+          hops = 0;
+          flags = src.descFlags(0);
+        }
+        const dl = src.descLen(d);
+        if (hops >= src.size || (flags & (Desc.F_WRITE | Desc.F_INDIRECT)) !== 0) {
+          return this.#bad();
+        }
+        if (!this.#map(src.descAddr(d), dl)) return this.#bad();
         const s = Math.min(skip, dl);
         for (let i = 0, at = this.#hdr - skip; i < s; i++, at++) {
           if (((DRIVER_ZERO >> at) & 1) !== 0) headerSet |= this.#mapU8[this.#mapOff + i];
@@ -386,14 +448,23 @@ export class SimDevice {
           len += part;
         }
         if ((flags & Desc.F_NEXT) === 0) break;
-        d = q.descNext(d);
-        if (d >= q.size) return this.#bad();
+        d = src.descNext(d);
+        if (d >= src.size) return this.#bad();
       }
-      if (this.#inOrder) {
+      const evil = q instanceof DevicePackedQueue && this.#txEvil(q, batch > 0);
+      if (evil && batch > 0) {
+        // The bent entry stands alone: the batch before it is written first (2.8.9).
+        q.putUsed(lastHead, 0, batch);
+        batch = 0;
+      }
+      if (this.#inOrder && !evil) {
         batch++;
         lastHead = head;
       } else {
-        q.putUsed(head, 0);
+        if (evil && this.evil === "packed-used-twice") {
+          (q as DevicePackedQueue).nextUsedId = (q as DevicePackedQueue).lastUsedId;
+        }
+        q.putUsed(evil && this.evil === "packed-bad-id" ? head + q.size : head, 0);
       }
       if (headerSet !== 0) this.errors.txHeaders++;
       if (skip > 0 || tooLong) this.errors.txMalformed++;
@@ -403,6 +474,22 @@ export class SimDevice {
     }
     if (batch > 0) q.putUsed(lastHead, 0, batch);
     q.publish();
+  }
+
+  /**
+   * Open the indirect table that descriptor `d` of `q` (met after `hops` descriptors of its
+   * chain, with `flags`) refers to, as `#table`; false when the descriptor or the table breaks a
+   * rule (indirect.ts).
+   */
+  #openIndirect(q: AnyQueue, d: number, hops: number, flags: number): boolean {
+    if (!this.#indirect) return false;
+    const packed = q instanceof DevicePackedQueue;
+    if ((flags & Desc.F_NEXT) !== 0 || (packed && hops !== 0)) return false;
+    const len = q.descLen(d);
+    if (!this.#map(q.descAddr(d), len)) return false;
+    if (!this.#table.open(this.#mapU8, this.#mapOff, len, q.size, packed)) return false;
+    this.indirectTables++;
+    return true;
   }
 
   /** Receive filter (5.1.6.5.1 RX mode, 5.1.6.5.2 MAC table, 5.1.6.5.3 VLAN), QEMU's order. */
@@ -428,7 +515,7 @@ export class SimDevice {
   }
 
   // 5.1.6.3 / 5.1.6.4: fill receive buffers from the wire.
-  #receive(q: DeviceQueue, pair: number): void {
+  #receive(q: AnyQueue, pair: number): void {
     const wire = this.wire;
     let frames = wire.due(q.pending(), pair);
     if (frames === 0) return;
@@ -477,16 +564,16 @@ export class SimDevice {
       wrote = true;
     }
     if (!wrote) return;
-    const jump = this.#jumpedQueue === q;
+    const jump = q instanceof DeviceQueue && this.#jumpedQueue === q;
     q.publish();
-    if (jump) q.publishIndex((q.usedIdx + q.size + 3) & 0xffff);
+    if (jump) (q as DeviceQueue).publishIndex((q.usedIdx + q.size + 3) & 0xffff);
   }
 
   /**
    * Write header + next frame over `#heads[0..chains)` and their used entries (one per chain,
    * 5.1.6.4.2). False when a descriptor address is outside the driver's memory.
    */
-  #deliver(q: DeviceQueue, pair: number, chains: number, total: number): boolean {
+  #deliver(q: AnyQueue, pair: number, chains: number, total: number): boolean {
     const hdr = this.#hdr;
     const head = this.#heads[0];
     const dl = q.descLen(head);
@@ -519,7 +606,7 @@ export class SimDevice {
       hdrU8[hdrOff + NetHdr.NUM_BUFFERS] = chains & 0xff;
       hdrU8[hdrOff + NetHdr.NUM_BUFFERS + 1] = chains >> 8;
     }
-    const evil = this.evil !== null && ++this.#evilTick % EVIL_EVERY === 0;
+    const evil = this.evil !== null && !this.#txEvilMode && ++this.#evilTick % EVIL_EVERY === 0;
     if (evil) this.#misbehave(q, hdrU8, hdrOff);
     if (this.#inOrder && chains > 1 && !evil) {
       // In order, one entry for the frame's buffers: the last one's head and length, the ones
@@ -536,6 +623,10 @@ export class SimDevice {
       let len = part;
       if (evil && i === 0 && this.evil === "bad-id") id = q.size + id;
       if (evil && i === 0 && this.evil === "bad-len") len = this.#rooms[0] + 64;
+      if (evil && i === chains - 1 && this.evil === "packed-bad-len") len = 0;
+      if (evil && i === 0 && this.evil === "packed-wrap" && q instanceof DevicePackedQueue) {
+        q.wrongWrapNext = true;
+      }
       q.putUsed(id, len);
       done += part;
     }
@@ -543,19 +634,31 @@ export class SimDevice {
   }
 
   /** Header-level misbehaviour for the frame being delivered (entries are bent by the caller). */
-  #misbehave(q: DeviceQueue, hdrU8: Uint8Array, hdrOff: number): void {
+  #misbehave(q: AnyQueue, hdrU8: Uint8Array, hdrOff: number): void {
     this.evilCount++;
     if (this.evil === "bad-num-buffers" && this.#hdr === NetHdr.SIZE) {
       const n = q.size + 1; // more buffers than the driver could ever have posted
       hdrU8[hdrOff + NetHdr.NUM_BUFFERS] = n & 0xff;
       hdrU8[hdrOff + NetHdr.NUM_BUFFERS + 1] = n >> 8;
-    } else if (this.evil === "idx-jump") {
+    } else if (this.evil === "idx-jump" && q instanceof DeviceQueue) {
       this.#jumpedQueue = q;
     }
   }
 
+  /**
+   * Transmit-side misbehaviour (packed rings): true when this buffer's used descriptor is bent
+   * (written alone by the caller, with an id out of range for packed-bad-id; for
+   * packed-used-twice with the id of the buffer used just before it, so there must be one).
+   */
+  #txEvil(q: DevicePackedQueue, batched: boolean): boolean {
+    if (!this.#txEvilMode || ++this.#txEvilTick % EVIL_EVERY !== 0) return false;
+    if (this.evil === "packed-used-twice" && q.lastUsedId < 0 && !batched) return false;
+    this.evilCount++;
+    return true;
+  }
+
   /** Writable bytes in the chain at `head`; -1 when the chain is malformed. */
-  #chainRoom(q: DeviceQueue, head: number): number {
+  #chainRoom(q: AnyQueue, head: number): number {
     let room = 0;
     let d = head;
     for (let hops = 0;; hops++) {
@@ -573,7 +676,7 @@ export class SimDevice {
   }
 
   /** Copy scratch[from..from+n) over the chain at `head` (validated by #chainRoom). */
-  #scatter(q: DeviceQueue, head: number, from: number, n: number): boolean {
+  #scatter(q: AnyQueue, head: number, from: number, n: number): boolean {
     let d = head;
     let done = 0;
     while (done < n) {
@@ -590,7 +693,7 @@ export class SimDevice {
   }
 
   // 5.1.6.5: control commands: readable {class, command, data...}, then writable {ack}.
-  #control(q: DeviceQueue): void {
+  #control(q: AnyQueue): void {
     let n = q.pending();
     if (n === 0) return;
     const cmd = this.#scratch;

@@ -6,7 +6,7 @@ import { parseOwnMac } from "../mac.ts";
 import { TEST_FLOWS } from "../testframe.ts";
 import { MAX_QUEUE_SIZE } from "../virtio/constants.ts";
 import { CTRL_MIN_ENTRIES } from "../virtio/ctrl_queue.ts";
-import { EVIL_MODES, type EvilMode } from "./device.ts";
+import { EVIL_MODES, type EvilMode, PACKED_ONLY_EVIL, SPLIT_ONLY_EVIL } from "./device.ts";
 import type { GeneratorOptions } from "./wire.ts";
 
 export interface SimOptions {
@@ -38,6 +38,13 @@ export interface SimOptions {
    * and writes one used entry for each batch it can (2.7.9).
    */
   inOrder?: boolean;
+  /** Offer VIRTIO_F_RING_PACKED (2.8): the driver then uses packed rings (needs VERSION_1). */
+  packed?: boolean;
+  /**
+   * Offer VIRTIO_F_INDIRECT_DESC (2.7.5.3, 2.8.7): the driver then sends multi-segment frames
+   * through indirect tables, which the device reads (mod/sim/indirect.ts).
+   */
+  indirect?: boolean;
   /** The device wants kicks and works on a queue only after one (default: it polls). */
   notify?: boolean;
   linkUp?: boolean;
@@ -66,6 +73,8 @@ const SPEC_OPTIONS: Record<string, string> = {
   legacy: "0|1",
   event_idx: "0|1",
   in_order: "0|1",
+  packed: "0|1",
+  indirect: "0|1",
   notify: "0|1",
   link: "up|down",
   evil: EVIL_MODES.join("|"),
@@ -125,6 +134,20 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
         `use ctrl=0 or qsize >= ${CTRL_MIN_ENTRIES}`,
     );
   }
+  const packed = flag("packed", "1", "0");
+  const legacy = flag("legacy", "1", "0");
+  if (packed && legacy) {
+    throw new Error(
+      `${where}: packed=1 needs VERSION_1, which a legacy device (legacy=1) does not have (2.8)`,
+    );
+  }
+  const evil = o.evil as EvilMode | undefined;
+  if (evil !== undefined && PACKED_ONLY_EVIL.includes(evil) && !packed) {
+    throw new Error(`${where}: evil=${evil} bends a packed ring: add packed=1`);
+  }
+  if (evil !== undefined && SPLIT_ONLY_EVIL.includes(evil) && packed) {
+    throw new Error(`${where}: evil=${evil} needs a split ring (a packed ring has no used index)`);
+  }
   const gen = flag("gen", "on", "off");
   const rate = int("rate", 0, 1e9);
   const stream = int("stream", 0, 0xffff);
@@ -143,7 +166,9 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
     ctrlRx: flag("ctrl_rx", "1", "0"),
     ctrlVlan: flag("ctrl_vlan", "1", "0"),
     rss: flag("rss", "1", "0"),
-    legacy: flag("legacy", "1", "0"),
+    legacy,
+    packed,
+    indirect: flag("indirect", "1", "0"),
     eventIdx: flag("event_idx", "1", "0"),
     inOrder: flag("in_order", "1", "0"),
     notify: flag("notify", "1", "0"),

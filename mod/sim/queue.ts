@@ -16,7 +16,7 @@
  * chain it hands out to check that, and answers an id out of range for one that breaks it, which
  * the device treats as a bad descriptor.
  */
-import type { QueueMemory } from "../transport/transport.ts";
+import type { QueueMemory } from "../virtio/transport.ts";
 import { Avail, Desc, needEvent, Used } from "../virtio/constants.ts";
 
 export class DeviceQueue {

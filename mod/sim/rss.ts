@@ -12,7 +12,8 @@
  * The device hashes IPv4 only (its `supported_hash_types`): the frames it generates are IPv4/UDP.
  * Anything else is unclassified and goes to `unclassified_queue`.
  */
-import { Eth, HashType, RssConfig } from "../virtio/constants.ts";
+import { Eth } from "../eth.ts";
+import { HashType, RssConfig } from "../virtio/constants.ts";
 
 /** What the device offers in its configuration (5.1.4): key and table limits, hash types. */
 export const SIM_RSS = {

@@ -10,8 +10,8 @@
  * Spec options: see mod/sim/options.ts (`sim:NAME,k=v,...`).
  */
 import type { DmaKind, DmaRegion } from "../../ffi/dma.ts";
-import type { QueueMemory, RingLayout, VirtioTransport } from "../transport/transport.ts";
-import { TransportEvent } from "../transport/transport.ts";
+import type { QueueMemory, RingLayout, VirtioTransport } from "../virtio/transport.ts";
+import { TransportEvent } from "../virtio/transport.ts";
 import { bit, Feature, NetConfig, NetFeature, Status } from "../virtio/constants.ts";
 import { SimDevice } from "./device.ts";
 import { SIM_RSS } from "./rss.ts";
@@ -78,6 +78,11 @@ export class SimTransport implements VirtioTransport {
     if (opts.mtu !== undefined) f.push(NetFeature.MTU);
     if (opts.eventIdx) f.push(Feature.EVENT_IDX);
     if (opts.inOrder) f.push(Feature.IN_ORDER);
+    if (opts.indirect) f.push(Feature.INDIRECT_DESC);
+    if (opts.packed) {
+      if (opts.legacy) throw new Error(`${this.name}: packed rings need VERSION_1 (not legacy)`);
+      f.push(Feature.RING_PACKED);
+    }
     if (ctrl) {
       f.push(NetFeature.CTRL_VQ, NetFeature.CTRL_MAC_ADDR, NetFeature.GUEST_ANNOUNCE);
       if (opts.ctrlRx ?? true) f.push(NetFeature.CTRL_RX);

@@ -1,5 +1,8 @@
 /**
- * PCI port specs: `0000:00:04.0[,portio=ioperm|sysfs][,mode=legacy|modern][,irq=uio|poll]`.
+ * PCI port specs: `0000:00:04.0[,portio=ioperm|sysfs][,mode=legacy|modern][,irq=uio|poll]
+ * [,packed=0|1][,indirect=0|1]`. `packed=1` lets a modern device's VIRTIO_F_RING_PACKED through
+ * (2.8; a legacy interface has no VERSION_1, so no packed rings: an error there); `indirect=1`
+ * lets VIRTIO_F_INDIRECT_DESC through (2.7.5.3, 2.8.7; legacy and modern).
  *
  * Chooses the transport: modern (mod/transport/pci_modern.ts) when the function has the virtio
  * 1.x capabilities, legacy (mod/transport/pci_legacy.ts) for legacy-only functions; `mode=`
@@ -20,7 +23,7 @@ import { type ConfigChangeSource, PolledConfigChange, UioInterrupts } from "../p
 import { type PciFunction, Sysfs } from "../pci/sysfs.ts";
 import { LegacyPciTransport } from "./pci_legacy.ts";
 import { ModernPciTransport } from "./pci_modern.ts";
-import type { VirtioTransport } from "./transport.ts";
+import type { VirtioTransport } from "../virtio/transport.ts";
 
 /** The kernel driver a function must be bound to (or no driver at all). */
 export const USERSPACE_DRIVER = "uio_pci_generic";
@@ -30,6 +33,8 @@ const OPTIONS: Record<string, readonly string[]> = {
   portio: ["ioperm", "sysfs"],
   mode: ["legacy", "modern"],
   irq: ["uio", "poll"],
+  packed: ["0", "1"],
+  indirect: ["0", "1"],
 };
 
 /** Checks a PCI spec's options; throws the one-line CLI error for anything unknown. */
@@ -130,6 +135,12 @@ export const PciTransport = {
       throw new Error(`PCI port ${fn.address} is a modern-only device: it has no legacy interface`);
     }
     mode = mode === "legacy" ? "legacy" : "modern";
+    if (mode === "legacy" && options.packed === "1") {
+      throw new Error(
+        `PCI port ${fn.address}: packed=1 needs a modern (virtio 1.x) device; the legacy ` +
+          `interface has no VIRTIO_F_VERSION_1 and so no packed rings`,
+      );
+    }
     fn.updateCommand(
       PciCommand.BUS_MASTER | (mode === "legacy" ? PciCommand.IO_SPACE : PciCommand.MEMORY_SPACE),
       0,
@@ -139,7 +150,13 @@ export const PciTransport = {
       if (mode === "legacy") {
         const bar = openIoBar(fn, portio);
         try {
-          return new LegacyPciTransport(fn, bar, msixEnabled(config), interrupts);
+          return new LegacyPciTransport(
+            fn,
+            bar,
+            msixEnabled(config),
+            interrupts,
+            options.indirect === "1",
+          );
         } catch (e) {
           bar.close();
           throw e;
@@ -151,6 +168,8 @@ export const PciTransport = {
         fn.resources(),
         interrupts,
         kind === "transitional" ? "transitional as modern" : "modern",
+        options.packed === "1",
+        options.indirect === "1",
       );
     } catch (e) {
       interrupts.close();

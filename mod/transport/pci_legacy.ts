@@ -7,7 +7,8 @@
  * on a 4096-byte boundary, located by its page frame number; the device decides the size).
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import { PciCommand } from "../pci/config.ts";
+import { IsrBit, PciCommand } from "../pci/config.ts";
+import { requirePhysical } from "../pci/dma.ts";
 import type { ConfigChangeSource } from "../pci/interrupts.ts";
 import type { IoBar } from "../pci/io_bar.ts";
 import type { PciFunction } from "../pci/sysfs.ts";
@@ -15,6 +16,7 @@ import {
   Avail,
   bit,
   Desc,
+  Feature,
   featureNames,
   has,
   NET_CONFIG_FIELDS,
@@ -25,7 +27,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 
 /** 4.1.4.10: the legacy header in BAR0 (byte offsets and widths in the comments). */
 export const LegacyReg = {
@@ -52,12 +54,6 @@ export const LegacyReg = {
   QUEUE_ADDRESS_SHIFT: 12,
 } as const;
 
-/** 4.1.4.5 ISR status bits (the legacy ISR register has the same meaning). */
-export const IsrBit = {
-  QUEUE: 1,
-  CONFIG: 2,
-} as const;
-
 /** How long `reset` waits for the status to read back 0. */
 const RESET_TIMEOUT_MS = 1000;
 
@@ -71,9 +67,18 @@ export class LegacyPciTransport implements VirtioTransport {
   readonly configOffset: number;
   readonly interrupts: ConfigChangeSource;
   #closed = false;
+  /** Let VIRTIO_F_INDIRECT_DESC through to the driver (the spec's `indirect=1`). */
+  readonly #indirect: boolean;
 
-  constructor(fn: PciFunction, bar: IoBar, msix: boolean, interrupts: ConfigChangeSource) {
+  constructor(
+    fn: PciFunction,
+    bar: IoBar,
+    msix: boolean,
+    interrupts: ConfigChangeSource,
+    indirect = false,
+  ) {
     this.fn = fn;
+    this.#indirect = indirect;
     this.bar = bar;
     this.configOffset = msix ? LegacyReg.DEVICE_CONFIG_MSIX : LegacyReg.DEVICE_CONFIG;
     this.interrupts = interrupts;
@@ -131,7 +136,8 @@ export class LegacyPciTransport implements VirtioTransport {
   }
 
   getDeviceFeatures(): bigint {
-    return BigInt(this.bar.read32(LegacyReg.DEVICE_FEATURES) >>> 0);
+    const f = BigInt(this.bar.read32(LegacyReg.DEVICE_FEATURES) >>> 0);
+    return this.#indirect ? f : f & ~bit(Feature.INDIRECT_DESC);
   }
 
   setDriverFeatures(features: bigint): void {
@@ -223,15 +229,5 @@ export class LegacyPciTransport implements VirtioTransport {
       this.interrupts.close();
       this.bar.close();
     }
-  }
-}
-
-/** PCI devices without an IOMMU reach only memory addressed physically (ffi/dma.ts "physical"). */
-export function requirePhysical(address: string, region: DmaRegion): void {
-  if (region.kind !== "physical") {
-    throw new Error(
-      `${address}: DMA memory must be 'physical' (hugepages with physical addresses), ` +
-        `not '${region.kind}'`,
-    );
   }
 }

@@ -19,17 +19,17 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from "../../ffi/libc.ts";
-import { PciCommand, type VirtioCaps, type VirtioRegion } from "../pci/config.ts";
+import { IsrBit, PciCommand, type VirtioCaps, type VirtioRegion } from "../pci/config.ts";
+import { requirePhysical } from "../pci/dma.ts";
 import type { ConfigChangeSource } from "../pci/interrupts.ts";
 import type { PciFunction, PciResource } from "../pci/sysfs.ts";
-import { RingAlign } from "../virtio/constants.ts";
-import { IsrBit, requirePhysical } from "./pci_legacy.ts";
+import { bit, Feature, RingAlign } from "../virtio/constants.ts";
 import {
   type QueueMemory,
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 
 /** 4.1.4.3 struct virtio_pci_common_cfg: byte offsets (width in the comment). */
 export const CommonCfg = {
@@ -112,6 +112,10 @@ export class ModernPciTransport implements VirtioTransport {
   /** The notify BAR's 16-bit view (hot path; replaced by ordinary memory on close). */
   #notify16: Uint16Array<ArrayBuffer>;
   #closed = false;
+  /** Let VIRTIO_F_RING_PACKED through to the driver (the spec's `packed=1`). */
+  readonly #packed: boolean;
+  /** Let VIRTIO_F_INDIRECT_DESC through to the driver (the spec's `indirect=1`). */
+  readonly #indirect: boolean;
 
   constructor(
     fn: PciFunction,
@@ -119,8 +123,12 @@ export class ModernPciTransport implements VirtioTransport {
     resources: PciResource[],
     interrupts: ConfigChangeSource,
     label = "modern",
+    packed = false,
+    indirect = false,
   ) {
     this.fn = fn;
+    this.#packed = packed;
+    this.#indirect = indirect;
     this.interrupts = interrupts;
     this.name = `${fn.address} (${label}, ${interrupts.kind} link events)`;
     if (caps.common === null || caps.notify === null || caps.isr === null) {
@@ -208,7 +216,10 @@ export class ModernPciTransport implements VirtioTransport {
     const lo = this.#r32(CommonCfg.DEVICE_FEATURE);
     this.#w32(CommonCfg.DEVICE_FEATURE_SELECT, 1);
     const hi = this.#r32(CommonCfg.DEVICE_FEATURE);
-    return (BigInt(hi) << 32n) | BigInt(lo);
+    const f = (BigInt(hi) << 32n) | BigInt(lo);
+    const hidden = (this.#packed ? 0n : bit(Feature.RING_PACKED)) |
+      (this.#indirect ? 0n : bit(Feature.INDIRECT_DESC));
+    return f & ~hidden;
   }
 
   setDriverFeatures(features: bigint): void {

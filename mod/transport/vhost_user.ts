@@ -53,6 +53,7 @@ import {
   has,
   NetConfig,
   NetFeature,
+  PackedDesc,
   Status,
   Used,
 } from "../virtio/constants.ts";
@@ -63,7 +64,7 @@ import {
   type RingLayout,
   TransportEvent,
   type VirtioTransport,
-} from "./transport.ts";
+} from "../virtio/transport.ts";
 import {
   Header,
   MemTable,
@@ -89,6 +90,13 @@ export interface VhostUserOptions {
   mrg?: boolean;
   /** Offer VIRTIO_F_IN_ORDER to the driver when the backend has it (default true). */
   inOrder?: boolean;
+  /** Offer VIRTIO_F_RING_PACKED (2.8) to the driver when the backend has it (default false). */
+  packed?: boolean;
+  /**
+   * Offer VIRTIO_F_INDIRECT_DESC (2.7.5.3, 2.8.7) to the driver when the backend has it (default
+   * false): multi-segment frames then go out through indirect tables.
+   */
+  indirect?: boolean;
   /** Largest ring size offered (default 1024). */
   qsize?: number;
   /** Device MAC reported in the synthesized config (default: random, locally administered). */
@@ -121,7 +129,7 @@ export const Notice = {
 /** Virtio features passed through from the backend to the driver (when the backend offers them). */
 const PASSED_THROUGH = bit(Feature.VERSION_1) | bit(NetFeature.MRG_RXBUF) |
   bit(Feature.EVENT_IDX) | bit(Feature.INDIRECT_DESC) | bit(Feature.ANY_LAYOUT) |
-  bit(Feature.IN_ORDER);
+  bit(Feature.IN_ORDER) | bit(Feature.RING_PACKED);
 
 /** Features this transport implements itself (synthesized config, local control queue). */
 const LOCAL_FEATURES = bit(NetFeature.MAC) | bit(NetFeature.STATUS) | bit(NetFeature.CTRL_VQ) |
@@ -149,6 +157,8 @@ const RECONNECT_REPLY_TIMEOUT_MS = 500;
  */
 const STOP_REPLY_TIMEOUT_MS = 1000;
 const CTRL_QUEUE_SIZE = 64;
+/** SET_VRING_BASE of a fresh packed ring: index 0, the wrap counter (bit 15) 1. */
+const PACKED_FRESH_BASE = 1 << 15;
 /**
  * Control chains served per poll at most. The driver has one command in flight at a time
  * (mod/virtio/ctrl_queue.ts); the cap bounds what a backend that rewrites the ring can make a
@@ -164,7 +174,17 @@ const CHECK_BACKEND = "; is the vhost-user backend running and healthy?";
 
 const TRUE_WORDS = new Set(["", "1", "on", "yes", "true"]);
 const FALSE_WORDS = new Set(["0", "off", "no", "false"]);
-const SPEC_OPTIONS = ["server", "queues", "mrg", "in_order", "qsize", "mac", "timeout"];
+const SPEC_OPTIONS = [
+  "server",
+  "queues",
+  "mrg",
+  "in_order",
+  "packed",
+  "indirect",
+  "qsize",
+  "mac",
+  "timeout",
+];
 
 function flag(name: string, v: string): boolean {
   if (TRUE_WORDS.has(v)) return true;
@@ -205,6 +225,8 @@ export class VhostUserTransport implements VirtioTransport {
 
   readonly #mrg: boolean;
   readonly #inOrder: boolean;
+  readonly #packed: boolean;
+  readonly #indirect: boolean;
   readonly #qsize: number;
   readonly #notice: NoticeSink;
   readonly #msg = new Message();
@@ -248,6 +270,8 @@ export class VhostUserTransport implements VirtioTransport {
   #ctrlAvailIdx = 0; // u16 index of avail.idx in the region
   /** Our used.idx: kept here, since the copy in the ring is the backend's to overwrite too. */
   #ctrlUsedIdx = 0;
+  /** Packed control ring (2.8): the wrap counter of the next slot (`#ctrlLastAvail`) to serve. */
+  #ctrlWrap = 1;
   readonly #ctrlData = new Uint8Array(CTRL_MAX_BYTES);
   /**
    * Control commands answered, and what made the queue be given up: a malformed chain, an avail
@@ -263,6 +287,8 @@ export class VhostUserTransport implements VirtioTransport {
     this.pairs = opts.queues ?? 1;
     this.#mrg = opts.mrg ?? true;
     this.#inOrder = opts.inOrder ?? true;
+    this.#packed = opts.packed ?? false;
+    this.#indirect = opts.indirect ?? false;
     this.#qsize = opts.qsize ?? DEFAULT_QSIZE;
     this.mac = opts.mac ?? randomLocalMac();
     this.#notice = opts.notice ?? (() => {});
@@ -308,8 +334,8 @@ export class VhostUserTransport implements VirtioTransport {
   }
 
   /**
-   * `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,qsize=N][,mac=XX:..]
-   * [,timeout=S]`. `notice` receives the transport's notices.
+   * `vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,packed=0|1][,indirect=0|1]
+   * [,qsize=N][,mac=XX:..][,timeout=S]`. `notice` receives the transport's notices.
    */
   static fromSpec(
     path: string,
@@ -331,6 +357,8 @@ export class VhostUserTransport implements VirtioTransport {
       queues: o.queues !== undefined ? positiveInt("queues", o.queues, 128) : 1,
       mrg: o.mrg !== undefined ? flag("mrg", o.mrg) : true,
       inOrder: o.in_order !== undefined ? flag("in_order", o.in_order) : true,
+      packed: o.packed !== undefined ? flag("packed", o.packed) : false,
+      indirect: o.indirect !== undefined ? flag("indirect", o.indirect) : false,
       qsize: o.qsize !== undefined ? positiveInt("qsize", o.qsize, 32768) : undefined,
       mac: o.mac !== undefined ? parseOwnMac(`vhost-user:${path}: mac=${o.mac}`, o.mac) : undefined,
       timeoutMs: o.timeout !== undefined
@@ -409,6 +437,8 @@ export class VhostUserTransport implements VirtioTransport {
     let f = (this.#backendFeatures & PASSED_THROUGH) | LOCAL_FEATURES;
     if (!this.#mrg) f &= ~bit(NetFeature.MRG_RXBUF);
     if (!this.#inOrder) f &= ~bit(Feature.IN_ORDER);
+    if (!this.#packed) f &= ~bit(Feature.RING_PACKED);
+    if (!this.#indirect) f &= ~bit(Feature.INDIRECT_DESC);
     if (this.pairs > 1) f |= bit(NetFeature.MQ);
     return f;
   }
@@ -449,6 +479,7 @@ export class VhostUserTransport implements VirtioTransport {
       this.#ctrl = q;
       this.#ctrlLastAvail = 0;
       this.#ctrlUsedIdx = 0;
+      this.#ctrlWrap = 1;
       this.#ctrlAvailIdx = (q.availOffset + Avail.IDX) >> 1;
       this.addMemory(q.region);
       return;
@@ -502,9 +533,7 @@ export class VhostUserTransport implements VirtioTransport {
   poll(): number {
     let ev = this.#pending;
     this.#pending = 0;
-    if (this.#ctrl !== null && this.#ctrl.region.u16[this.#ctrlAvailIdx] !== this.#ctrlLastAvail) {
-      this.#serveCtrl();
-    }
+    if (this.#ctrl !== null && this.#ctrlPending()) this.#serveCtrl();
     if (++this.#polls < CHECK_EVERY) return ev;
     this.#polls = 0;
     if (this.#sock !== null) {
@@ -594,7 +623,9 @@ export class VhostUserTransport implements VirtioTransport {
       if (!v) continue;
       this.#vringFile(Request.SET_VRING_CALL, i, v.callFd);
       this.#vringState(Request.SET_VRING_NUM, i, v.q.size);
-      this.#vringState(Request.SET_VRING_BASE, i, 0); // rings are fresh after every reset
+      // Rings are fresh after every reset. A packed ring's base carries the driver's wrap counter
+      // in bit 15 (QEMU's vhost-user document, "Ring states"), 1 at the start (2.8.1).
+      this.#vringState(Request.SET_VRING_BASE, i, this.#ringsPacked ? PACKED_FRESH_BASE : 0);
       this.#msg.begin(Request.SET_VRING_ADDR, VringAddr.SIZE, this.#ack);
       this.#msg.setU32(VringAddr.INDEX, i);
       this.#msg.setU64(VringAddr.DESC, v.q.region.addr + v.q.descOffset);
@@ -892,6 +923,12 @@ export class VhostUserTransport implements VirtioTransport {
    */
   #serveCtrl(): void {
     const q = this.#ctrl!;
+    if (this.#ringsPacked) {
+      for (let n = 0; n < CTRL_PER_POLL && this.#ctrl !== null && this.#ctrlPending(); n++) {
+        this.#servePackedChain(q);
+      }
+      return;
+    }
     const availIdx = q.region.u16[this.#ctrlAvailIdx];
     const pending = (availIdx - this.#ctrlLastAvail) & 0xffff;
     if (pending > q.size) {
@@ -952,6 +989,98 @@ export class VhostUserTransport implements VirtioTransport {
       // Returned without an ack, so the driver's command fails at once.
       this.ctrlStats.malformed++;
       this.#ctrlGiveUp(`a malformed command chain (descriptor ${head})`);
+    }
+  }
+
+  /** VIRTIO_F_RING_PACKED was negotiated: every ring is packed (2.8). */
+  get #ringsPacked(): boolean {
+    return has(this.#driverFeatures, Feature.RING_PACKED);
+  }
+
+  /** The driver made a command available since the last one served. */
+  #ctrlPending(): boolean {
+    const q = this.#ctrl!;
+    if (!this.#ringsPacked) return q.region.u16[this.#ctrlAvailIdx] !== this.#ctrlLastAvail;
+    return this.#packedAvail(q, this.#ctrlLastAvail, this.#ctrlWrap);
+  }
+
+  /** Descriptor `slot` of packed ring `q` is available for wrap counter `wrap` (2.8.1). */
+  #packedAvail(q: QueueMemory, slot: number, wrap: number): boolean {
+    const f = q.region.u16[(q.descOffset + slot * PackedDesc.SIZE + PackedDesc.FLAGS) >> 1];
+    return ((f & PackedDesc.F_AVAIL) !== 0) === (wrap === 1) &&
+      ((f & PackedDesc.F_USED) !== 0) !== (wrap === 1);
+  }
+
+  /**
+   * Packed control ring (2.8): answer the buffer at the next slot (its descriptors at consecutive
+   * slots, each available for its round, 2.8.6) and mark it used in place, its first slot, with
+   * the Buffer ID of its last descriptor. Commands are served one at a time and in order, so the
+   * used position is the available one. A buffer that runs past the ring, or a descriptor in it
+   * that is not available, is something the driver never writes (see #ctrlGiveUp).
+   */
+  #servePackedChain(q: QueueMemory): void {
+    const u16 = q.region.u16;
+    const u32 = q.region.u32;
+    const head = this.#ctrlLastAvail;
+    const headWrap = this.#ctrlWrap;
+    let slot = head;
+    let wrap = headWrap;
+    let got = 0;
+    let ackAt: [DmaRegion, number] | null = null;
+    let ok = true;
+    let id = 0;
+    for (let count = 0;; count++) {
+      if (count >= q.size || !this.#packedAvail(q, slot, wrap)) {
+        ok = false;
+        break;
+      }
+      const at = q.descOffset + slot * PackedDesc.SIZE;
+      const iova = u32[(at + PackedDesc.ADDR) >> 2] +
+        u32[(at + PackedDesc.ADDR + 4) >> 2] * 2 ** 32;
+      const len = u32[(at + PackedDesc.LEN) >> 2];
+      const flags = u16[(at + PackedDesc.FLAGS) >> 1];
+      id = u16[(at + PackedDesc.ID) >> 1];
+      slot++;
+      if (slot === q.size) {
+        slot = 0;
+        wrap ^= 1;
+      }
+      const place = this.#locate(iova, len);
+      if (place === null) ok = false;
+      else if ((flags & PackedDesc.F_WRITE) !== 0) {
+        if (len >= 1) ackAt = place;
+      } else if (got + len <= CTRL_MAX_BYTES) {
+        this.#ctrlData.set(place[0].u8.subarray(place[1], place[1] + len), got);
+        got += len;
+      } else {
+        ok = false;
+      }
+      if ((flags & PackedDesc.F_NEXT) === 0 || !ok) break;
+    }
+    if (!ok) {
+      this.ctrlStats.malformed++;
+      this.#ctrlGiveUp(`a malformed command buffer at slot ${head}`);
+      return;
+    }
+    let written = 0;
+    if (ackAt !== null && got >= 2) {
+      const ack = this.#ctrlCommand(this.#ctrlData[0], this.#ctrlData[1], got - 2);
+      ackAt[0].u8[ackAt[1]] = ack;
+      written = 1;
+      if (ack === Ctrl.OK) this.ctrlStats.ok++;
+      else this.ctrlStats.rejected++;
+    }
+    const at = q.descOffset + head * PackedDesc.SIZE;
+    u32[(at + PackedDesc.LEN) >> 2] = written;
+    u16[(at + PackedDesc.ID) >> 1] = id;
+    const used = (written > 0 ? PackedDesc.F_WRITE : 0) |
+      (headWrap === 1 ? PackedDesc.F_AVAIL | PackedDesc.F_USED : 0);
+    Atomics.store(u16, (at + PackedDesc.FLAGS) >> 1, used);
+    this.#ctrlLastAvail = slot;
+    this.#ctrlWrap = wrap;
+    if (written === 0) {
+      this.ctrlStats.malformed++;
+      this.#ctrlGiveUp(`a command buffer without its ack (slot ${head})`);
     }
   }
 

@@ -148,6 +148,53 @@ export function needEvent(eventIdx: number, newIdx: number, oldIdx: number): boo
 }
 
 /**
+ * 2.8.13 The Virtqueue Descriptor Format (packed): struct pvirtq_desc { le64 addr; le32 len;
+ * le16 id; le16 flags; }. NEXT, WRITE and INDIRECT keep their split-ring values (2.8.6, 2.8.4,
+ * 2.8.7); AVAIL and USED carry the wrap counters (2.8.1): a descriptor is available when the two
+ * differ and AVAIL equals the driver's wrap counter, used when both equal the device's.
+ */
+export const PackedDesc = {
+  SIZE: 16,
+  ADDR: 0,
+  LEN: 8,
+  ID: 12,
+  FLAGS: 14,
+  F_NEXT: 1,
+  F_WRITE: 2,
+  F_INDIRECT: 4,
+  F_AVAIL: 1 << 7,
+  F_USED: 1 << 15,
+} as const;
+
+/**
+ * 2.8.10 Driver and Device Event Suppression, 2.8.14 struct pvirtq_event_suppress { le16 desc
+ * (desc_event_off : 15, desc_event_wrap : 1); le16 flags (desc_event_flags : 2) }. The driver
+ * area holds the driver's (read by the device), the device area the device's (read by the
+ * driver). DESC is only valid with VIRTIO_F_EVENT_IDX.
+ */
+export const EventSuppress = {
+  SIZE: 4,
+  OFF_WRAP: 0,
+  FLAGS: 2,
+  /** desc_event_wrap is bit 15 of the first le16. */
+  WRAP_SHIFT: 15,
+  OFF_MASK: 0x7fff,
+  FLAGS_MASK: 3,
+  ENABLE: 0,
+  DISABLE: 1,
+  DESC: 2,
+} as const;
+
+/** 2.8.10.1 Structure Size and Alignment (packed): descriptor ring 16, event structures 4. */
+export const PackedAlign = {
+  DESC: 16,
+  EVENT: 4,
+} as const;
+
+/** 2.8: "Packed virtqueues support up to 2^15 entries each." */
+export const MAX_PACKED_QUEUE_SIZE = 32768;
+
+/**
  * 5.1.6 Device Operation: struct virtio_net_hdr. 10 bytes without num_buffers (legacy without
  * MRG_RXBUF), 12 bytes when MRG_RXBUF or VERSION_1 is negotiated (5.1.6.1).
  */
@@ -308,27 +355,4 @@ export const RssConfig = {
   /** 5.1.4.1: a device offering RSS takes keys of at least 40 bytes and tables of 128 entries. */
   MIN_KEY_SIZE: 40,
   MIN_INDIRECTION_TABLE_LENGTH: 128,
-} as const;
-
-/** Ethernet framing used by the driver and forwarder (IEEE 802.3 / 802.1Q). */
-export const Eth = {
-  HDR: 14,
-  ADDR: 6,
-  DST: 0,
-  SRC: 6,
-  TYPE: 12,
-  TYPE_VLAN: 0x8100,
-  TYPE_IPV4: 0x0800,
-  TYPE_ARP: 0x0806,
-  TYPE_RARP: 0x8035,
-  VLAN_TAG: 4,
-  MIN_FRAME: 60,
-  /** Largest frame for MTU 1500: 14-byte header + one 802.1Q tag + 1500 (virtio carries no FCS). */
-  MAX_FRAME: 1518,
-  MTU: 1500,
-  /**
-   * Largest frame vpmd handles at all: the MTU in the device config is a le16 (5.1.4), and vpmd
-   * keeps header, tag and MTU within it.
-   */
-  LARGEST_FRAME: 65535,
 } as const;

@@ -12,7 +12,7 @@
  * is restarted, since the device may still own the descriptors.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "./transport.ts";
 import { Avail, Ctrl, Desc } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
 
@@ -31,11 +31,11 @@ export const CTRL_MIN_ENTRIES = 4;
 /** Bytes of DMA memory a control queue needs for its command buffer. */
 export const CTRL_BUFFER_BYTES = 4096;
 /** Offsets inside the command buffer: header, ack, then the data parts one after another. */
-const HDR_OFF = 0;
-const ACK_OFF = 8;
-const DATA_OFF = 16;
+export const HDR_OFF = 0;
+export const ACK_OFF = 8;
+export const DATA_OFF = 16;
 /** Written into the ack byte before a command, so an ack the device never wrote is seen. */
-const ACK_UNSET = 0xff;
+export const ACK_UNSET = 0xff;
 
 export class CtrlQueue {
   readonly ring: SplitRing;

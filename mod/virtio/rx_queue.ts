@@ -57,10 +57,10 @@
  * see one entry per buffer either way.
  */
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "./transport.ts";
 import { Avail, Desc, NetHdr } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
-import type { PortStats } from "../port.ts";
+import type { PortStats } from "./stats.ts";
 import { vlanStrip } from "../vlan.ts";
 
 /** Avail positions are counted modulo 2^31 (`#availIdx`, `#postedAt`); avail.idx is the low 16 bits. */

@@ -23,7 +23,7 @@
  * phases, docs/performance.md). Elsewhere than x86-64 the publish stays an ordered store.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
-import type { QueueMemory, RingLayout } from "../transport/transport.ts";
+import type { QueueMemory, RingLayout } from "./transport.ts";
 import { Avail, Desc, MAX_QUEUE_SIZE, needEvent, RingAlign, Used } from "./constants.ts";
 
 /** Byte offsets of the three parts of a ring relative to its start, and its total size. */

@@ -36,12 +36,17 @@
  * reclaiming only when a few descriptors are left returns buffers to the pool later and colder,
  * which slows forwarding. A burst then enqueues, publishes avail.idx once and notifies at most
  * once, only when the device asks.
+ *
+ * With VIRTIO_F_INDIRECT_DESC (`indirect`, indirect.ts) a frame of several segments takes one
+ * descriptor pointing at the indirect table of its head descriptor instead of a chain (2.7.5.3);
+ * the head is then freed as a chain of one. Frames of one segment never go that way.
  */
 import { MbufFlag, type MbufPool, NONE } from "../mbuf.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
+import type { VirtioTransport } from "./transport.ts";
 import { Avail, Desc } from "./constants.ts";
 import type { SplitRing } from "./split_ring.ts";
-import type { PortStats } from "../port.ts";
+import type { PortStats } from "./stats.ts";
+import type { IndirectTables } from "./indirect.ts";
 import { vlanInsert } from "../vlan.ts";
 
 /** A frame received with a device-written header (mbuf.ts): sent behind the zero header, unread. */
@@ -63,6 +68,8 @@ export interface TxQueueOptions {
   zeroHeader?: number;
   /** VIRTIO_F_IN_ORDER was negotiated: descriptors in ring order, completions by count. */
   inOrder?: boolean;
+  /** VIRTIO_F_INDIRECT_DESC was negotiated: one table per descriptor (indirect.ts). */
+  indirect?: IndirectTables;
   stats: PortStats;
   totals: PortStats;
 }
@@ -110,6 +117,9 @@ export class TxQueue {
   /** `zeroHeader` as u32 halves; `#zeroLo` is -1 without one. */
   readonly #zeroLo: number;
   readonly #zeroHi: number;
+  /** Indirect tables, and the most segments a frame sent through one may have (0: none). */
+  readonly #tables: IndirectTables | null;
+  readonly #indirectMax: number;
   #lastUsed = 0;
   #availIdx = 0;
   #badUsedIdx = -1;
@@ -134,6 +144,8 @@ export class TxQueue {
     this.#done = new Int32Array(n);
     this.#zeroLo = o.zeroHeader === undefined ? -1 : o.zeroHeader % 2 ** 32;
     this.#zeroHi = o.zeroHeader === undefined ? 0 : Math.floor(o.zeroHeader / 2 ** 32);
+    this.#tables = o.indirect ?? null;
+    this.#indirectMax = o.indirect?.maxEntries ?? 0;
     for (let i = 0; i < n; i++) this.#free[i] = i;
     this.#freeCount = n;
     this.#reclaimBelow = Math.max(Math.min(n, 32), n >> 1);
@@ -403,7 +415,11 @@ export class TxQueue {
       u32[d + 2] = hdr + first;
       u32[d + 3] = 0;
       zeroHdrAt[head] = 0;
-      if (segs > 1) {
+      if (segs > 1 && segs <= this.#indirectMax) {
+        // One descriptor for the whole frame, pointing at its head's indirect table.
+        this.#tables!.putSplit(head, pool, m, iovaLo[m] + off - hdr, hdr + first, u32, d);
+        segs = 1;
+      } else if (segs > 1) {
         let prev = head;
         for (let s = next[m]; s !== NONE; s = next[s]) {
           let nd: number;

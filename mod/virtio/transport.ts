@@ -2,7 +2,8 @@
  * The one interface every virtio transport implements: simulated device (`sim:`), vhost-user,
  * legacy PCI (port IO) and modern PCI (MMIO). The driver (`mod/port.ts`) talks only to this
  * interface and never asks which transport it has; differences are expressed as data
- * (`ringLayout`, `dmaKinds`, `queueSizeFixed`).
+ * (`ringLayout`, `dmaKinds`, `queueSizeFixed`). The interface lives with the rings, which use it:
+ * the core defines it, the transports (mod/transport/, mod/sim/) implement it.
  *
  * Cold-path methods may take and return bigint (features). `notify` is the only hot-path
  * method: the port calls it at most once per burst, and only when the device asked for it.
@@ -67,6 +68,30 @@ export class DeviceError extends Error {}
 export type NoticeSink = (kind: string, message: string) => void;
 
 /**
+ * What the link of a simulated device counts (`sim:`, mod/sim/wire.ts): it generates numbered test
+ * frames toward the driver and checks every frame the driver sends, so that a forwarder can account
+ * for each frame (generated = checked + bad + counted drops). A wire may count more than these.
+ */
+export interface WireCounts {
+  /** Frames generated toward the driver. */
+  readonly generated: number;
+  /** Generated frames the device could not deliver (no RX buffer, filtered, too big). */
+  readonly missed: number;
+  /** Frames the driver sent that passed the check. */
+  readonly checkedOk: number;
+  /** Frames the driver sent that failed it. */
+  readonly badFrames: number;
+}
+
+/** The link behind a simulated device: its frame generator and checker. */
+export interface SimulatedWire {
+  /** The wire's counters, live. */
+  readonly counters: WireCounts;
+  /** Stop generating frames (those generated already are still delivered or counted). */
+  stopGenerator(): void;
+}
+
+/**
  * How the port reaches one virtio device: status, features, configuration, queues, notifications
  * (virtio 1.2 chapter 4). Implement it to drive a device some other way; mod/sim/transport.ts is
  * the shortest example.
@@ -80,6 +105,8 @@ export interface VirtioTransport {
   readonly dmaKinds: readonly DmaKind[];
   /** True when the device decides queue sizes (legacy PCI): a different request gets a warning. */
   readonly queueSizeFixed: boolean;
+  /** The link of a simulated device (`sim:`); real devices have none. */
+  readonly wire?: SimulatedWire;
 
   /** Reset the device (2.1: writing 0 to status) and wait until it reads back 0. */
   reset(): void;

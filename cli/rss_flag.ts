@@ -4,7 +4,7 @@
  * packets (and imply `ip` for the others, 5.1.6.4.3). The key is DEFAULT_RSS_KEY and the
  * indirection table spreads the hashes evenly over the `--queues` queue pairs (mod/virtio/rss.ts).
  */
-import { HashType } from "../virtio/constants.ts";
+import { HashType } from "../mod/virtio/constants.ts";
 
 const TYPES: Record<string, number> = {
   ip: HashType.IPv4,

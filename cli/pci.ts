@@ -7,9 +7,9 @@
  * `/sys/bus/pci/drivers_probe`. Unbinding clears the override and probes again, so the kernel's
  * own virtio-pci takes the function back and its network interface returns.
  */
-import { argsErrorMessage } from "../args_error.ts";
+import { argsErrorMessage } from "./args_error.ts";
 import { parseArgs } from "cli-args";
-import { has, NetConfig, NetFeature } from "../virtio/constants.ts";
+import { has, NetConfig, NetFeature } from "../mod/virtio/constants.ts";
 import {
   configHidden,
   isVirtioNet,
@@ -17,12 +17,12 @@ import {
   parseVirtioCaps,
   PciConfigHiddenError,
   virtioNetKind,
-} from "./config.ts";
-import { SysfsIoBar } from "./io_bar.ts";
-import { type PciFunction, Sysfs } from "./sysfs.ts";
-import { LegacyReg } from "../transport/pci_legacy.ts";
-import { peekDeviceConfig } from "../transport/pci_modern.ts";
-import { KERNEL_DRIVER, USERSPACE_DRIVER } from "../transport/pci.ts";
+} from "../mod/pci/config.ts";
+import { SysfsIoBar } from "../mod/pci/io_bar.ts";
+import { type PciFunction, Sysfs } from "../mod/pci/sysfs.ts";
+import { LegacyReg } from "../mod/transport/pci_legacy.ts";
+import { peekDeviceConfig } from "../mod/transport/pci_modern.ts";
+import { KERNEL_DRIVER, USERSPACE_DRIVER } from "../mod/transport/pci.ts";
 
 /** One row of `vpmd devices`. */
 export interface DeviceInfo {
@@ -34,7 +34,7 @@ export interface DeviceInfo {
   link: "up" | "down" | null;
   interfaces: string[];
   uio: string | null;
-  /** Only the 64-byte header of the configuration space is readable (config.ts `configHidden`). */
+  /** Only the 64-byte header of the configuration space is readable (mod/pci/config.ts). */
   needsRoot: boolean;
   /** Why the function could not be examined (e.g. a corrupt capability list), else null. */
   error: string | null;

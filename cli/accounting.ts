@@ -14,28 +14,10 @@
  * counted as a drop: TX errors (a frame no TX ring can take, malformed, or a bad used entry on a
  * TX ring) are failures, not load.
  */
-import { SimTransport } from "../sim/transport.ts";
-import type { VirtioTransport } from "../transport/transport.ts";
-import type { Mode } from "./engines.ts";
+import type { Mode } from "../mod/fwd/engines.ts";
 import type { PortRow } from "./stats.ts";
 
 export type WireCounters = Record<string, number>;
-
-/** What the forwarder needs of a simulated device's wire. */
-export interface SimWireControl {
-  counters(): WireCounters;
-  stopGenerator(): void;
-}
-
-/** The wire of a simulated port, or null for other transports. */
-export function simWire(t: VirtioTransport): SimWireControl | null {
-  if (!(t instanceof SimTransport)) return null;
-  const wire = t.wire;
-  return {
-    counters: () => ({ ...wire.counters }),
-    stopGenerator: () => wire.stopGenerator(),
-  };
-}
 
 export interface Direction {
   from: number;

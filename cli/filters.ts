@@ -14,9 +14,9 @@
  *
  * Every malformed value is an Error with a one-line message (the CLI turns it into exit 2).
  */
-import type { Port } from "../port.ts";
-import { has, NetFeature } from "../virtio/constants.ts";
-import { parseMac, parseOwnMac } from "../mac.ts";
+import type { Port } from "../mod/port.ts";
+import { has, NetFeature } from "../mod/virtio/constants.ts";
+import { parseMac, parseOwnMac } from "../mod/mac.ts";
 
 /** parseArgs option definitions for these flags (merged into `vpmd fwd`'s). */
 export const FILTER_FLAGS = {

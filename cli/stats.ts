@@ -7,7 +7,8 @@
  * txPackets, rxBytes, txBytes, rxDropped, txDropped, rxNoMbuf, rxErrors, txErrors, rxIdxErrors,
  * and `wire` for simulated ports), `totals`, `durationSec`, `mode`.
  */
-import type { Port, PortStats } from "../port.ts";
+import type { Port } from "../mod/port.ts";
+import type { PortStats } from "../mod/virtio/stats.ts";
 
 export const STAT_KEYS = [
   "rxPackets",

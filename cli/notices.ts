@@ -1,6 +1,6 @@
 /**
  * What the transports tell while `vpmd fwd` runs (a backend lost or back, a reconnect that
- * failed, a device error: `NoticeSink` in mod/transport/transport.ts), shown to the user: one line
+ * failed, a device error: `NoticeSink` in mod/virtio/transport.ts), shown to the user: one line
  * on stderr each, and with --json also one JSON line in the stdout stream,
  *
  *   {"event":"backend-lost","port":0,"name":"vhost-user:/x","message":"...","t":1.23}
@@ -9,7 +9,7 @@
  * kind is shown at most once per MIN_GAP_MS: the next one shown carries how many were held back
  * (`suppressed`), and `flush()` shows the last one held back of each kind at the end of the run.
  */
-import type { NoticeSink } from "../transport/transport.ts";
+import type { NoticeSink } from "../mod/virtio/transport.ts";
 
 /** Least time between two notices of one kind from one port that are shown. */
 const MIN_GAP_MS = 1000;

@@ -4,30 +4,34 @@
  * drain what is in flight, and print the summary (with --json, the last stdout line).
  */
 import { parseArgs } from "cli-args";
-import { argsErrorMessage } from "../args_error.ts";
-import { MbufPool, poolOfFirstKind } from "../mbuf.ts";
-import { commonDmaKinds } from "../open.ts";
-import { Port, ringRoomFor } from "../port.ts";
+import { argsErrorMessage } from "./args_error.ts";
+import { MbufPool, poolOfFirstKind } from "../mod/mbuf.ts";
+import { commonDmaKinds } from "../mod/open.ts";
+import { Port, ringRoomFor } from "../mod/port.ts";
 import {
   deviceKey,
   formatPortSpec,
   openTransport,
   parsePortSpec,
   type PortSpec,
-} from "../portspec.ts";
-import { DeviceError, type VirtioTransport } from "../transport/transport.ts";
-import { parseMac } from "../mac.ts";
-import { checkTxpkts, createEngine, type Mode, MODES, type Stream } from "./engines.ts";
-import { ForwardLoop } from "./loop.ts";
+} from "../mod/portspec.ts";
+import { DeviceError, type VirtioTransport } from "../mod/virtio/transport.ts";
+import { parseMac } from "../mod/mac.ts";
+import { checkTxpkts, createEngine, type Mode, MODES } from "../mod/fwd/engines.ts";
+import { ForwardLoop } from "../mod/fwd/loop.ts";
+import { buildStreams, reclaimSent } from "../mod/fwd/streams.ts";
 import { type OutputStyle, StatsReporter, totals } from "./stats.ts";
-import { accountFrames, type Accounting, simWire, type WireCounters } from "./accounting.ts";
+import type { Accounting, WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
+import { has, NetFeature } from "../mod/virtio/constants.ts";
+import { Eth } from "../mod/eth.ts";
 import { parseRssFlag } from "./rss_flag.ts";
-import { planWorkers, WorkerGroup } from "./workers.ts";
-import { threadCpuMs } from "../../ffi/thread.ts";
-import { Eth, has, NetFeature } from "../virtio/constants.ts";
+import { planWorkers, WorkerGroup } from "../mod/fwd/workers.ts";
+import { threadCpuMs } from "../ffi/thread.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
+import { DATAPLANE_FLAGS, type DataPlaneOptions, parseDataPlaneFlags } from "./dataplane_flags.ts";
+import { DataPlane } from "./dataplane.ts";
 
 /** A usage problem: the CLI prints it as one line and exits with code 2. */
 export class UsageError extends Error {}
@@ -50,6 +54,8 @@ export interface FwdOptions {
   mbufs: number | undefined;
   /** --promisc/--no-promisc, --allmulti, --mac, --mcast, --vlan-filter, --mtu (./filters.ts). */
   filters: FilterOptions;
+  /** --pipeline, --pcap, --tx-pcap and their options (./dataplane_flags.ts). */
+  dataPlane: DataPlaneOptions;
   /** --rss: the hash types (HashType bits) to configure, or undefined. */
   rss: number | undefined;
   /** --cores: forwarding workers (1: the main thread forwards, mod/fwd/workers.ts). */
@@ -122,6 +128,7 @@ function parseFlags(args: string[]) {
         rss: { type: "string" },
         cores: { type: "string" },
         ...FILTER_FLAGS,
+        ...DATAPLANE_FLAGS,
       },
     });
   } catch (e) {
@@ -182,7 +189,7 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     const err = checkTxpkts(txpkts, BUFFER_ROOM);
     if (err !== null) throw new UsageError(err);
   }
-  return {
+  const o: FwdOptions = {
     specs,
     mode,
     burst: int("burst", v.burst, 1, 512, 32),
@@ -202,9 +209,22 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       ? undefined
       : int("mbufs", v.mbufs, 64, MbufPool.maxCount(BUFFER_ROOM), 0),
     filters: usage(() => parseFilterFlags(v, specs.length)),
+    dataPlane: usage(() => parseDataPlaneFlags(v, specs.length)),
     rss: v.rss === undefined ? undefined : usage(() => parseRssFlag(v.rss!)),
     cores: int("cores", v.cores, 1, 64, 1),
   };
+  const dp = o.dataPlane;
+  const oneCore = dp.pipeline !== undefined
+    ? "--pipeline"
+    : dp.pcaps.length > 0
+    ? "--pcap"
+    : dp.txPcap !== undefined
+    ? "--tx-pcap"
+    : null;
+  if (o.cores > 1 && oneCore !== null) {
+    throw new UsageError(`${oneCore} runs on one core; leave out --cores ${o.cores}`);
+  }
+  return o;
 }
 
 function usage<T>(fn: () => T): T {
@@ -215,16 +235,8 @@ function usage<T>(fn: () => T): T {
   }
 }
 
-/** Streams like testpmd's: port 2k forwards to 2k+1 and back; an odd last port to itself. */
-export function buildStreams(ports: Port[], mode: Mode, queues: number, burst: number): Stream[] {
-  const streams: Stream[] = [];
-  for (let i = 0; i < ports.length; i++) {
-    const peer = mode === "txonly" || mode === "rxonly" ? i : (i ^ 1) < ports.length ? i ^ 1 : i;
-    for (let q = 0; q < queues; q++) {
-      streams.push({ rx: ports[i], tx: ports[peer], queue: q, pkts: new Uint32Array(burst) });
-    }
-  }
-  return streams;
+function asUsage(e: unknown): never {
+  throw new UsageError((e as Error).message);
 }
 
 /** At least the ring size `configure` will take (a device that fixes its sizes ignores --rxd/--txd). */
@@ -241,9 +253,11 @@ export async function runForwarder(args: string[]): Promise<number> {
   const ports: Port[] = [];
   let pool: MbufPool | null = null;
   let signals: StopSignals | null = null;
+  let dp: DataPlane | null = null;
   const log = (msg: string) => console.error(msg);
   const notices = new NoticePrinter(o.json);
   try {
+    dp = await DataPlane.prepare(o.dataPlane).catch(asUsage);
     for (const [i, s] of o.specs.entries()) {
       try {
         transports.push(openTransport(s, notices.sink(i, names[i])));
@@ -333,8 +347,9 @@ export async function runForwarder(args: string[]): Promise<number> {
       if (!port.linkUp) log(`Port ${i} (${names[i]}): link down`);
       port.onLinkChange = (up) => log(`Port ${i}: link state change event (${up ? "up" : "down"})`);
     }
-    return await forward(o, names, ports, transports, pool, signals, notices);
+    return await forward(o, names, ports, pool, signals, notices, dp);
   } finally {
+    await dp?.close(log);
     for (const p of ports) {
       try {
         p.close();
@@ -415,32 +430,38 @@ async function forward(
   o: FwdOptions,
   names: string[],
   ports: Port[],
-  transports: VirtioTransport[],
   pool: MbufPool,
   signals: StopSignals,
   notices: NoticePrinter,
+  dp: DataPlane,
 ): Promise<number> {
-  const engine = createEngine(o.mode, {
-    pool,
-    burst: o.burst,
-    peers: o.peers,
-    txpkts: o.txpkts,
-    txStreamBase: TX_STREAM_BASE,
-  });
-  const streams = buildStreams(ports, o.mode, o.queues, o.burst);
-  const loop = new ForwardLoop(ports, streams, engine);
-  const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
-  const wires = transports.map(simWire);
+  const log = (msg: string) => console.error(msg);
+  const wires = ports.map((p) => p.wire);
   // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
   // drain only gives what is already in flight a short moment.
   const allSim = wires.every((w) => w !== null);
   const drainMaxMs = allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5;
   const group = o.cores > 1 ? await startWorkers(o, ports, pool, drainMaxMs) : null;
-  const wireOf = (i: number): WireCounters | null =>
-    group !== null ? group.wire(i) : wires[i]?.counters() ?? null;
+  const stop = () => group !== null ? group.stop() : loop.stop();
+  const engine = await dp.start({ ports, names, pool, burst: o.burst, log, stop }).catch(asUsage) ??
+    createEngine(o.mode, {
+      pool,
+      burst: o.burst,
+      peers: o.peers,
+      txpkts: o.txpkts,
+      txStreamBase: TX_STREAM_BASE,
+    });
+  const streams = buildStreams(ports, o.mode, o.queues, o.burst);
+  const loop = new ForwardLoop(ports, streams, engine);
+  const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
+  const wireOf = (i: number): WireCounters | null => {
+    if (group !== null) return group.wire(i);
+    const w = wires[i];
+    return w === null ? null : { ...w.counters };
+  };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
-  signals.onStop = () => group !== null ? group.stop() : loop.stop();
+  signals.onStop = stop;
   /** One core: how much of the forwarding time the main thread ran (else `workers` says). */
   let mainThread: ReturnType<typeof busyOf> | null = null;
   try {
@@ -474,18 +495,19 @@ async function forward(
         rows[i].queues = rx.map((r, q) => ({ rxPackets: r.rxPackets, txPackets: tx[q].txPackets }));
       }
     }
-    const account = accountFrames(o.mode, rows);
+    const account = dp.account(o.mode, rows);
     const summary = {
       ports: rows,
       totals: totals(rows),
       durationSec: Math.round(durationSec * 1000) / 1000,
       mode: o.mode,
       burst: o.burst,
-      stoppedBy: signals.by ?? (o.durationSec > 0 ? "duration" : "stop"),
+      stoppedBy: signals.by ?? dp.stoppedBy ?? (o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
       ...(group === null ? { mainThread } : { workers: group.report() }),
       poolAvailable: pool.available + (group?.poolAvailable ?? 0),
       poolSize: pool.count,
+      ...dp.summary(),
     };
     notices.flush();
     notices.endJson();
@@ -538,17 +560,6 @@ async function startWorkers(
 function withoutName(t: VirtioTransport, e: unknown): string {
   const m = (e as Error).message;
   return m.startsWith(`${t.name}: `) ? m.slice(t.name.length + 2) : m;
-}
-
-/**
- * Let every TX queue take back what the device has finished with (a burst of 0 frames), so that
- * stopping the port counts as dropped only frames really still in flight.
- */
-export function reclaimSent(ports: Port[], queues: number): void {
-  const none = new Uint32Array(0);
-  for (const p of ports) {
-    for (let q = 0; q < queues; q++) p.txBurst(q, none, 0);
-  }
 }
 
 function printSummary(

@@ -11,6 +11,7 @@ const libc = Deno.dlopen("libc.so.6", {
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
 }).symbols;
 const AF_PACKET = 17;
@@ -20,6 +21,10 @@ const SOCK_NONBLOCK = 0x800;
 /** ETH_P_ALL in network byte order: a packet socket that receives every frame. */
 const ETH_P_ALL_BE = 0x0300;
 const MAX_FRAME = 65536;
+const SOL_SOCKET = 1;
+const SO_RCVBUFFORCE = 33; // root may exceed rmem_max
+/** Room for a busy host's reader to fall behind (about 10,000 small frames). */
+const RCVBUF_BYTES = 8 << 20;
 
 function ip(args: string[]): void {
   const out = new Deno.Command("ip", { args, stdout: "null", stderr: "piped" }).outputSync();
@@ -79,6 +84,13 @@ export class TapWire {
     this.#rxFd = packetSocket(this.name, this.#ifindex, ETH_P_ALL_BE, SOCK_NONBLOCK);
     const buf = new Uint8Array(MAX_FRAME);
     const fd = this.#rxFd;
+    libc.setsockopt(
+      fd,
+      SOL_SOCKET,
+      SO_RCVBUFFORCE,
+      new Uint8Array(Int32Array.of(RCVBUF_BYTES).buffer),
+      4,
+    );
     this.#timer = setInterval(() => {
       for (;;) {
         const n = Number(libc.recv(fd, buf, BigInt(MAX_FRAME), 0));

@@ -95,7 +95,11 @@ export class StatsReporter {
 
   /** Called by the loop at each clock check; prints when a period has passed. */
   tick(nowMs: number): void {
-    if (nowMs < this.#nextMs || this.#periodMs <= 0) return;
+    // Small enough to inline into the loop: the time stays an unboxed double until a print.
+    if (nowMs >= this.#nextMs && this.#periodMs > 0) this.#print(nowMs);
+  }
+
+  #print(nowMs: number): void {
     this.#nextMs = nowMs + this.#periodMs;
     const dt = (nowMs - this.#lastMs) / 1000;
     this.#lastMs = nowMs;

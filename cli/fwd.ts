@@ -424,7 +424,7 @@ async function forward(
   const wires = ports.map((p) => p.wire);
   const wireOf = (i: number): WireCounters | null => {
     const w = wires[i];
-    return w === null ? null : { ...w.counters };
+    return w === null ? null : w.counters as unknown as WireCounters;
   };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);

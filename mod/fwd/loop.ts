@@ -30,6 +30,11 @@ export interface RunOptions {
   onClock?: (nowMs: number) => void;
   /** Run only `poll()` on the ports, not the engine (draining a txonly forwarder). */
   pollOnly?: boolean;
+  /**
+   * Stop once the engine moved this many frames in this run (received; txonly: sent), seen at
+   * the next clock check; default: never.
+   */
+  maxPackets?: number;
 }
 
 /** Time between clock checks (ms). */
@@ -68,6 +73,8 @@ export class ForwardLoop {
   #checkEvery = 256;
   /** When a frame last moved (performance.now() time), kept across the slices of one run. */
   #lastMove = 0;
+  /** Frames the engine moved in this run. */
+  #runPackets = 0;
 
   /** Resolves a yield's promise from the next event loop turn (one function for every yield). */
   readonly #defer = (resolve: () => void): void => {
@@ -80,14 +87,21 @@ export class ForwardLoop {
     this.streams = streams;
     this.engine = engine;
     this.yieldMs = yieldMs;
-    // Passes 2^31 within minutes: a double field from the start (see mod/counters.ts).
+    // Pass 2^31 within minutes: double fields from the start (see mod/counters.ts).
     this.iterations = 0.5;
     this.iterations = 0;
+    this.#runPackets = 0.5;
+    this.#runPackets = 0;
   }
 
   /** Ask a running `run()` to return at its next clock check (SIGINT handler). */
   stop(): void {
     this.#stopped = true;
+  }
+
+  /** Frames the engine moved in the current or last run (received; txonly: sent). */
+  get packets(): number {
+    return this.#runPackets;
   }
 
   /** True once `stop()` was called (until the next `drain`). */
@@ -109,10 +123,12 @@ export class ForwardLoop {
     const untilMs = opts.untilMs ?? Infinity;
     const quietMs = opts.quietMs ?? Infinity;
     const pollOnly = opts.pollOnly === true;
+    const maxPackets = opts.maxPackets ?? Infinity;
     // Deadlines are given in performance.now() time; the loop's clock runs on CLOCK_MONOTONIC.
     const offset = clockOffsetMs();
     this.#lastMove = monotonicMs() + offset;
-    while (this.#slice(untilMs, quietMs, pollOnly, opts.onClock, offset)) {
+    this.#runPackets = 0;
+    while (this.#slice(untilMs, quietMs, maxPackets, pollOnly, opts.onClock, offset)) {
       await new Promise<void>(this.#defer);
     }
   }
@@ -126,6 +142,7 @@ export class ForwardLoop {
   #slice(
     untilMs: number,
     quietMs: number,
+    maxPackets: number,
     pollOnly: boolean,
     onClock: ((nowMs: number) => void) | undefined,
     offset: number,
@@ -139,16 +156,20 @@ export class ForwardLoop {
     while (!this.#stopped) {
       const k = this.#checkEvery;
       let moved = 0;
+      let packets = 0;
       for (let it = 0; it < k; it++) {
-        let m = 0;
+        let f = 0;
         if (!pollOnly) {
-          for (let i = 0; i < nStreams; i++) m += engine(streams[i]);
+          for (let i = 0; i < nStreams; i++) f += engine(streams[i]);
         }
+        let m = f;
         for (let i = 0; i < nPorts; i++) m += ports[i].poll() === 0 ? 0 : 1;
         if (m === 0) idlePause();
         moved += m;
+        packets += f;
       }
       this.iterations += k;
+      this.#runPackets += packets;
       const now = monotonicMs() + offset;
       const took = now - last;
       last = now;
@@ -156,7 +177,9 @@ export class ForwardLoop {
       else if (took > CHECK_MS * 2 && k > MIN_CHECK) this.#checkEvery = k >> 1;
       if (moved > 0) lastMove = now;
       if (onClock !== undefined) onClock(now);
-      if (now >= untilMs || now - lastMove >= quietMs) return false;
+      if (now >= untilMs || now - lastMove >= quietMs || this.#runPackets >= maxPackets) {
+        return false;
+      }
       if (now >= yieldAt) {
         this.#lastMove = lastMove;
         return true;

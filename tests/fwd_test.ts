@@ -187,6 +187,23 @@ for (
   });
 }
 
+Deno.test("fwd io: frames sent while the peer's link is down are accounted for", async () => {
+  const r = rig("io", ["sim:a", "sim:b"]);
+  try {
+    await r.loop.run({ untilMs: performance.now() + 50 });
+    r.sims[1].setLink(false); // port 1's device drops what it is given to send
+    await r.loop.run({ untilMs: performance.now() + 50 });
+    r.sims[1].setLink(true);
+    await r.loop.run({ untilMs: performance.now() + 50 });
+    const rows = await finish(r, "io");
+    assert.ok(rows[1].wire!.txLinkDown > 0, "frames met the link down");
+    const acc = accountFrames("io", rows)!;
+    assert.ok(acc.ok, acc.message);
+  } finally {
+    r.close();
+  }
+});
+
 Deno.test("fwd io: a single port forwards to itself", async () => {
   const r = rig("io", ["sim:solo"]);
   try {

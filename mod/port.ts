@@ -614,7 +614,10 @@ export class Port {
     try {
       this.transport.reset();
     } finally {
-      for (const rx of this.#rx) rx.release();
+      for (const rx of this.#rx) {
+        rx.discardDelivered(); // frames the device delivered and nobody took: dropped, counted
+        rx.release();
+      }
       for (const tx of this.#tx) {
         tx.pool.removeHolder(tx);
         tx.release(); // frames in flight: counted as dropped there

@@ -94,7 +94,7 @@ export const PACKED_ONLY_EVIL: readonly EvilMode[] = [
 ];
 export const SPLIT_ONLY_EVIL: readonly EvilMode[] = ["idx-jump"];
 /** Evil modes that bend transmit completions; the others bend received frames. */
-const TX_EVIL: readonly EvilMode[] = ["packed-bad-id", "packed-used-twice"];
+export const TX_EVIL: readonly EvilMode[] = ["packed-bad-id", "packed-used-twice"];
 export const EVIL_EVERY = 7;
 
 /**

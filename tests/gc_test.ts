@@ -1,7 +1,12 @@
 /**
- * Steady-state forwarding leaves V8's young generation nothing to collect: `vpmd fwd` between
- * two simulated ports, with a JSON line every second, runs under `--trace-gc`, and no scavenge
- * may fall in a window of WINDOW frames after WARMUP frames (counted in frames, not time).
+ * Steady-state forwarding leaves V8's young generation almost nothing to collect: `vpmd fwd`
+ * between two simulated ports, with a JSON line every second, runs under `--trace-gc`, and a
+ * window of WINDOW frames after WARMUP frames (counted in frames, not time) may hold at most one
+ * scavenge. One can fall there whatever the forwarder does, collecting what start-up and warm-up
+ * left in the young generation (1 MB); a second needs the window itself to allocate a young
+ * generation's worth. Forwarding allocates about 10 KB a second (a turn for the event loop every
+ * 100 ms, the statistics line): a megabyte takes minutes, while the window takes seconds. Before
+ * that work it allocated ~600 KB a second, a scavenge every 1.4 to 3 s.
  *
  * V8 prints its trace lines to stdout through C's buffered stdio, so their order against the
  * JSON lines is lost; their timestamps (ms since the isolate started, which is after the spawn)
@@ -15,8 +20,8 @@ import assert from "assert";
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 /** Frames received by both ports together before the window opens (tier-up, first outputs). */
 const WARMUP = 4_000_000;
-/** Frames in the window: ~7 s here when the machine is quiet. */
-const WINDOW = 16_000_000;
+/** Frames in the window: ~13 s here when the machine is quiet. */
+const WINDOW = 30_000_000;
 /** What the forwarder forwards after the window, so that a JSON line closes it. */
 const TAIL = 5_000_000;
 /** The isolate starts within this long of the spawn (V8's clock starts there). */
@@ -28,7 +33,7 @@ interface Period {
   frames: number;
 }
 
-Deno.test("fwd io between two sims: no scavenge over 16 M frames in steady state", async () => {
+Deno.test("fwd io between two sims: at most one scavenge over 30 M frames in steady state", async () => {
   const spawned = performance.now();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -87,14 +92,17 @@ Deno.test("fwd io between two sims: no scavenge over 16 M frames in steady state
   const open = periods.find((p) => p.frames >= WARMUP);
   const close = periods.find((p) => p.frames >= WARMUP + WINDOW);
   assert.ok(open && close, `no JSON line closed the window: ${JSON.stringify(periods)}`);
-  const scavenges = [...text.matchAll(/(\d+) ms: Scavenge/g)].map((m) => Number(m[1]));
+  const scavenges = [...text.matchAll(/(\d+) ms: Scavenge[^\n]*/g)].map((m) => ({
+    at: Number(m[1]),
+    line: m[0],
+  }));
   assert.ok(scavenges.length > 0, "no --trace-gc output: start-up always collects");
-  const inWindow = scavenges.filter((t) => t >= open.at && t < close.at - START_MS);
-  assert.deepEqual(
-    inWindow,
-    [],
-    `scavenges at ${inWindow.join(", ")} ms, in the window from ${open.at.toFixed(0)} ms ` +
-      `(${open.frames} frames) to ${close.at.toFixed(0)} ms (${close.frames} frames)`,
+  const inWindow = scavenges.filter((s) => s.at >= open.at && s.at < close.at - START_MS);
+  assert.ok(
+    inWindow.length <= 1,
+    `${inWindow.length} scavenges in the window from ${open.at.toFixed(0)} ms ` +
+      `(${open.frames} frames) to ${close.at.toFixed(0)} ms (${close.frames} frames): ` +
+      inWindow.map((s) => s.line).join(" | "),
   );
 });
 

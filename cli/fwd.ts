@@ -42,6 +42,8 @@ export interface FwdOptions {
   txd: number | undefined;
   queues: number;
   durationSec: number;
+  /** Stop after this many frames received (txonly: sent) by all ports; undefined: no limit. */
+  maxPackets: number | undefined;
   statsPeriodSec: number;
   json: boolean;
   peers: Uint8Array[];
@@ -109,6 +111,7 @@ function parseFlags(args: string[]) {
         txd: { type: "string" },
         queues: { type: "string" },
         duration: { type: "string" },
+        "max-packets": { type: "string" },
         "stats-period": { type: "string" },
         json: { type: "boolean" },
         "eth-peer": { type: "string", multiple: true },
@@ -186,6 +189,9 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     txd: v.txd === undefined ? undefined : int("txd", v.txd, 0, 32768, 0),
     queues: int("queues", v.queues, 1, 128, 1),
     durationSec: seconds("duration", v.duration, 0),
+    maxPackets: v["max-packets"] === undefined
+      ? undefined
+      : int("max-packets", v["max-packets"], 1, Number.MAX_SAFE_INTEGER, 0),
     statsPeriodSec: statsPeriod(v["stats-period"]),
     json: v.json === true,
     peers,
@@ -424,7 +430,7 @@ async function forward(
   const wires = ports.map((p) => p.wire);
   const wireOf = (i: number): WireCounters | null => {
     const w = wires[i];
-    return w === null ? null : { ...w.counters };
+    return w === null ? null : w.counters as unknown as WireCounters;
   };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
@@ -432,8 +438,10 @@ async function forward(
   try {
     await loop.run({
       untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
+      maxPackets: o.maxPackets,
       onClock: (now) => reporter.tick(now),
     });
+    const byMax = o.maxPackets !== undefined && loop.packets >= o.maxPackets;
     for (const w of wires) w?.stopGenerator();
     // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
     // drain only gives what is already in flight a short moment.
@@ -459,7 +467,8 @@ async function forward(
       durationSec: Math.round(durationSec * 1000) / 1000,
       mode: o.mode,
       burst: o.burst,
-      stoppedBy: signals.by ?? dp.stoppedBy ?? (o.durationSec > 0 ? "duration" : "stop"),
+      stoppedBy: signals.by ?? dp.stoppedBy ??
+        (byMax ? "max-packets" : o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
       poolAvailable: pool.available,
       poolSize: pool.count,

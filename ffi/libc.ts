@@ -32,6 +32,7 @@ const symbols = {
   unlink: { parameters: ["buffer"], result: "i32" },
   ioperm: { parameters: ["u64", "u64", "i32"], result: "i32" },
   getpid: { parameters: [], result: "i32" },
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const;

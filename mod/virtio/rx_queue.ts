@@ -760,6 +760,29 @@ export class RxQueue {
     if (this.ring.settle()) this.#transport.notify(this.ring.index);
   }
 
+  /**
+   * After the device was reset (2.1: it touches the rings no more): the frames it delivered that
+   * no burst took are received and dropped, counted in rxDropped like any frame the driver
+   * discards on receive, so that stopping a port under traffic takes no frame out of the counts.
+   * The bursts read what the device wrote before the reset, at most a ring of entries.
+   */
+  discardDelivered(): void {
+    const pkts = new Uint32Array(32);
+    for (let k = 0; k <= this.ring.size; k++) {
+      const from = this.#lastUsed;
+      const bytes = this.stats.rxBytes;
+      const n = this.burst(pkts, pkts.length);
+      if (n === 0 && this.#lastUsed === from && this.#expandedEnd < 0) return;
+      this.pool.freeBulk(pkts, n);
+      const got = this.stats.rxBytes - bytes;
+      for (const st of [this.stats, this.#totals]) {
+        st.rxPackets -= n;
+        st.rxBytes -= got;
+        st.rxDropped += n;
+      }
+    }
+  }
+
   /** Give every posted buffer back to the pool (after the device was reset). */
   release(): void {
     this.#expandedEnd = -1;

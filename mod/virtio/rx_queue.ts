@@ -72,6 +72,14 @@ const POS_MASK = 0x7fffffff;
  */
 const HELD_SPAN = 0x40000000;
 
+/**
+ * Descriptor `id` is held by the device: in range, and offered at a position up to `lastPublished`
+ * and not taken back since (`postedAt`, see the module comment).
+ */
+function held(postedAt: Int32Array, id: number, lastPublished: number): boolean {
+  return id < postedAt.length && ((lastPublished - postedAt[id]) & POS_MASK) < HELD_SPAN;
+}
+
 export interface RxQueueOptions {
   ring: SplitRing;
   pool: MbufPool;
@@ -305,15 +313,16 @@ export class RxQueue {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
+    const u16 = ring.u16;
     const mask = ring.mask;
-    const size = ring.size;
+    const availRing = ring.availRing16;
+    const desc32 = ring.desc32;
     const inOrder = this.#inOrder;
     const buf = this.#buf;
     const postedAt = this.#postedAt;
-    const availRing = ring.availRing16;
-    const u16 = ring.u16;
     const hdr = this.#hdr;
     const postLen = this.#postLen;
+    const postOff = this.#postOff;
     const headroom = pool.headroom;
     const dataLen = pool.dataLen;
     const pktLen = pool.pktLen;
@@ -322,10 +331,8 @@ export class RxQueue {
     const flags = pool.flags;
     const portArr = pool.port;
     const portId = this.#portId;
-    const desc32 = ring.desc32;
     const iovaLo = pool.iovaLo;
     const iovaHi = pool.iovaHi;
-    const postOff = this.#postOff;
     const oldAvail = this.#availIdx;
     const lastPublished = oldAvail - 1;
     let availIdx = oldAvail;
@@ -335,46 +342,34 @@ export class RxQueue {
     let errors = 0;
     let noMbuf = 0;
     // Behind the device (more entries than this burst takes): descriptor addresses after the loop.
-    const defer = ((usedIdx - this.#lastUsed) & 0xffff) > max;
+    const defer = ((usedIdx - used) & 0xffff) > max;
     const deferred = this.#deferred;
     let nDeferred = 0;
     while (n < max && used !== usedIdx) {
       const e = usedRing + 2 * (used & mask);
       const id = entries[e];
       const len = entries[e + 1];
-      if (
-        inOrder
-          ? id !== (used & mask)
-          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
-      ) {
+      if (inOrder ? id !== (used & mask) : !held(postedAt, id, lastPublished)) {
         if (inOrder && fromRing) {
           this.#mustExpand = true; // a batch, or a stray entry: spell them out first
           break;
         }
-        // Not a descriptor the device holds. Devices use RX buffers in avail order, so this
-        // entry stood for the descriptor posted at the same position: post it again rather
-        // than let the ring shrink.
-        used = (used + 1) & 0xffff;
         errors++;
-        const lost = u16[availRing + ((used - 1) & mask)];
-        if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
-          u16[availRing + (availIdx & mask)] = lost;
-          postedAt[lost] = availIdx++;
-        }
+        const lost = this.#lostAt(used, lastPublished);
+        if (lost >= 0) availIdx = this.#repost(lost, availIdx);
+        used = (used + 1) & 0xffff;
         continue;
       }
       used = (used + 1) & 0xffff;
       if (len < hdr || len > postLen) {
         errors++;
-        u16[availRing + (availIdx & mask)] = id; // same buffer goes back
-        postedAt[id] = availIdx++;
+        availIdx = this.#repost(id, availIdx); // the same buffer goes back
         continue;
       }
       const fresh = pool.allocRaw();
       if (fresh === NONE) {
         noMbuf++;
-        u16[availRing + (availIdx & mask)] = id;
-        postedAt[id] = availIdx++;
+        availIdx = this.#repost(id, availIdx);
         continue;
       }
       const m = buf[id];
@@ -403,6 +398,25 @@ export class RxQueue {
     if (nDeferred !== 0) this.#writeDeferred(nDeferred);
     this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
     return n;
+  }
+
+  /**
+   * The descriptor offered at the avail position of used position `pos` when the device holds it,
+   * else -1. A used entry that names no buffer the device holds stood for that one (devices use RX
+   * buffers in avail order): it goes back rather than let the ring shrink.
+   */
+  #lostAt(pos: number, lastPublished: number): number {
+    const ring = this.ring;
+    const id = ring.u16[ring.availRing16 + (pos & ring.mask)];
+    return held(this.#postedAt, id, lastPublished) ? id : -1;
+  }
+
+  /** Offer descriptor `id` again, with the buffer it holds, at avail position `at`; returns `at + 1`. */
+  #repost(id: number, at: number): number {
+    const ring = this.ring;
+    ring.u16[ring.availRing16 + (at & ring.mask)] = id;
+    this.#postedAt[id] = at;
+    return at + 1;
   }
 
   /** Mergeable buffers: a frame is `num_buffers` used entries (5.1.6.4.2). */

@@ -9,13 +9,12 @@
  * on the same descriptor, publishes avail.idx once (one ordered store) and notifies at most once.
  *
  * With MRG_RXBUF (5.1.6.4.2) a frame may span `num_buffers` used entries; the buffers become a
- * segment chain. Later buffers carry no header, so their data starts at the descriptor address.
+ * segment chain (`#assemble`, a cold path: the bursts keep the one-buffer frame inline). Later
+ * buffers carry no header, so their data starts at the descriptor address.
  *
  * On the paths that hand out frames, an avail.ring entry is written only when it changes: a
  * device that uses buffers in order gets the same descriptor in the same slot ring after ring,
- * and a line left unwritten stays in the device's cache instead of moving to ours and back. The
- * check is written out at each place: as a function it would be a call per packet (the burst
- * functions are past V8's inlining budget).
+ * and a line left unwritten stays in the device's cache instead of moving to ours and back.
  *
  * A burst that finds more used entries than it takes (the driver is behind the device) writes the
  * refilled descriptors' addresses after its loop, all together: the descriptor lines the device
@@ -31,8 +30,8 @@
  * is no frame: it is counted in `rxIdxErrors`, once per bad value, and the queue waits for a sane
  * one. Which descriptors the device holds is kept as the avail position each was last offered at
  * (`#postedAt`): a descriptor is the device's when that position was published and it has not
- * come back since. Taking one back and offering it again is then one write, with no second pass
- * over the burst's avail entries to mark them once they are published.
+ * come back since (`held`). Taking one back and offering it again is then one write, with no
+ * second pass over the burst's avail entries to mark them once they are published.
  *
  * What a frame is when the device's framing breaks (mergeable, 5.1.6.4): a frame is a first used
  * entry and the num_buffers - 1 after it (one error when any of them is bad). When the first entry
@@ -412,7 +411,7 @@ export class RxQueue {
     return held(this.#postedAt, id, this.#availIdx - 1) ? id : -1;
   }
 
-  /** Offer descriptor `id` again, with the buffer it holds, at avail position `at`; returns `at + 1`. */
+  /** Offer descriptor `id` again, with its buffer, at avail position `at`; returns `at + 1`. */
   #repost(id: number, at: number): number {
     const ring = this.ring;
     ring.u16[ring.availRing16 + (at & ring.mask)] = id;

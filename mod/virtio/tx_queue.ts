@@ -407,6 +407,13 @@ export class TxQueue {
       bytes += len;
     }
     this.#keepFifos(nFree, freeHead, nPairs, pairHead);
+    this.#finish(oldAvail, availIdx, sent, bytes, errors);
+    return taken;
+  }
+
+  /** Publish, notify, count: once per burst. */
+  #finish(oldAvail: number, availIdx: number, sent: number, bytes: number, errors: number): void {
+    const ring = this.ring;
     if (availIdx !== oldAvail) {
       this.#availIdx = availIdx & 0xffff;
       if (ring.publishBurst(oldAvail, availIdx, this.#eventIdx)) this.#transport.notify(ring.index);
@@ -425,7 +432,6 @@ export class TxQueue {
       s.txDropped += errors;
       t.txDropped += errors;
     }
-    return taken;
   }
 
   /** The free FIFOs' heads and counts, from the locals `burst` keeps them in. */

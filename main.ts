@@ -26,6 +26,7 @@ Usage:
 Ports:
   sim:NAME[,gen=on|off][,rate=PPS][,size=N[+N...]][,mrg=0|1][,qsize=N][,mtu=N][,ctrl=0|1]
           [,ctrl_vlan=0|1][,legacy=0|1][,link=up|down][,evil=MODE][,mac=XX:XX:XX:XX:XX:XX]
+          [,queues=N][,rss=0|1][,flows=N]
                                        simulated device with a frame generator and checker
   vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,qsize=N][,mac=..][,timeout=S]
                                        vhost-user front-end (DPDK vhost, OVS-DPDK, VPP)
@@ -38,6 +39,10 @@ fwd flags:
   --rxd N, --txd N    RX/TX ring sizes (default 256, or the device's size if smaller;
                       0 = the device's maximum)
   --queues N          queue pairs per port (default 1)
+  --rss T[,T...]      receive-side scaling over the queues by hash of ip, udp or tcp
+                      headers (VIRTIO_NET_F_RSS)
+  --cores C           forward on C worker threads, streams spread as testpmd's
+                      --nb-cores (default 1: the main thread forwards)
   --duration S        stop after S seconds (default: run until Ctrl-C)
   --max-packets N     stop after N frames received by all ports together (txonly: sent)
   --stats-period S    statistics every S seconds (default 1, at least 0.01; 0 = none)

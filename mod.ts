@@ -41,7 +41,7 @@ export {
   type PortPoolOptions,
 } from "./mod/open.ts";
 export { openTransport, parsePortSpec, type PortKind, type PortSpec } from "./mod/portspec.ts";
-export { Port, type PortConfig } from "./mod/port.ts";
+export { Port, type PortConfig, type QueueLayout } from "./mod/port.ts";
 export type { PortStats } from "./mod/virtio/stats.ts";
 export { type BufferHolder, MbufFlag, MbufPool, NONE, type PoolOptions } from "./mod/mbuf.ts";
 export { ForwardLoop, idlePause, type RunOptions } from "./mod/fwd/loop.ts";
@@ -52,6 +52,7 @@ export {
   type Mode,
   MODES,
   type Stream,
+  type StreamPort,
 } from "./mod/fwd/engines.ts";
 export { vlanInsert, vlanStrip } from "./mod/vlan.ts";
 export { checkTestFrame, FrameCheck, TEST_FRAME_MIN, writeTestFrame } from "./mod/testframe.ts";
@@ -65,7 +66,13 @@ export {
   type VirtioTransport,
   type WireCounts,
 } from "./mod/virtio/transport.ts";
-export { type DmaKind, DmaRegion, type DmaRegionOptions, HugepageShortage } from "./ffi/dma.ts";
+export {
+  type DmaKind,
+  DmaRegion,
+  type DmaRegionOptions,
+  HugepageShortage,
+  type RegionShare,
+} from "./ffi/dma.ts";
 export * from "./mod/pipeline/mod.ts";
 export {
   createPipelineEngine,

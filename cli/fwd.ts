@@ -25,6 +25,9 @@ import type { Accounting, WireCounters } from "./accounting.ts";
 import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from "./filters.ts";
 import { has, NetFeature } from "../mod/virtio/constants.ts";
 import { Eth } from "../mod/eth.ts";
+import { parseRssFlag } from "./rss_flag.ts";
+import { planWorkers, WorkerGroup } from "../mod/fwd/workers.ts";
+import { threadCpuMs } from "../ffi/thread.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
 import { DATAPLANE_FLAGS, type DataPlaneOptions, parseDataPlaneFlags } from "./dataplane_flags.ts";
@@ -55,6 +58,10 @@ export interface FwdOptions {
   filters: FilterOptions;
   /** --pipeline, --pcap, --tx-pcap and their options (./dataplane_flags.ts). */
   dataPlane: DataPlaneOptions;
+  /** --rss: the hash types (HashType bits) to configure, or undefined. */
+  rss: number | undefined;
+  /** --cores: forwarding workers (1: the main thread forwards, mod/fwd/workers.ts). */
+  cores: number;
 }
 
 const BUFFER_ROOM = 2048;
@@ -65,6 +72,8 @@ const MIN_STATS_PERIOD = 0.01;
 /** Draining: stop once nothing moved for this long, and never take longer than the cap. */
 const DRAIN_QUIET_MS = 20;
 const DRAIN_MAX_MS = 2000;
+/** txonly frames carry stream number TX_STREAM_BASE + the sending port's id. */
+const TX_STREAM_BASE = 0x100;
 
 function int(flag: string, v: string | undefined, min: number, max: number, dflt: number): number {
   if (v === undefined) return dflt;
@@ -119,6 +128,8 @@ function parseFlags(args: string[]) {
         "vlan-strip": { type: "boolean" },
         "vlan-insert": { type: "string" },
         mbufs: { type: "string" },
+        rss: { type: "string" },
+        cores: { type: "string" },
         ...FILTER_FLAGS,
         ...DATAPLANE_FLAGS,
       },
@@ -181,7 +192,7 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     const err = checkTxpkts(txpkts, BUFFER_ROOM);
     if (err !== null) throw new UsageError(err);
   }
-  return {
+  const o: FwdOptions = {
     specs,
     mode,
     burst: int("burst", v.burst, 1, 512, 32),
@@ -205,7 +216,23 @@ export function parseFwdArgs(args: string[]): FwdOptions {
       : int("mbufs", v.mbufs, 64, MbufPool.maxCount(BUFFER_ROOM), 0),
     filters: usage(() => parseFilterFlags(v, specs.length)),
     dataPlane: usage(() => parseDataPlaneFlags(v, specs.length)),
+    rss: v.rss === undefined ? undefined : usage(() => parseRssFlag(v.rss!)),
+    cores: int("cores", v.cores, 1, 64, 1),
   };
+  const dp = o.dataPlane;
+  const oneCore = dp.pipeline !== undefined
+    ? "--pipeline"
+    : dp.pcaps.length > 0
+    ? "--pcap"
+    : dp.txPcap !== undefined
+    ? "--tx-pcap"
+    : o.maxPackets !== undefined
+    ? "--max-packets"
+    : null;
+  if (o.cores > 1 && oneCore !== null) {
+    throw new UsageError(`${oneCore} runs on one core; leave out --cores ${o.cores}`);
+  }
+  return o;
 }
 
 function usage<T>(fn: () => T): T {
@@ -289,6 +316,8 @@ export async function runForwarder(args: string[]): Promise<number> {
           vlanInsert: o.vlanInsert,
           mtu: o.filters.mtu,
           vlanFilter: o.filters.vlans.length > 0,
+          rss: o.rss === undefined ? undefined : { hashTypes: o.rss },
+          detachedQueues: o.cores > 1,
         });
         applyFilters(port, i, o.filters);
       } catch (e) {
@@ -415,51 +444,67 @@ async function forward(
   dp: DataPlane,
 ): Promise<number> {
   const log = (msg: string) => console.error(msg);
-  const stop = () => loop.stop();
+  const wires = ports.map((p) => p.wire);
+  // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
+  // drain only gives what is already in flight a short moment.
+  const allSim = wires.every((w) => w !== null);
+  const drainMaxMs = allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5;
+  const group = o.cores > 1 ? await startWorkers(o, ports, pool, drainMaxMs) : null;
+  const stop = () => group !== null ? group.stop() : loop.stop();
   const engine = await dp.start({ ports, names, pool, burst: o.burst, log, stop }).catch(asUsage) ??
     createEngine(o.mode, {
       pool,
       burst: o.burst,
       peers: o.peers,
       txpkts: o.txpkts,
-      txStreamBase: 0x100,
+      txStreamBase: TX_STREAM_BASE,
     });
   const streams = buildStreams(ports, o.mode, o.queues, o.burst);
   const loop = new ForwardLoop(ports, streams, engine);
   const style: OutputStyle = o.json ? "json" : Deno.stdout.isTerminal() ? "terminal" : "plain";
-  const wires = ports.map((p) => p.wire);
   const wireOf = (i: number): WireCounters | null => {
+    if (group !== null) return group.wire(i);
     const w = wires[i];
     return w === null ? null : w.counters as unknown as WireCounters;
   };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
-  signals.onStop = () => loop.stop();
+  signals.onStop = stop;
+  /** One core: how much of the forwarding time the main thread ran (else `workers` says). */
+  let mainThread: ReturnType<typeof busyOf> | null = null;
   try {
-    await loop.run({
+    const run = {
       untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
       maxPackets: o.maxPackets,
-      onClock: (now) => reporter.tick(now),
-    });
+      onClock: (now: number) => reporter.tick(now),
+    };
+    if (group !== null) {
+      await group.run(run);
+      await group.drain();
+    } else {
+      const cpu0 = threadCpuMs();
+      await loop.run(run);
+      mainThread = busyOf(performance.now() - start, threadCpuMs() - cpu0);
+      for (const w of wires) w?.stopGenerator();
+      // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
+      // check (Port.txIdle) now, so the device sends what is queued.
+      reclaimSent(ports, o.queues);
+      await loop.drain(DRAIN_QUIET_MS, drainMaxMs, o.mode === "txonly");
+    }
     const byMax = o.maxPackets !== undefined && loop.packets >= o.maxPackets;
-    for (const w of wires) w?.stopGenerator();
-    // Sources outside vpmd (a vhost-user backend, a VM's traffic) never fall quiet: for them the
-    // drain only gives what is already in flight a short moment.
-    const allSim = wires.every((w) => w !== null);
-    // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
-    // check (Port.txIdle) now, so the device sends what is queued.
-    reclaimSent(ports, o.queues);
-    await loop.drain(
-      DRAIN_QUIET_MS,
-      allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5,
-      o.mode === "txonly",
-    );
     const durationSec = (performance.now() - start) / 1000;
     // The summary reports each link as forwarding left it: stopping a port takes its link down.
     const linkAtEnd = ports.map((p) => p.linkUp);
     reclaimSent(ports, o.queues);
     for (const p of ports) p.stop();
+    await group?.release();
     const rows = reporter.rows(linkAtEnd);
+    if (o.queues > 1) {
+      for (const [i, p] of ports.entries()) {
+        const { rx, tx } = p.queueStats;
+        rows[i].queues = rx.map((r, q) => ({ rxPackets: r.rxPackets, txPackets: tx[q].txPackets }));
+      }
+    }
     const account = dp.account(o.mode, rows);
     const summary = {
       ports: rows,
@@ -470,7 +515,8 @@ async function forward(
       stoppedBy: signals.by ?? dp.stoppedBy ??
         (byMax ? "max-packets" : o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
-      poolAvailable: pool.available,
+      ...(group === null ? { mainThread } : { workers: group.report() }),
+      poolAvailable: pool.available + (group?.poolAvailable ?? 0),
       poolSize: pool.count,
       ...dp.summary(),
     };
@@ -483,8 +529,42 @@ async function forward(
     }
     return 0;
   } finally {
+    await group?.close();
     signals.close();
   }
+}
+
+/** Wall-clock and CPU time of a forwarding thread (ms), and the share it ran (WorkerReport). */
+function busyOf(wallMs: number, cpuMs: number) {
+  return {
+    wallMs: Math.round(wallMs),
+    cpuMs: Math.round(cpuMs),
+    onCpu: wallMs > 0 ? Math.round((cpuMs / wallMs) * 1000) / 1000 : 0,
+  };
+}
+
+/** --cores C > 1: plan the workers (a plan that cannot work is bad usage) and start them. */
+async function startWorkers(
+  o: FwdOptions,
+  ports: Port[],
+  pool: MbufPool,
+  drainMaxMs: number,
+): Promise<WorkerGroup> {
+  const plan = usage(() =>
+    planWorkers({
+      ports,
+      pool,
+      cores: o.cores,
+      mode: o.mode,
+      queues: o.queues,
+      burst: o.burst,
+      peers: o.peers,
+      txpkts: o.txpkts,
+      txStreamBase: TX_STREAM_BASE,
+      drain: { quietMs: DRAIN_QUIET_MS, maxMs: drainMaxMs },
+    })
+  );
+  return await WorkerGroup.start(plan, ports, (msg) => console.error(msg));
 }
 
 /** An error's message without the transport's own name in front (the caller names the port). */

@@ -31,6 +31,8 @@ export interface PortRow extends Counters {
   name: string;
   linkUp: boolean;
   wire?: Record<string, number>;
+  /** Frames received and sent on each queue pair (summary, more than one pair). */
+  queues?: { rxPackets: number; txPackets: number }[];
 }
 
 export type OutputStyle = "terminal" | "plain" | "json";

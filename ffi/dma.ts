@@ -51,6 +51,27 @@ export interface DmaRegionOptions {
   name?: string;
 }
 
+/**
+ * What another thread of this process needs to view a region (structured-cloneable, for a
+ * Worker's message): the mapping is the process's, so its address is enough.
+ */
+export interface RegionShare {
+  /** Virtual address of byte 0 (the mapping is the process's). */
+  addr: number;
+  /** Bytes mapped. */
+  size: number;
+  /** The kind of memory. */
+  kind: DmaKind;
+  /** The region's name. */
+  name: string;
+  /** Its memfd, -1 for none. */
+  fd: number;
+  /** iova of byte 0 (non-physical regions). */
+  iovaBase: number;
+  /** Physical address of each page (physical regions), else null. */
+  pagePhys: number[] | null;
+}
+
 /** Hugepage memory could not be had (too few hugepages reserved and free). */
 export class HugepageShortage extends Error {}
 
@@ -125,8 +146,32 @@ export class DmaRegion {
   readonly pagePhys: number[] | null;
   #next = 0;
   #closed = false;
+  /** A view of a region another thread mapped (`attach`): closing it unmaps nothing. */
+  readonly #viewOnly: boolean;
 
-  private constructor(opts: Required<DmaRegionOptions>) {
+  private constructor(opts: Required<DmaRegionOptions> | RegionShare) {
+    if ("addr" in opts) {
+      // A view of the same mapping: the memory stays the mapping thread's to unmap.
+      this.kind = opts.kind;
+      this.name = opts.name;
+      this.pageSize = pageSizeOf(opts.kind);
+      this.contiguous = iovaContiguous(opts.kind);
+      this.size = opts.size;
+      this.fd = opts.fd;
+      this.ptr = Deno.UnsafePointer.create(BigInt(opts.addr))!;
+      this.addr = opts.addr;
+      this.buffer = Deno.UnsafePointerView.getArrayBuffer(this.ptr, this.size);
+      this.u8 = new Uint8Array(this.buffer);
+      this.u16 = new Uint16Array(this.buffer);
+      this.u32 = new Uint32Array(this.buffer);
+      this.f64 = new Float64Array(this.buffer);
+      this.iovaBase = opts.iovaBase;
+      this.pagePhys = opts.pagePhys;
+      this.#next = this.size; // nothing to reserve: the mapping thread lays the region out
+      this.#viewOnly = true;
+      return;
+    }
+    this.#viewOnly = false;
     this.kind = opts.kind;
     this.name = opts.name;
     this.pageSize = pageSizeOf(opts.kind);
@@ -175,6 +220,20 @@ export class DmaRegion {
     return new DmaRegion({ name: `vpmd-${opts.kind}`, ...opts });
   }
 
+  /** What `attach` needs to view this region from another thread of the process. */
+  share(): RegionShare {
+    const { addr, size, kind, name, fd, iovaBase, pagePhys } = this;
+    return { addr, size, kind, name, fd, iovaBase, pagePhys };
+  }
+
+  /**
+   * View a region that this process mapped in another thread (a Worker): the same memory and
+   * iovas, nothing to reserve, and `close` unmaps nothing. Valid while the region is mapped.
+   */
+  static attach(share: RegionShare): DmaRegion {
+    return new DmaRegion(share);
+  }
+
   /** The address a device must be given for byte `offset` of this region. */
   iova(offset: number): number {
     if (offset < 0 || offset >= this.size) {
@@ -219,6 +278,7 @@ export class DmaRegion {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#viewOnly) return;
     munmap(this.ptr, this.size);
     if (this.fd >= 0) close(this.fd);
   }

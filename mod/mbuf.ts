@@ -32,6 +32,12 @@ export interface PoolOptions {
    * their rings there (see Port), so that a device sees buffers and rings as one memory region.
    */
   ringRoom?: number;
+  /**
+   * Buffers in memory mapped already, instead of a region of the pool's own: `count` buffers at
+   * these offsets of `region` (buffers another pool lent, `MbufPool.lend`). The pool then leaves
+   * the region mapped when closed.
+   */
+  slice?: { region: DmaRegion; bufOff: Uint32Array };
 }
 
 /** Default `ringRoom`: the rings of a few ports with 1024-entry queues. */
@@ -116,6 +122,8 @@ export class MbufPool {
 
   readonly #free: Uint32Array;
   #freeCount: number;
+  /** The region is another pool's (`slice`): closing this pool leaves it mapped. */
+  readonly #borrowed: boolean;
   /** An array, not a Set: asking them must not allocate an iterator. */
   readonly #holders: BufferHolder[] = [];
 
@@ -137,11 +145,17 @@ export class MbufPool {
     }
     const ringRoom = iovaContiguous(kind) ? opts.ringRoom ?? RING_ROOM : 0;
     if (!(ringRoom >= 0)) throw new RangeError(`mbuf pool: ringRoom must be >= 0 (${ringRoom})`);
+    const slice = opts.slice;
+    if (slice !== undefined && slice.bufOff.length !== this.count) {
+      throw new RangeError(`mbuf pool: ${slice.bufOff.length} buffers lent, ${this.count} asked`);
+    }
+    this.#borrowed = slice !== undefined;
     // Buffers lie back to back where the region's iovas are contiguous (memfd, anon, hugepage
     // memfd), crossing pages: on 4 KiB pages that is half the pages of one buffer per page, and
     // fewer TLB misses.
     const bytes = bytesForReservations(kind, this.count, this.stride) + ringRoom;
-    this.region = DmaRegion.create({ size: bytes, kind, name: opts.name ?? "vpmd-mbufs" });
+    this.region = slice?.region ??
+      DmaRegion.create({ size: bytes, kind, name: opts.name ?? "vpmd-mbufs" });
     this.bytes = this.region.u8;
     const n = this.count;
     this.bufOff = new Uint32Array(n);
@@ -157,7 +171,7 @@ export class MbufPool {
     this.flags = new Uint32Array(n);
     this.#free = new Uint32Array(n);
     for (let m = 0; m < n; m++) {
-      const off = this.region.alloc(this.stride, 64);
+      const off = slice?.bufOff[m] ?? this.region.alloc(this.stride, 64);
       const iova = this.region.iova(off);
       this.bufOff[m] = off;
       this.iovaLo[m] = iova % 2 ** 32;
@@ -184,6 +198,24 @@ export class MbufPool {
   /** Buffers currently in the pool. */
   get available(): number {
     return this.#freeCount;
+  }
+
+  /**
+   * Take `n` free buffers out of the pool for good and return their offsets in the region, for a
+   * pool over them elsewhere (`slice`: a worker thread's pool, mod/fwd/workers.ts). Throws when
+   * fewer than `n` are free. Cold path.
+   */
+  lend(n: number): Uint32Array {
+    if (n > this.#freeCount) {
+      throw new RangeError(`mbuf pool: ${n} buffers to lend, ${this.#freeCount} free`);
+    }
+    const out = new Uint32Array(n);
+    for (let i = 0; i < n; i++) {
+      const m = this.#free[--this.#freeCount];
+      this.next[m] = NONE; // out of the pool: neither free nor ever freed here
+      out[i] = this.bufOff[m];
+    }
+    return out;
   }
 
   /** Register a holder of this pool's buffers (a TX queue), asked for them when the pool is empty. */
@@ -326,9 +358,9 @@ export class MbufPool {
     return head;
   }
 
-  /** Unmap the pool's memory: only once no started port uses it. */
+  /** Unmap the pool's memory: only once no started port uses it (a `slice` stays mapped). */
   close(): void {
-    this.region.close();
+    if (!this.#borrowed) this.region.close();
   }
 }
 

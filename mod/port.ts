@@ -24,13 +24,16 @@ import {
   Ctrl,
   Feature,
   has,
+  HashType,
   NetConfig,
   NetFeature,
   netHdrSize,
   NetQueue,
+  RssConfig,
   Status,
 } from "./virtio/constants.ts";
 import { CTRL_BUFFER_BYTES, CtrlQueue } from "./virtio/ctrl_queue.ts";
+import { DEFAULT_RSS_KEY, rssConfigData, type RssSettings } from "./virtio/rss.ts";
 import { INDIRECT_TABLE_BYTES, IndirectTables } from "./virtio/indirect.ts";
 import { PackedCtrlQueue } from "./virtio/packed_ctrl_queue.ts";
 import { PACKED_START_ALIGN, packedParts, PackedRing } from "./virtio/packed_ring.ts";
@@ -74,6 +77,49 @@ export interface PortConfig {
   vlanStrip?: boolean;
   /** Software insert of this TCI on every TX frame (an mbuf's VLAN_INSERT flag uses its own). */
   vlanInsert?: number;
+  /**
+   * Receive-side scaling (5.1.6.5.7; needs VIRTIO_NET_F_RSS): the device hashes each received
+   * frame over the fields `hashTypes` (HashType bits) name, with `key` (default DEFAULT_RSS_KEY),
+   * and an indirection table spreads the hashes evenly over the queue pairs.
+   */
+  rss?: { hashTypes: number; key?: Uint8Array };
+  /**
+   * The RX and TX queues are served outside the port, by worker threads (mod/fwd/workers.ts):
+   * `start` lays out and sets up every ring but builds no queue and posts no buffer, and
+   * `queueLayout()` says where the rings are; rxBurst and txBurst take nothing. A device that
+   * comes back after it was lost is then set up again only by `bringBack()`, once the queues'
+   * servers have let go of the old rings.
+   */
+  detachedQueues?: boolean;
+}
+
+/** Where the rings of a port started with `detachedQueues` lie, and how their queues work. */
+export interface QueueLayout {
+  /** The region of the rings (the pool's, or the port's own). */
+  region: DmaRegion;
+  /** The transport's ring layout. */
+  layout: RingLayout;
+  /** Per queue pair: virtqueue index, entries, byte offset in `region` of the RX ring. */
+  rx: { index: number; size: number; offset: number }[];
+  /**
+   * The same of the TX rings, and where each one's indirect tables are (IndirectTables, one per
+   * entry; -1 without INDIRECT_DESC).
+   */
+  tx: { index: number; size: number; offset: number; indirect: number }[];
+  /** The negotiated virtio-net header size. */
+  hdrSize: number;
+  /** MRG_RXBUF, EVENT_IDX and IN_ORDER negotiated. */
+  mrgRxbuf: boolean;
+  /** See `mrgRxbuf`. */
+  eventIdx: boolean;
+  /** See `mrgRxbuf`. */
+  inOrder: boolean;
+  /** Software VLAN strip on receive. */
+  vlanStrip: boolean;
+  /** TCI to insert on every frame, -1 for none. */
+  vlanInsert: number;
+  /** iova of the zero header (TxQueueOptions.zeroHeader). */
+  zeroHeader: number;
 }
 
 export function emptyStats(): PortStats {
@@ -94,6 +140,8 @@ export function emptyStats(): PortStats {
 const DEFAULT_RING = 256;
 /** Control queue entries wanted when the device lets us choose. */
 const CTRL_RING = 64;
+/** Plan.ctrlSize of a control queue that the device sets up only with the features (#resolve). */
+const CTRL_SIZE_LATER = -1;
 /** Largest MTU accepted when the device does not state one (64 KiB frames). */
 const MAX_MTU = Eth.LARGEST_FRAME - Eth.HDR - Eth.VLAN_TAG;
 
@@ -143,6 +191,8 @@ interface Plan {
   mtu: number;
   /** Largest frame received or sent: mtu + Ethernet header + a VLAN tag. */
   maxFrame: number;
+  /** RSS as sent to the device after DRIVER_OK, or null. */
+  rss: RssSettings | null;
   /** VIRTIO_F_RING_PACKED was negotiated: every queue is a packed ring (2.8). */
   packed: boolean;
   /** VIRTIO_F_INDIRECT_DESC was negotiated: TX queues get indirect tables (indirect.ts). */
@@ -183,6 +233,10 @@ export class Port {
   #rx: (RxQueue | PackedRxQueue)[] = [];
   #tx: (TxQueue | PackedTxQueue)[] = [];
   #ctrl: CtrlQueue | PackedCtrlQueue | null = null;
+  /** With detachedQueues: where the rings are (null while stopped). */
+  #layout: QueueLayout | null = null;
+  /** With detachedQueues: the device came back and waits for `bringBack()`. */
+  #returned = false;
   /** Ring memory, kept across stop/start (a backend maps it once); replaced when sizes change. */
   #ringArea: RingArea | null = null;
   #filters: Filters = {
@@ -279,16 +333,18 @@ export class Port {
     if (cfg.ctrlVq ?? true) { for (const f of CTRL_FEATURES) want |= bit(f); }
     if (cfg.vlanFilter === false) want &= ~bit(NetFeature.CTRL_VLAN);
     if (queues > 1) want |= bit(NetFeature.MQ);
+    if (cfg.rss !== undefined) want |= bit(NetFeature.RSS);
     let features = offered & want;
     // 2.8 is virtio 1.x: without VERSION_1 there are no packed rings.
     if (!has(features, Feature.VERSION_1)) features &= ~bit(Feature.RING_PACKED);
     // Features that depend on the control queue are void without it (5.1.3.1).
     if (!has(features, NetFeature.CTRL_VQ)) {
       for (const f of CTRL_FEATURES) features &= ~bit(f);
-      features &= ~bit(NetFeature.MQ);
+      features &= ~(bit(NetFeature.MQ) | bit(NetFeature.RSS));
     }
+    const rss = cfg.rss === undefined ? null : this.#rssSettings(cfg.rss, features, queues);
     if (queues > 1) {
-      if (!has(features, NetFeature.MQ)) {
+      if (!has(features, NetFeature.MQ) && rss === null) {
         this.#fail(
           `${queues} queue pairs need VIRTIO_NET_F_MQ and the control queue, which the device ` +
             `does not offer; run with one queue pair`,
@@ -348,7 +404,8 @@ export class Port {
           }, or use a pool with dataRoom >= ${maxFrame}`,
       );
     }
-    const maxPairs = has(features, NetFeature.MQ)
+    // 5.1.2: max_virtqueue_pairs counts once MQ or RSS is negotiated (the control queue's index).
+    const maxPairs = has(features, NetFeature.MQ) || has(features, NetFeature.RSS)
       ? this.#readU16(NetConfig.MAX_VIRTQUEUE_PAIRS)
       : 1;
     const warnings: string[] = [];
@@ -358,14 +415,12 @@ export class Port {
     const ctrlIndex = NetQueue.ctrl(maxPairs);
     let ctrlSize = 0;
     if (has(features, NetFeature.CTRL_VQ)) {
-      const max = t.queueMaxSize(ctrlIndex);
-      if (max === 0) {
-        this.#fail(`the device offers a control queue but queue ${ctrlIndex} does not exist`);
-      }
-      ctrlSize = t.queueSizeFixed ? max : Math.min(max, CTRL_RING);
-      if (!isValidQueueSize(ctrlSize)) {
-        this.#fail(`control queue size ${ctrlSize} is not a power of two`);
-      }
+      // Where the control queue is depends on the features (5.1.2), and a device may move it
+      // there only once it has them (QEMU adds queue 2N at FEATURES_OK): not there yet, its size
+      // is read after the features are (start).
+      ctrlSize = maxPairs > 1 && t.queueMaxSize(ctrlIndex) === 0
+        ? CTRL_SIZE_LATER
+        : this.#ctrlSize(ctrlIndex);
     }
     const packed = has(features, Feature.RING_PACKED);
     const indirect = has(features, Feature.INDIRECT_DESC);
@@ -382,7 +437,61 @@ export class Port {
       maxFrame,
       packed,
       indirect,
+      rss,
     };
+  }
+
+  /**
+   * RSS for `queues` pairs, checked against what the device offers (5.1.4: hash types, key size,
+   * table length); the table is the largest power of two up to 128 entries that the device takes.
+   */
+  #rssSettings(
+    asked: { hashTypes: number; key?: Uint8Array },
+    f: bigint,
+    queues: number,
+  ): RssSettings {
+    if (!has(f, NetFeature.RSS)) {
+      const dev = this.transport.getDeviceFeatures();
+      const missing = !has(dev, NetFeature.RSS)
+        ? "the device does not offer VIRTIO_NET_F_RSS"
+        : !has(dev, NetFeature.CTRL_VQ)
+        ? "the device does not offer VIRTIO_NET_F_CTRL_VQ"
+        : "the control queue is turned off (ctrlVq: false)";
+      this.#fail(`${missing}, so RSS cannot be configured; run without --rss`);
+    }
+    const b = this.transport.readConfig(NetConfig.SUPPORTED_HASH_TYPES, 4);
+    const supported = (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+    const missing = asked.hashTypes & ~supported;
+    if (missing !== 0) {
+      const names = (m: number) =>
+        Object.entries(HashType).filter(([, v]) => (m & v) !== 0).map(([k]) => k).join(", ");
+      this.#fail(
+        `the device cannot hash over ${names(missing)} (it supports ${names(supported) || "none"})`,
+      );
+    }
+    const key = asked.key ?? DEFAULT_RSS_KEY;
+    const maxKey = this.transport.readConfig(NetConfig.RSS_MAX_KEY_SIZE, 1)[0];
+    if (key.length > maxKey) {
+      this.#fail(`an RSS key of ${key.length} bytes is longer than the device takes (${maxKey})`);
+    }
+    const maxTable = this.#readU16(NetConfig.RSS_MAX_INDIRECTION_TABLE_LENGTH);
+    let tableLength = 1;
+    while (tableLength * 2 <= Math.min(maxTable, RssConfig.MIN_INDIRECTION_TABLE_LENGTH)) {
+      tableLength *= 2;
+    }
+    return { hashTypes: asked.hashTypes, queues, tableLength, key };
+  }
+
+  /** Entries for control queue `index`: the device's size when fixed, else up to CTRL_RING. */
+  #ctrlSize(index: number): number {
+    const t = this.transport;
+    const max = t.queueMaxSize(index);
+    if (max === 0) {
+      this.#fail(`the device offers a control queue but queue ${index} does not exist`);
+    }
+    const size = t.queueSizeFixed ? max : Math.min(max, CTRL_RING);
+    if (!isValidQueueSize(size)) this.#fail(`control queue size ${size} is not a power of two`);
+    return size;
   }
 
   #queueSize(flag: string, asked: number | undefined, index: number, warnings: string[]): number {
@@ -430,6 +539,7 @@ export class Port {
           this.#fail(`the device did not accept the features 0x${plan.features.toString(16)}`);
         }
       }
+      if (plan.ctrlSize === CTRL_SIZE_LATER) plan.ctrlSize = this.#ctrlSize(plan.ctrlIndex);
       this.#readMac(plan.features);
       const area = this.#rings(plan, cfg.pool.region);
       t.addMemory(cfg.pool.region);
@@ -537,21 +647,41 @@ export class Port {
     const zeroHeader = region.iova(base + placed.end + CTRL_BUFFER_BYTES);
     // After the zero header: each TX queue's indirect tables, one per ring slot.
     const tablesAt = alignUp(base + placed.end + CTRL_BUFFER_BYTES + ZERO_HEADER_BYTES);
+    const tablesOf = (q: number) => tablesAt + q * plan.txd * INDIRECT_TABLE_BYTES;
     const tables = (q: number): IndirectTables | undefined =>
-      plan.indirect
-        ? new IndirectTables(
-          region,
-          tablesAt + q * plan.txd * INDIRECT_TABLE_BYTES,
-          plan.txd,
-          plan.txd,
-        )
-        : undefined;
+      plan.indirect ? new IndirectTables(region, tablesOf(q), plan.txd, plan.txd) : undefined;
     const memory: QueueMemory[] = [];
+    const detached = cfg.detachedQueues ?? false;
+    if (detached && plan.packed) {
+      this.#fail("queues served by worker threads (--cores) use split rings; run with packed=0");
+    }
+    const where: QueueLayout = {
+      region,
+      layout,
+      rx: [],
+      tx: [],
+      hdrSize: plan.hdrSize,
+      mrgRxbuf,
+      eventIdx,
+      inOrder,
+      vlanStrip: cfg.vlanStrip ?? false,
+      vlanInsert: cfg.vlanInsert ?? -1,
+      zeroHeader,
+    };
     for (let q = 0; q < plan.queues; q++) {
       const rxStats = emptyStats();
       const txStats = emptyStats();
       this.queueStats.rx.push(rxStats);
       this.queueStats.tx.push(txStats);
+      if (detached) {
+        const rxRing = place(NetQueue.rx(q), plan.rxd);
+        const txRing = place(NetQueue.tx(q), plan.txd);
+        memory.push(rxRing.memory, txRing.memory);
+        const ring = (r: SplitRing) => ({ index: r.index, size: r.size, offset: at(r.index) });
+        where.rx.push(ring(rxRing));
+        where.tx.push({ ...ring(txRing), indirect: plan.indirect ? tablesOf(q) : -1 });
+        continue;
+      }
       const common = { pool: cfg.pool, transport: t, hdrSize: plan.hdrSize, eventIdx, inOrder };
       const rx = {
         ...common,
@@ -600,6 +730,32 @@ export class Port {
     }
     for (const rx of this.#rx) rx.fill();
     for (const m of memory) t.setupQueue(m);
+    this.#layout = detached ? where : null;
+  }
+
+  /** Where the rings are, for a port configured with `detachedQueues` (null while stopped). */
+  queueLayout(): QueueLayout | null {
+    return this.#started ? this.#layout : null;
+  }
+
+  /** A port with `detachedQueues` whose device came back and waits for `bringBack()`. */
+  get awaitingBringBack(): boolean {
+    return this.#returned;
+  }
+
+  /**
+   * Set the device up again after it came back (`detachedQueues`: call it once the queues'
+   * servers let go of the old rings; a failure is logged). The new rings are in `queueLayout()`.
+   */
+  bringBack(): void {
+    this.#returned = false;
+    if (!this.#wanted) return;
+    if (this.#started) this.#teardown();
+    try {
+      this.start();
+    } catch (e) {
+      this.#log(`port ${this.id}: cannot bring the device back: ${(e as Error).message}`);
+    }
   }
 
   /** Reset the device and give every buffer back to the pool. */
@@ -625,6 +781,7 @@ export class Port {
       this.#rx = [];
       this.#tx = [];
       this.#ctrl = null;
+      this.#layout = null;
       this.#started = false;
       this.#linkUp = false;
     }
@@ -683,12 +840,9 @@ export class Port {
     if (ev === 0) return 0;
     if ((ev & TransportEvent.DEVICE_LOST) !== 0) this.#setLink(false);
     if ((ev & TransportEvent.DEVICE_RETURNED) !== 0 && this.#wanted) {
-      if (this.#started) this.#teardown();
-      try {
-        this.start();
-      } catch (e) {
-        this.#log(`port ${this.id}: cannot bring the device back: ${(e as Error).message}`);
-      }
+      // Detached queues: their servers must let go of the rings before new ones are laid out.
+      if (this.#cfg?.detachedQueues) this.#returned = true;
+      else this.bringBack();
     }
     if ((ev & TransportEvent.CONFIG_CHANGED) !== 0 && this.#started) {
       this.#setLink(this.#readLink());
@@ -713,7 +867,9 @@ export class Port {
   #announce(): void {
     if (!this.#ctrl || !has(this.features, NetFeature.GUEST_ANNOUNCE)) return;
     if ((this.#readU16(NetConfig.STATUS) & NetConfig.S_ANNOUNCE) === 0) return;
-    const err = sendAnnounce(this, this.#plan!.cfg.pool);
+    const err = this.#plan!.cfg.detachedQueues
+      ? "no RARP sent, the queues are served by worker threads"
+      : sendAnnounce(this, this.#plan!.cfg.pool);
     this.#log(`port ${this.id}: announce requested: ${err ?? "RARP sent"}`);
     try {
       this.#ctrl.command(Ctrl.ANNOUNCE, Ctrl.ANNOUNCE_ACK, [], "announce ack");
@@ -813,12 +969,18 @@ export class Port {
     this.#ctrl?.command(Ctrl.VLAN, cmd, [le16(vid)], `${verb} VLAN ${vid}`);
   }
 
-  /** After DRIVER_OK: queue pairs (5.1.6.5.5) and the filters asked for before. */
+  /**
+   * After DRIVER_OK: queue pairs (5.1.6.5.6), RSS (5.1.6.5.7; sent last, since the last MQ command
+   * decides how the device steers, 5.1.6.5.5) and the filters asked for before.
+   */
   #applyFilters(plan: Plan): void {
     const c = this.#ctrl;
     if (!c) return;
     if (has(plan.features, NetFeature.MQ)) {
       c.command(Ctrl.MQ, Ctrl.MQ_VQ_PAIRS_SET, [le16(plan.queues)], `${plan.queues} queue pairs`);
+    }
+    if (plan.rss !== null) {
+      c.command(Ctrl.MQ, Ctrl.MQ_RSS_CONFIG, [rssConfigData(plan.rss)], "RSS configuration");
     }
     const f = this.#filters;
     const rx = has(plan.features, NetFeature.CTRL_RX);

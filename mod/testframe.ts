@@ -121,6 +121,28 @@ export function writeTestFrame(
   return len;
 }
 
+/** Flows `setTestFrameFlow` tells apart. */
+export const TEST_FLOWS = 4096;
+
+/**
+ * Move the untagged test frame at `b[off..]` to flow `flow` (0 to TEST_FLOWS - 1): flow 0 is the
+ * frame as written (198.18.0.1, UDP port 9), flow f > 0 comes from 198.19.(f >> 8).(f & 0xff), UDP
+ * port 1024 + f, to the same destination. The IP checksum follows; the payload is untouched.
+ */
+export function setTestFrameFlow(b: Uint8Array, off: number, flow: number): void {
+  if (flow === 0) return;
+  const ip = off + IP;
+  b[ip + 13] = 19;
+  b[ip + 14] = (flow >> 8) & 0xff;
+  b[ip + 15] = flow & 0xff;
+  const port = 1024 + flow;
+  b[off + UDP] = port >> 8;
+  b[off + UDP + 1] = port & 0xff;
+  const cs = ipChecksum(b, ip);
+  b[ip + 10] = cs >> 8;
+  b[ip + 11] = cs & 0xff;
+}
+
 /**
  * Check the frame at `b[off..off+len)`. On OK, `out[0]` = stream, `out[1]` = sequence and
  * `out[2]` = 1 when the frame carried an 802.1Q tag (whose TCI is `out[3]`). One outer VLAN tag

@@ -23,12 +23,21 @@ export const MODES = ["io", "mac", "macswap", "rxonly", "txonly"] as const;
 /** A forwarding mode (see the module comment). */
 export type Mode = typeof MODES[number];
 
+/**
+ * What an engine uses of a port: its bursts, counters, number and MAC address (a `Port`, or the
+ * queues of one that a worker thread serves, mod/fwd/worker_main.ts).
+ */
+export type StreamPort = Pick<
+  Port,
+  "id" | "mac" | "stats" | "limits" | "rxBurst" | "txBurst" | "txIdle" | "txInFlight"
+>;
+
 /** One forwarding stream: frames received on `rx` queue `queue` leave on `tx` queue `queue`. */
 export interface Stream {
   /** Port frames are received on. */
-  rx: Port;
+  rx: StreamPort;
   /** Port frames leave on (txonly sends here; rxonly sends nothing). */
-  tx: Port;
+  tx: StreamPort;
   /** Queue pair used on both ports. */
   queue: number;
   /** The burst array (mbuf numbers), allocated once per stream. */

@@ -10,8 +10,7 @@
  * frames in its TX ring would count them as dropped, not sent.
  */
 import type { MbufPool } from "../mbuf.ts";
-import type { Port } from "../port.ts";
-import type { Engine } from "../fwd/engines.ts";
+import type { Engine, StreamPort } from "../fwd/engines.ts";
 import { type ByteArea, byteArea, copyBytes } from "./copy.ts";
 import type { PcapFrames } from "./reader.ts";
 
@@ -51,7 +50,7 @@ export function segmentsFor(len: number, dataRoom: number): number {
 export function createReplayEngine(o: ReplayOptions): { engine: Engine; loopsDone(): number } {
   const { pool, burst, frames, loops } = o;
   if (frames.count === 0) throw new Error("the capture holds no frames to send");
-  const cursors = new Map<Port, Cursor>();
+  const cursors = new Map<StreamPort, Cursor>();
   const dst: ByteArea = byteArea(pool.bytes);
   const src: ByteArea = byteArea(frames.data);
   const room = pool.dataRoom;
@@ -135,7 +134,7 @@ export function createReplayEngine(o: ReplayOptions): { engine: Engine; loopsDon
   };
 
   /** A finished port: take back what its device has sent; drained when nothing is left. */
-  const drain = (tx: Port, q: number, pkts: Uint32Array, c: Cursor): void => {
+  const drain = (tx: StreamPort, q: number, pkts: Uint32Array, c: Cursor): void => {
     tx.txBurst(q, pkts, 0);
     let left = 0;
     for (let i = 0; i < tx.limits.queues; i++) left += tx.txInFlight(i);

@@ -14,7 +14,7 @@
  */
 import type { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
-import type { Engine, Stream } from "../fwd/engines.ts";
+import type { Engine, Stream, StreamPort } from "../fwd/engines.ts";
 import { Eth } from "../eth.ts";
 import {
   aimBurst,
@@ -89,7 +89,7 @@ export function createPipelineEngine(o: PipelineEngineOptions): PipelineEngine {
   const starvedBelow = Math.ceil(Eth.LARGEST_FRAME / pool.dataRoom) + 1;
 
   /** Send `pkts[0..n)` out of port `p` queue `q`; the rest is freed and counted as dropped. */
-  const send = (p: Port, q: number, pkts: Uint32Array, n: number): void => {
+  const send = (p: StreamPort, q: number, pkts: Uint32Array, n: number): void => {
     const k = p.txBurst(q, pkts, n);
     if (k < n) {
       for (let i = k; i < n; i++) pool.free(pkts[i]);

@@ -8,10 +8,12 @@
  * 0. With VIRTIO_F_INDIRECT_DESC a transmit chain may continue in an indirect table (indirect.ts). Receive queues (5.1.6.3/4): a frame is written as header + data into one available chain, or
  * with MRG_RXBUF into as many chains (buffers) as needed, `num_buffers` telling how many; each
  * used entry carries the bytes written. The control queue (5.1.6.5) handles RX mode, MAC
- * table/address, VLAN, announce and multiqueue commands, each only when its feature was
- * negotiated (else the ack is ERR). Every descriptor the driver gives is checked (index, flags,
- * address range): a bad one sets DEVICE_NEEDS_RESET and the device stops; memory outside the
- * driver's regions is never touched.
+ * table/address, VLAN, announce, multiqueue and RSS commands, each only when its feature was
+ * negotiated (else the ack is ERR). Received frames go to the receive queues in turn (one stream
+ * each, as automatic steering keeps a flow on a queue, 5.1.6.5.6), or once RSS is configured by
+ * their Toeplitz hash (mod/sim/rss.ts): the wire then sends many flows, each on its queue. Every
+ * descriptor the driver gives is checked (index, flags, address range): a bad one sets
+ * DEVICE_NEEDS_RESET and the device stops; memory outside the driver's regions is never touched.
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import { Eth } from "../eth.ts";
@@ -29,6 +31,8 @@ import {
 import { DeviceIndirectTable } from "./indirect.ts";
 import { DevicePackedQueue } from "./packed_queue.ts";
 import { DeviceQueue } from "./queue.ts";
+import { parseRssConfig, rssQueue, type RssState } from "./rss.ts";
+import { setTestFrameFlow, writeTestFrame } from "../testframe.ts";
 import { type SimWire, WIRE_MAX_FRAME } from "./wire.ts";
 
 /** Receive filter state as the control queue set it (5.1.6.5.1 - 5.1.6.5.3). */
@@ -147,8 +151,15 @@ export class SimDevice {
   announceAcked = 0;
   /** The configuration changed since the transport last looked (link, announce, needs reset). */
   configChanged = false;
-  /** Queue pairs the driver enabled with VQ_PAIRS_SET (1 until then, 5.1.6.5.5). */
+  /** Queue pairs the driver enabled with VQ_PAIRS_SET or RSS_CONFIG (1 until then, 5.1.6.5.5). */
   activePairs = 1;
+  /** RSS as the driver configured it (5.1.6.5.7), null while the device does not steer by hash. */
+  rss: RssState | null = null;
+  /**
+   * False while copies of this device in worker threads serve its data queues, each the queues
+   * of the thread that polls them (mod/sim/share.ts): `run()` then serves the control queue only.
+   */
+  serveData = true;
   /** Transmit chains read through an indirect table. */
   indirectTables = 0;
   /** Deliberate misbehaviour (null: a correct device), and how many times it struck. */
@@ -254,6 +265,7 @@ export class SimDevice {
     this.needsReset = false;
     this.configChanged = false;
     this.activePairs = 1;
+    this.setRss(null);
     this.negotiated(0n);
     this.filter.promisc = true;
     this.filter.allmulti = true;
@@ -274,14 +286,25 @@ export class SimDevice {
     this.#vlanFiltering = has(features, NetFeature.CTRL_VLAN);
   }
 
+  /** The features the driver accepted. */
+  get features(): bigint {
+    return this.#features;
+  }
+
+  /** Queue pairs that exist under the negotiated features (5.1.2: more only with MQ or RSS). */
+  get #pairs(): number {
+    const f = this.#features;
+    return has(f, NetFeature.MQ) || has(f, NetFeature.RSS) ? this.queuePairs : 1;
+  }
+
   /** Queue index of the control queue under the negotiated features (5.1.2). */
   get ctrlIndex(): number {
-    return NetQueue.ctrl(has(this.#features, NetFeature.MQ) ? this.queuePairs : 1);
+    return NetQueue.ctrl(this.#pairs);
   }
 
   /** Whether queue `index` exists under the negotiated features. */
   hasQueue(index: number): boolean {
-    const pairs = has(this.#features, NetFeature.MQ) ? this.queuePairs : 1;
+    const pairs = this.#pairs;
     if (index < 2 * pairs) return true;
     return has(this.#features, NetFeature.CTRL_VQ) && index === this.ctrlIndex;
   }
@@ -341,6 +364,10 @@ export class SimDevice {
   /** Run the device once: transmit, control, receive. */
   run(): void {
     if (this.needsReset) return;
+    if (!this.serveData) {
+      if (this.#ctrl !== null && this.#ctrl.awake()) this.#control(this.#ctrl);
+      return;
+    }
     if (this.#jumpedQueue !== null) {
       // idx-jump: the wrong index stood for one poll; the true one comes back.
       this.#jumpedQueue.publish();
@@ -495,7 +522,7 @@ export class SimDevice {
   // 5.1.6.3 / 5.1.6.4: fill receive buffers from the wire.
   #receive(q: AnyQueue, pair: number): void {
     const wire = this.wire;
-    let frames = wire.due(q.pending());
+    let frames = wire.due(q.pending(), pair);
     if (frames === 0) return;
     if (frames > RX_BATCH) frames = RX_BATCH;
     const hdr = this.#hdr;
@@ -769,9 +796,37 @@ export class SimDevice {
       const pairs = data[0] | (data[1] << 8);
       if (pairs < Ctrl.MQ_VQ_PAIRS_MIN || pairs > this.queuePairs) return false;
       this.activePairs = pairs;
+      this.setRss(null); // the last multiqueue command decides the steering (5.1.6.5.5)
+      return true;
+    }
+    if (cls === Ctrl.MQ && cmd === Ctrl.MQ_RSS_CONFIG && has(feat, NetFeature.RSS)) {
+      const rss = parseRssConfig(data, this.queuePairs);
+      if (rss === null) return false;
+      let pairs = Math.max(rss.maxTxVq, rss.unclassified + 1);
+      for (const q of rss.table) pairs = Math.max(pairs, q + 1);
+      this.activePairs = pairs;
+      this.setRss(rss);
       return true;
     }
     return false;
+  }
+
+  /**
+   * Steer by `rss` (null: one stream per queue): each of the wire's flows goes to the queue its
+   * hash picks, found once here from a frame of that flow. The control queue's RSS_CONFIG sets
+   * it; a copy of the device in a worker thread takes its original's.
+   */
+  setRss(rss: RssState | null): void {
+    this.rss = rss;
+    if (rss === null) return this.wire.steer(null);
+    const flowsOf: number[][] = Array.from({ length: this.queuePairs }, () => []);
+    const frame = this.#scratch;
+    for (let flow = 0; flow < this.wire.flows; flow++) {
+      const len = writeTestFrame(frame, 0, 64, 0, 0, this.mac, this.wire.src);
+      setTestFrameFlow(frame, 0, flow);
+      flowsOf[rssQueue(rss, frame, 0, len)].push(flow);
+    }
+    this.wire.steer(flowsOf.map((f) => Uint16Array.from(f)));
   }
 }
 

@@ -3,6 +3,7 @@
  * (one-line errors for unknown options and bad values).
  */
 import { parseOwnMac } from "../mac.ts";
+import { TEST_FLOWS } from "../testframe.ts";
 import { MAX_QUEUE_SIZE } from "../virtio/constants.ts";
 import { CTRL_MIN_ENTRIES } from "../virtio/ctrl_queue.ts";
 import { EVIL_MODES, type EvilMode, PACKED_ONLY_EVIL, SPLIT_ONLY_EVIL } from "./device.ts";
@@ -21,6 +22,11 @@ export interface SimOptions {
   ctrlVq?: boolean;
   ctrlRx?: boolean;
   ctrlVlan?: boolean;
+  /**
+   * Offer VIRTIO_NET_F_RSS (default true with the control queue): once the driver configures it,
+   * received frames are steered by their Toeplitz hash (mod/sim/rss.ts).
+   */
+  rss?: boolean;
   /** Offer VIRTIO_NET_F_MTU with this MTU. */
   mtu?: number;
   /** Offer no VERSION_1 (a legacy device: 10-byte header without MRG_RXBUF). */
@@ -62,6 +68,8 @@ const SPEC_OPTIONS: Record<string, string> = {
   ctrl: "0|1",
   ctrl_rx: "0|1",
   ctrl_vlan: "0|1",
+  rss: "0|1",
+  flows: "N",
   legacy: "0|1",
   event_idx: "0|1",
   in_order: "0|1",
@@ -143,11 +151,12 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
   const gen = flag("gen", "on", "off");
   const rate = int("rate", 0, 1e9);
   const stream = int("stream", 0, 0xffff);
+  const flows = int("flows", 1, TEST_FLOWS);
   return {
     name,
     mac,
     // gen=off keeps rate/size/stream for a generator started later (wire.startGenerator()).
-    gen: { rate, sizes, stream, start: gen ?? true },
+    gen: { rate, sizes, stream, flows, start: gen ?? true },
     mrgRxbuf: flag("mrg", "1", "0"),
     maxQueueSize: qsize,
     queueSizeFixed: flag("qfixed", "1", "0"),
@@ -156,6 +165,7 @@ export function parseSimSpec(name: string, o: Record<string, string>): SimOption
     ctrlVq,
     ctrlRx: flag("ctrl_rx", "1", "0"),
     ctrlVlan: flag("ctrl_vlan", "1", "0"),
+    rss: flag("rss", "1", "0"),
     legacy,
     packed,
     indirect: flag("indirect", "1", "0"),

@@ -14,13 +14,18 @@ import type { QueueMemory, RingLayout, VirtioTransport } from "../virtio/transpo
 import { TransportEvent } from "../virtio/transport.ts";
 import { bit, Feature, NetConfig, NetFeature, Status } from "../virtio/constants.ts";
 import { SimDevice } from "./device.ts";
+import { SIM_RSS } from "./rss.ts";
 import { parseSimSpec, SIM_MAX_PAIRS, type SimOptions } from "./options.ts";
 import { SimWire } from "./wire.ts";
 
 export type { SimOptions } from "./options.ts";
 
-/** Bytes of struct virtio_net_config the device has (5.1.4: up to and including mtu). */
+/**
+ * Bytes of struct virtio_net_config the device has (5.1.4): up to and including mtu, or with RSS
+ * up to and including supported_hash_types.
+ */
 const CONFIG_SIZE = NetConfig.MTU + 2;
+const CONFIG_SIZE_RSS = NetConfig.SUPPORTED_HASH_TYPES + 4;
 
 let instances = 0;
 
@@ -83,6 +88,7 @@ export class SimTransport implements VirtioTransport {
       if (opts.ctrlRx ?? true) f.push(NetFeature.CTRL_RX);
       if (opts.ctrlVlan ?? true) f.push(NetFeature.CTRL_VLAN);
       if (pairs > 1) f.push(NetFeature.MQ);
+      if ((opts.rss ?? true) && !opts.legacy) f.push(NetFeature.RSS);
     }
     this.offered = f.reduce((a, b) => a | bit(b), 0n);
   }
@@ -132,7 +138,8 @@ export class SimTransport implements VirtioTransport {
   }
 
   readConfig(offset: number, length: number): Uint8Array {
-    const c = new Uint8Array(CONFIG_SIZE);
+    const rss = (this.offered & bit(NetFeature.RSS)) !== 0n;
+    const c = new Uint8Array(rss ? CONFIG_SIZE_RSS : CONFIG_SIZE);
     const d = this.device;
     c.set(d.mac, NetConfig.MAC);
     const st = (d.linkUp ? NetConfig.S_LINK_UP : 0) | (d.announcing ? NetConfig.S_ANNOUNCE : 0);
@@ -141,8 +148,14 @@ export class SimTransport implements VirtioTransport {
     c[NetConfig.MAX_VIRTQUEUE_PAIRS + 1] = d.queuePairs >> 8;
     c[NetConfig.MTU] = this.#mtu & 0xff;
     c[NetConfig.MTU + 1] = this.#mtu >> 8;
+    if (rss) {
+      const v = new DataView(c.buffer);
+      v.setUint8(NetConfig.RSS_MAX_KEY_SIZE, SIM_RSS.maxKeySize);
+      v.setUint16(NetConfig.RSS_MAX_INDIRECTION_TABLE_LENGTH, SIM_RSS.maxTableLength, true);
+      v.setUint32(NetConfig.SUPPORTED_HASH_TYPES, SIM_RSS.hashTypes, true);
+    }
     const out = new Uint8Array(length);
-    if (offset < CONFIG_SIZE) out.set(c.subarray(offset, Math.min(offset + length, CONFIG_SIZE)));
+    if (offset < c.length) out.set(c.subarray(offset, Math.min(offset + length, c.length)));
     return out;
   }
 

@@ -7,15 +7,17 @@
  * each device poll, up to a batch bound) or paced at `rate` frames per second (a frame due that
  * finds no RX buffer is counted as `missed`). Sizes cycle through `sizes`. Each receive queue has
  * its own stream (`stream + 65536 * queue`) so sequence numbers stay in order per queue, as a
- * flow-hashing NIC keeps a flow on one queue. Injected frames go first, to the first queue
- * served.
+ * flow-hashing NIC keeps a flow on one queue. Once the device steers by RSS (mod/sim/rss.ts) the
+ * generator sends `flows` flows (source address and port, mod/testframe.ts), each queue the flows
+ * the device's hash puts there, in turn; a queue that no flow hashes to gets no generated frames.
+ * Injected frames go first, to the first queue served.
  *
  * Checker: every transmitted frame is checked with checkTestFrame; per stream the sequence is
  * tracked (in order, gaps = frames skipped, late = a skipped one arriving after all, duplicates
  * within the last 1024 numbers). Counters are plain numbers; nothing is allocated per frame.
  */
 import { widenCounters } from "../counters.ts";
-import { checkTestFrame, FrameCheck, writeTestFrame } from "../testframe.ts";
+import { checkTestFrame, FrameCheck, setTestFrameFlow, writeTestFrame } from "../testframe.ts";
 
 export interface GeneratorOptions {
   /** Frames per second; 0 = as fast as the driver posts RX buffers. */
@@ -26,6 +28,8 @@ export interface GeneratorOptions {
   stream?: number;
   /** Generate from the start (default true); else only after `startGenerator()`. */
   start?: boolean;
+  /** Flows to send once the device steers by RSS (default 256, at most TEST_FLOWS). */
+  flows?: number;
 }
 
 export interface WireCounters {
@@ -103,6 +107,8 @@ export class SimWire {
   readonly rate: number;
   readonly sizes: readonly number[];
   readonly stream: number;
+  /** Flows generated under RSS steering. */
+  readonly flows: number;
   /** Destination written into generated frames (the device's MAC, kept in step by the device). */
   readonly dst = new Uint8Array(6);
   readonly src = Uint8Array.of(0x02, 0x5e, 0x57, 0x1e, 0x00, 0x01);
@@ -121,6 +127,10 @@ export class SimWire {
   #injCount = 0;
   readonly #streams = new Map<number, StreamState>();
   readonly #check = new Uint32Array(4);
+  /** RSS steering: the flows of each receive queue, or null (one flow, every queue). */
+  #steer: Uint16Array[] | null = null;
+  /** Next entry of each queue's flow list. */
+  readonly #steerAt: Uint32Array;
 
   constructor(gen: GeneratorOptions | false, stream: number, queues = 1) {
     this.rate = gen ? gen.rate ?? 0 : 0;
@@ -128,6 +138,8 @@ export class SimWire {
     this.stream = gen ? gen.stream ?? stream : stream;
     this.#generating = gen !== false && (gen.start ?? true);
     this.#seq = new Uint32Array(queues);
+    this.#steerAt = new Uint32Array(queues);
+    this.flows = gen ? gen.flows ?? 256 : 256;
   }
 
   get generating(): boolean {
@@ -191,9 +203,20 @@ export class SimWire {
     this.#dueNow = Math.floor(this.#credit);
   }
 
-  /** Frames that may be offered now to a queue with `buffers` RX buffers posted. */
-  due(buffers: number): number {
-    return Math.min(buffers, this.#injCount + this.#dueNow);
+  /**
+   * Steer generated frames by flow: `flowsOf[q]` lists the flows the device puts on receive queue
+   * q (its RSS hash of each), or null to send one flow per queue again.
+   */
+  steer(flowsOf: Uint16Array[] | null): void {
+    this.#steer = flowsOf;
+    this.#steerAt.fill(0);
+  }
+
+  /** Frames that may be offered now to receive queue `queue` with `buffers` RX buffers posted. */
+  due(buffers: number, queue = 0): number {
+    const steer = this.#steer;
+    const gen = steer !== null && steer[queue].length === 0 ? 0 : this.#dueNow;
+    return Math.min(buffers, this.#injCount + gen);
   }
 
   /** End of a device poll: paced frames that found no buffer are missed. */
@@ -232,7 +255,16 @@ export class SimWire {
     const len = this.#consumeGenerated();
     writeTestFrame(b, off, len, this.streamOf(queue), this.#seq[queue], this.dst, this.src);
     this.#seq[queue] = (this.#seq[queue] + 1) >>> 0;
+    if (this.#steer !== null) setTestFrameFlow(b, off, this.#nextFlow(queue));
     return len;
+  }
+
+  /** The next flow of `queue` under RSS steering (the caller's `due` saw it has some). */
+  #nextFlow(queue: number): number {
+    const flows = this.#steer![queue];
+    const at = this.#steerAt[queue];
+    this.#steerAt[queue] = at + 1 === flows.length ? 0 : at + 1;
+    return flows[at];
   }
 
   /** Drop the next frame (receive filter, or too big): counted under `why`. */
@@ -245,6 +277,7 @@ export class SimWire {
     }
     this.#consumeGenerated();
     this.#seq[queue] = (this.#seq[queue] + 1) >>> 0;
+    if (this.#steer !== null) this.#nextFlow(queue);
   }
 
   #popInjected(): Uint8Array {

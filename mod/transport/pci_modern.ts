@@ -296,6 +296,20 @@ export class ModernPciTransport implements VirtioTransport {
     this.#notify16[this.#notifySlot[index]] = index;
   }
 
+  /**
+   * Where queue `index` (set up) is notified, for another thread of this process that serves it
+   * (mod/fwd/workers.ts): the notify BAR's mapping, address and bytes, and the 16-bit element to
+   * write the index to. Valid until `close`.
+   */
+  notifyWindow(index: number): { addr: number; size: number; slot: number } {
+    const bar = this.#notify.bar;
+    return {
+      addr: Number(Deno.UnsafePointer.value(bar.ptr)),
+      size: bar.size,
+      slot: this.#notifySlot[index],
+    };
+  }
+
   poll(): number {
     if (!this.interrupts.due()) return 0;
     const isr = this.#isr.bar.u8[this.#isr.offset]; // reading acknowledges (4.1.4.5)

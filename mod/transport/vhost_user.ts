@@ -522,6 +522,14 @@ export class VhostUserTransport implements VirtioTransport {
     }
   }
 
+  /**
+   * The eventfd that notifies data queue `index`, -1 when none is set up: a worker thread serving
+   * the queue writes it itself (mod/fwd/workers.ts). A new one comes with every set-up.
+   */
+  kickFd(index: number): number {
+    return this.#vrings[index]?.kickFd ?? -1;
+  }
+
   poll(): number {
     let ev = this.#pending;
     this.#pending = 0;

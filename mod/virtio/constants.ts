@@ -60,6 +60,8 @@ export const NetFeature = {
   GUEST_ANNOUNCE: 21,
   MQ: 22,
   CTRL_MAC_ADDR: 23,
+  /** 5.1.6.5.7: receive-side scaling, Toeplitz hash (needs CTRL_VQ). */
+  RSS: 60,
   SPEED_DUPLEX: 63,
 } as const;
 
@@ -226,6 +228,11 @@ export const NetConfig = {
   MTU: 10,
   SPEED: 12,
   DUPLEX: 16,
+  /** With VIRTIO_NET_F_RSS: u8 rss_max_key_size, le16 rss_max_indirection_table_length. */
+  RSS_MAX_KEY_SIZE: 17,
+  RSS_MAX_INDIRECTION_TABLE_LENGTH: 18,
+  /** le32 supported_hash_types (RSS or HASH_REPORT). */
+  SUPPORTED_HASH_TYPES: 20,
   /** status bits */
   S_LINK_UP: 1,
   S_ANNOUNCE: 2,
@@ -252,9 +259,30 @@ export const NET_CONFIG_FIELDS: readonly {
   { name: "mtu", offset: NetConfig.MTU, size: 2, feature: NetFeature.MTU },
   { name: "speed", offset: NetConfig.SPEED, size: 4, feature: NetFeature.SPEED_DUPLEX },
   { name: "duplex", offset: NetConfig.DUPLEX, size: 1, feature: NetFeature.SPEED_DUPLEX },
+  {
+    name: "rss_max_key_size",
+    offset: NetConfig.RSS_MAX_KEY_SIZE,
+    size: 1,
+    feature: NetFeature.RSS,
+  },
+  {
+    name: "rss_max_indirection_table_length",
+    offset: NetConfig.RSS_MAX_INDIRECTION_TABLE_LENGTH,
+    size: 2,
+    feature: NetFeature.RSS,
+  },
+  {
+    name: "supported_hash_types",
+    offset: NetConfig.SUPPORTED_HASH_TYPES,
+    size: 4,
+    feature: NetFeature.RSS,
+  },
 ];
 
-/** 5.1.2 Virtqueues: receiveqN = 2(N-1), transmitqN = 2(N-1)+1, controlq = 2 * max pairs. */
+/**
+ * 5.1.2 Virtqueues: receiveqN = 2(N-1), transmitqN = 2(N-1)+1, controlq = 2 * max pairs (max pairs
+ * = max_virtqueue_pairs when MQ or RSS is negotiated, else 1).
+ */
 export const NetQueue = {
   rx: (pair: number) => 2 * pair,
   tx: (pair: number) => 2 * pair + 1,
@@ -281,9 +309,50 @@ export const Ctrl = {
   ANNOUNCE: 3,
   ANNOUNCE_ACK: 0,
   MQ: 4,
+  /** 5.1.6.5.6: automatic receive steering over this many pairs (le16). */
   MQ_VQ_PAIRS_SET: 0,
   MQ_VQ_PAIRS_MIN: 1,
   MQ_VQ_PAIRS_MAX: 0x8000,
+  /** 5.1.6.5.7.1: struct virtio_net_rss_config (see `RssConfig`). */
+  MQ_RSS_CONFIG: 1,
   GUEST_OFFLOADS: 5,
   GUEST_OFFLOADS_SET: 0,
+} as const;
+
+/**
+ * 5.1.6.4.3.1 Supported/enabled hash types (bits of `hash_types` and `supported_hash_types`): what
+ * the device may hash a received packet over.
+ */
+export const HashType = {
+  IPv4: 1 << 0,
+  TCPv4: 1 << 1,
+  UDPv4: 1 << 2,
+  IPv6: 1 << 3,
+  TCPv6: 1 << 4,
+  UDPv6: 1 << 5,
+  IP_EX: 1 << 6,
+  TCP_EX: 1 << 7,
+  UDP_EX: 1 << 8,
+} as const;
+
+/**
+ * 5.1.6.5.7.1 Setting RSS parameters: struct virtio_net_rss_config { le32 hash_types; le16
+ * indirection_table_mask; le16 unclassified_queue; le16 indirection_table[mask + 1]; le16
+ * max_tx_vq; u8 hash_key_length; u8 hash_key_data[hash_key_length]; }. Queue numbers are receiveq
+ * numbers counted from 0 (0 = receiveq1), not virtqueue indexes.
+ */
+export const RssConfig = {
+  HASH_TYPES: 0,
+  INDIRECTION_TABLE_MASK: 4,
+  UNCLASSIFIED_QUEUE: 6,
+  INDIRECTION_TABLE: 8,
+  /** Offset of max_tx_vq after a table of `n` entries; hash_key_length follows, then the key. */
+  maxTxVq: (n: number) => 8 + 2 * n,
+  keyLength: (n: number) => 10 + 2 * n,
+  key: (n: number) => 11 + 2 * n,
+  /** Bytes of the whole structure. */
+  size: (n: number, keyBytes: number) => 11 + 2 * n + keyBytes,
+  /** 5.1.4.1: a device offering RSS takes keys of at least 40 bytes and tables of 128 entries. */
+  MIN_KEY_SIZE: 40,
+  MIN_INDIRECTION_TABLE_LENGTH: 128,
 } as const;

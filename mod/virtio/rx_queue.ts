@@ -82,7 +82,8 @@ function held(postedAt: Int32Array, id: number, lastPublished: number): boolean 
 export interface RxQueueOptions {
   ring: SplitRing;
   pool: MbufPool;
-  transport: VirtioTransport;
+  /** Where notifications go (only `notify` is used: a worker thread passes just that). */
+  transport: Pick<VirtioTransport, "notify">;
   /** Negotiated net header size (10 or 12). */
   hdrSize: number;
   mrgRxbuf: boolean;
@@ -106,7 +107,7 @@ export class RxQueue {
   readonly pool: MbufPool;
   readonly stats: PortStats;
   readonly #totals: PortStats;
-  readonly #transport: VirtioTransport;
+  readonly #transport: Pick<VirtioTransport, "notify">;
   readonly #hdr: number;
   readonly #mrg: boolean;
   readonly #eventIdx: boolean;

@@ -102,9 +102,18 @@ export class SplitRing {
   /**
    * A ring of `size` entries for queue `index` at byte `offset` of `region` (reserved by the
    * caller with `ringParts(size, layout).bytes` bytes, aligned to `ringStartAlign`). The memory is
-   * zeroed: both indexes start at 0 (2.7.6, 2.7.8 after reset).
+   * zeroed: both indexes start at 0 (2.7.6, 2.7.8 after reset). With `clear` false it is left as
+   * it is: a ring set up already, taken over by the thread that serves it (mod/fwd/workers.ts),
+   * whose device may have written its flags there since.
    */
-  constructor(index: number, size: number, region: DmaRegion, offset: number, layout: RingLayout) {
+  constructor(
+    index: number,
+    size: number,
+    region: DmaRegion,
+    offset: number,
+    layout: RingLayout,
+    clear = true,
+  ) {
     if (!isValidQueueSize(size)) {
       throw new RangeError(`queue ${index}: size ${size} is not a power of two in 1..32768`);
     }
@@ -118,7 +127,7 @@ export class SplitRing {
     this.region = region;
     this.u16 = region.u16;
     this.u32 = region.u32;
-    region.u8.fill(0, offset, offset + parts.bytes);
+    if (clear) region.u8.fill(0, offset, offset + parts.bytes);
     const desc = offset + parts.desc;
     const avail = offset + parts.avail;
     const used = offset + parts.used;

@@ -55,7 +55,8 @@ const DEVICE_HEADER = MbufFlag.DEVICE_HEADER;
 export interface TxQueueOptions {
   ring: SplitRing;
   pool: MbufPool;
-  transport: VirtioTransport;
+  /** Where notifications go (only `notify` is used: a worker thread passes just that). */
+  transport: Pick<VirtioTransport, "notify">;
   hdrSize: number;
   eventIdx: boolean;
   /** TCI inserted on every frame (software VLAN insert), or -1 for none. */
@@ -78,7 +79,7 @@ export class TxQueue {
   readonly pool: MbufPool;
   readonly stats: PortStats;
   readonly #totals: PortStats;
-  readonly #transport: VirtioTransport;
+  readonly #transport: Pick<VirtioTransport, "notify">;
   readonly #hdr: number;
   readonly #eventIdx: boolean;
   readonly #insertTci: number;

@@ -478,12 +478,14 @@ async function forward(
       maxPackets: o.maxPackets,
       onClock: (now: number) => reporter.tick(now),
     };
+    let byMax = false;
     if (group !== null) {
       await group.run(run);
       await group.drain();
     } else {
       const cpu0 = threadCpuMs();
       await loop.run(run);
+      byMax = o.maxPackets !== undefined && loop.packets >= o.maxPackets;
       mainThread = busyOf(performance.now() - start, threadCpuMs() - cpu0);
       for (const w of wires) w?.stopGenerator();
       // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
@@ -491,7 +493,6 @@ async function forward(
       reclaimSent(ports, o.queues);
       await loop.drain(DRAIN_QUIET_MS, drainMaxMs, o.mode === "txonly");
     }
-    const byMax = o.maxPackets !== undefined && loop.packets >= o.maxPackets;
     const durationSec = (performance.now() - start) / 1000;
     // The summary reports each link as forwarding left it: stopping a port takes its link down.
     const linkAtEnd = ports.map((p) => p.linkUp);

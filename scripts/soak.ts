@@ -3,11 +3,12 @@
  * taken in turn from every combination of ring kind (split, packed) and misbehaviour (none and
  * every `evil=` mode the ring kind has), mergeable RX buffers (off: MTU 1500; on: MTU 9000),
  * VIRTIO_F_IN_ORDER and the buffer pool (ample, or a few buffers above what the RX rings hold),
- * with the forwarding mode and frame sizes (60..9000) drawn from the seed. Between slices of a round a port's link goes down and up again, or a port
- * is stopped and started, while traffic flows. At the end of every round (generators stopped,
- * frames in flight drained, ports stopped) the checkpoint: every frame accounted for
- * (cli/accounting.ts), every buffer back in the pool, nothing thrown, and no slice that
- * stalled (nothing moved for STALL_MS while frames were due).
+ * with the forwarding mode, the frame sizes (60..9000) and indirect descriptors drawn from the
+ * seed. Between slices of a round a port's link goes down and up again, or a port is stopped and
+ * started, while traffic flows. At the end of every round (generators stopped, frames in flight
+ * drained, ports stopped) the checkpoint: every frame accounted for (cli/accounting.ts), every
+ * buffer back in the pool, nothing thrown, and no slice that stalled (nothing moved for STALL_MS
+ * while frames were due).
  *
  *   deno run -A scripts/soak.ts [--frames N | --rounds N] [--round-frames N] [--seed S]
  *                               [--only ROUND]
@@ -46,6 +47,8 @@ export interface RoundConfig {
   mode: Mode;
   /** Packed virtqueues (2.8) rather than split ones. */
   packed: boolean;
+  /** The devices offer VIRTIO_F_INDIRECT_DESC: chained TX frames go through indirect tables. */
+  indirect: boolean;
   evil: EvilMode | null;
   mrg: boolean;
   inOrder: boolean;
@@ -130,6 +133,7 @@ export function roundConfig(seed: number, round: number): RoundConfig {
     round,
     mode: MODES[pick(MODES.length)],
     packed,
+    indirect: r() < 0.5,
     evil,
     mrg,
     inOrder,
@@ -142,7 +146,7 @@ export function roundConfig(seed: number, round: number): RoundConfig {
 
 export function describe(c: RoundConfig): string {
   return `round ${c.round}: ${c.mode} ${c.packed ? "packed" : "split"} evil=${c.evil ?? "none"} ` +
-    `mrg=${c.mrg ? 1 : 0} ` +
+    `mrg=${c.mrg ? 1 : 0} indirect=${c.indirect ? 1 : 0} ` +
     `in_order=${c.inOrder ? 1 : 0} pool=${c.poolSize} size=${c.sizes.join("+")} events=` +
     c.events.map((e) => e.kind === "none" ? "-" : `${e.kind}:${e.port}:${e.ms}ms`).join(",");
 }
@@ -169,6 +173,7 @@ export async function runRound(config: RoundConfig, frames: number): Promise<Rou
         new SimTransport({
           name: `soak${i}`,
           packed: config.packed,
+          indirect: config.indirect,
           mrgRxbuf: config.mrg,
           inOrder: config.inOrder,
           mtu: config.mrg ? 9000 : undefined,

@@ -45,4 +45,8 @@ Deno.test("soak: every ring kind and misbehaviour, every mergeable / in-order / 
   assert.ok(results.reduce((a, r) => a + r.cycles, 0) > 0, "stop/start cycles");
   assert.ok(results.reduce((a, r) => a + r.errorsInjected, 0) > 0, "errors injected");
   assert.ok(configs.some((c) => c.sizes.some((s) => s > 1514)), "frames above 1514 bytes");
+  assert.ok(
+    configs.some((c) => c.indirect) && configs.some((c) => !c.indirect),
+    "indirect on, off",
+  );
 });

@@ -44,6 +44,7 @@ fwd flags:
   --cores C           forward on C worker threads, streams spread as testpmd's
                       --nb-cores (default 1: the main thread forwards)
   --duration S        stop after S seconds (default: run until Ctrl-C)
+  --max-packets N     stop after N frames received by all ports together (txonly: sent)
   --stats-period S    statistics every S seconds (default 1, at least 0.01; 0 = none)
   --json              JSON lines: one object per period, a summary object as the last line
   --eth-peer N,MAC    destination MAC for port N (mac and txonly; default 02:00:00:00:00:NN)

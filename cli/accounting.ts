@@ -4,11 +4,13 @@
  *
  * Per direction of a pair (port A receives, port B transmits; B = A for a port alone):
  *   generated(A) = checkedOk(B) + badFrames(B) + missed(A) + rxDropped(A) + txDropped(B)
+ *                  + txLinkDown(B)
  * where `missed` is what A's device could not deliver (no RX buffers), `rxDropped` what the
- * driver discarded on receive and `txDropped` what B did not send. Content is verified when no
- * frame failed the wire's check. rxonly: generated(A) = rxPackets(A) + rxDropped(A) + missed(A).
+ * driver discarded on receive, `txDropped` what B did not send and `txLinkDown` what B's device
+ * dropped because its link was down. Content is verified when no frame failed the wire's check.
+ * rxonly: generated(A) = rxPackets(A) + rxDropped(A) + missed(A).
  * txonly: the frames A built are txPackets(A) + txDropped(A) (a full ring refuses some), and
- * every frame A sent reaches A's wire and passes the check.
+ * every frame A sent reaches A's wire and passes the check or met A's link down.
  *
  * A run in which frames failed is never "all accounted for", even though each failed frame is
  * counted as a drop: TX errors (a frame no TX ring can take, malformed, or a bad used entry on a
@@ -51,14 +53,15 @@ export function accountFrames(mode: Mode, rows: PortRow[]): Accounting | null {
       const built = A.txPackets + A.txDropped;
       const checked = n(A.wire, "checkedOk");
       const bad = n(A.wire, "badFrames");
+      const drops = A.txDropped + n(A.wire, "txLinkDown");
       directions.push({
         from: a,
         to: a,
         generated: built,
         checked,
         badFrames: bad,
-        drops: A.txDropped,
-        lost: built - checked - bad - A.txDropped,
+        drops,
+        lost: built - checked - bad - drops,
       });
       continue;
     }
@@ -81,7 +84,7 @@ export function accountFrames(mode: Mode, rows: PortRow[]): Accounting | null {
     }
     const checked = n(B.wire, "checkedOk");
     const bad = n(B.wire, "badFrames");
-    const drops = missed + A.rxDropped + B.txDropped;
+    const drops = missed + A.rxDropped + B.txDropped + n(B.wire, "txLinkDown");
     directions.push({
       from: a,
       to: b,

@@ -45,6 +45,8 @@ export interface FwdOptions {
   txd: number | undefined;
   queues: number;
   durationSec: number;
+  /** Stop after this many frames received (txonly: sent) by all ports; undefined: no limit. */
+  maxPackets: number | undefined;
   statsPeriodSec: number;
   json: boolean;
   peers: Uint8Array[];
@@ -118,6 +120,7 @@ function parseFlags(args: string[]) {
         txd: { type: "string" },
         queues: { type: "string" },
         duration: { type: "string" },
+        "max-packets": { type: "string" },
         "stats-period": { type: "string" },
         json: { type: "boolean" },
         "eth-peer": { type: "string", multiple: true },
@@ -197,6 +200,9 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     txd: v.txd === undefined ? undefined : int("txd", v.txd, 0, 32768, 0),
     queues: int("queues", v.queues, 1, 128, 1),
     durationSec: seconds("duration", v.duration, 0),
+    maxPackets: v["max-packets"] === undefined
+      ? undefined
+      : int("max-packets", v["max-packets"], 1, Number.MAX_SAFE_INTEGER, 0),
     statsPeriodSec: statsPeriod(v["stats-period"]),
     json: v.json === true,
     peers,
@@ -220,6 +226,8 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     ? "--pcap"
     : dp.txPcap !== undefined
     ? "--tx-pcap"
+    : o.maxPackets !== undefined
+    ? "--max-packets"
     : null;
   if (o.cores > 1 && oneCore !== null) {
     throw new UsageError(`${oneCore} runs on one core; leave out --cores ${o.cores}`);
@@ -457,7 +465,7 @@ async function forward(
   const wireOf = (i: number): WireCounters | null => {
     if (group !== null) return group.wire(i);
     const w = wires[i];
-    return w === null ? null : { ...w.counters };
+    return w === null ? null : w.counters as unknown as WireCounters;
   };
   const start = performance.now();
   const reporter = new StatsReporter(ports, names, style, o.statsPeriodSec * 1000, wireOf, start);
@@ -467,14 +475,17 @@ async function forward(
   try {
     const run = {
       untilMs: o.durationSec > 0 ? start + o.durationSec * 1000 : undefined,
+      maxPackets: o.maxPackets,
       onClock: (now: number) => reporter.tick(now),
     };
+    let byMax = false;
     if (group !== null) {
       await group.run(run);
       await group.drain();
     } else {
       const cpu0 = threadCpuMs();
       await loop.run(run);
+      byMax = o.maxPackets !== undefined && loop.packets >= o.maxPackets;
       mainThread = busyOf(performance.now() - start, threadCpuMs() - cpu0);
       for (const w of wires) w?.stopGenerator();
       // txonly drains without its engine: a burst of 0 takes each TX queue's last notification
@@ -502,7 +513,8 @@ async function forward(
       durationSec: Math.round(durationSec * 1000) / 1000,
       mode: o.mode,
       burst: o.burst,
-      stoppedBy: signals.by ?? dp.stoppedBy ?? (o.durationSec > 0 ? "duration" : "stop"),
+      stoppedBy: signals.by ?? dp.stoppedBy ??
+        (byMax ? "max-packets" : o.durationSec > 0 ? "duration" : "stop"),
       ...(account === null ? {} : { accounting: account }),
       ...(group === null ? { mainThread } : { workers: group.report() }),
       poolAvailable: pool.available + (group?.poolAvailable ?? 0),

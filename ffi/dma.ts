@@ -269,6 +269,11 @@ export class DmaRegion {
     return this.size - this.#next;
   }
 
+  /** True once `close` unmapped the region: its views must not be touched. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Unmap the region (a second call does nothing); no device may use it any more. */
   close(): void {
     if (this.#closed) return;

@@ -9,6 +9,7 @@
  */
 import { type DmaKind, DmaRegion, pageSizeOf } from "../ffi/dma.ts";
 import { sendAnnounce } from "./announce.ts";
+import { widenCounters } from "./counters.ts";
 import type { MbufPool } from "./mbuf.ts";
 import { Eth } from "./eth.ts";
 import {
@@ -122,7 +123,7 @@ export interface QueueLayout {
 }
 
 export function emptyStats(): PortStats {
-  return {
+  return widenCounters({
     rxPackets: 0,
     txPackets: 0,
     rxBytes: 0,
@@ -133,7 +134,7 @@ export function emptyStats(): PortStats {
     rxErrors: 0,
     txErrors: 0,
     rxIdxErrors: 0,
-  };
+  });
 }
 
 const DEFAULT_RING = 256;
@@ -769,7 +770,10 @@ export class Port {
     try {
       this.transport.reset();
     } finally {
-      for (const rx of this.#rx) rx.release();
+      for (const rx of this.#rx) {
+        rx.discardDelivered(); // frames the device delivered and nobody took: dropped, counted
+        rx.release();
+      }
       for (const tx of this.#tx) {
         tx.pool.removeHolder(tx);
         tx.release(); // frames in flight: counted as dropped there

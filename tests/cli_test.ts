@@ -151,6 +151,12 @@ Deno.test("cli: durations and pool sizes: what 0 means, and limits stated up fro
     () => new MbufPool({ count: max + 1, kind: "anon" }),
     new RegExp(`do not fit the 4 GiB of iova space a pool may span; at most ${max}`),
   );
+  // --max-packets: a count of frames, 1 or more; not given: no limit.
+  assert.equal(fwd().maxPackets, undefined);
+  assert.equal(fwd("--max-packets", "25000000").maxPackets, 25_000_000);
+  for (const n of ["0", "-1", "1e6", "x"]) {
+    assert.throws(() => fwd(`--max-packets=${n}`), /--max-packets .*: expected an integer from 1/);
+  }
   // Ring sizes not given are left to the port (256, or the device's size if smaller).
   assert.equal(fwd().rxd, undefined);
   assert.equal(fwd("--rxd", "64").rxd, 64);

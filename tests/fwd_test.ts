@@ -187,6 +187,44 @@ for (
   });
 }
 
+Deno.test("fwd io: frames sent while the peer's link is down are accounted for", async () => {
+  const r = rig("io", ["sim:a", "sim:b"]);
+  try {
+    await r.loop.run({ untilMs: performance.now() + 50 });
+    r.sims[1].setLink(false); // port 1's device drops what it is given to send
+    await r.loop.run({ untilMs: performance.now() + 50 });
+    r.sims[1].setLink(true);
+    await r.loop.run({ untilMs: performance.now() + 50 });
+    const rows = await finish(r, "io");
+    assert.ok(rows[1].wire!.txLinkDown > 0, "frames met the link down");
+    const acc = accountFrames("io", rows)!;
+    assert.ok(acc.ok, acc.message);
+  } finally {
+    r.close();
+  }
+});
+
+for (const packed of [0, 1]) {
+  Deno.test(`fwd io: a port stopped under traffic counts what its RX ring held as dropped (packed=${packed})`, async () => {
+    const r = rig("io", [`sim:a,packed=${packed}`, `sim:b,packed=${packed}`]);
+    try {
+      await r.loop.run({ untilMs: performance.now() + 50 });
+      // The devices have filled RX buffers that no burst took yet: stopping drops them.
+      r.ports[0].stop();
+      await r.loop.run({ untilMs: performance.now() + 20 });
+      r.ports[0].start();
+      await r.loop.run({ untilMs: performance.now() + 50 });
+      const rows = await finish(r, "io");
+      const acc = accountFrames("io", rows)!;
+      assert.ok(acc.ok, acc.message);
+      assert.ok(rows[0].rxDropped > 0, "frames were left in the RX ring");
+      assert.equal(r.pool.available, r.pool.count, "every buffer back in the pool");
+    } finally {
+      r.close();
+    }
+  });
+}
+
 Deno.test("fwd io: a single port forwards to itself", async () => {
   const r = rig("io", ["sim:solo"]);
   try {

@@ -398,24 +398,25 @@ export default function (b: Burst) {
   );
 });
 
-/** The README's ten-line pipeline ("Programming the data plane"), as a user saves it. */
-const README_PIPELINE = `// discard.ts: drop UDP to port 9 (the discard service), forward the rest
-import { type Burst, dstPort, IpProto, newL4Info, parseL4 } from "./mod/pipeline/mod.ts";
-
-const l4 = newL4Info(); // made once, reused for every frame
-
-export function burst(b: Burst): void {
-  for (let i = 0; i < b.count; i++) {
-    const o = b.offset(i);
-    const udp = parseL4(b.bytes, o, b.segmentLength(i), l4) && l4.proto === IpProto.UDP;
-    if (udp && dstPort(b.bytes, o + l4.l4) === 9) b.drop(i);
-  }
+/**
+ * The README's pipeline as a user saves it: the first ```ts block of its "Programming the data
+ * plane" section, read from README.md so that the example cannot drift from what is tested.
+ */
+function readmePipeline(): string {
+  const section = "## Programming the data plane";
+  const text = Deno.readTextFileSync(new URL("../README.md", import.meta.url));
+  const start = text.indexOf(`\n${section}\n`);
+  assert.ok(start >= 0, `README.md has no '${section}' section`);
+  const next = text.indexOf("\n## ", start + section.length);
+  const m = text.slice(start, next < 0 ? undefined : next).match(/^```ts\n([\s\S]*?)^```$/m);
+  assert.ok(m !== null, `'${section}' has no \`\`\`ts example`);
+  assert.ok(m[1].includes('"./mod/pipeline/mod.ts"'), "the example imports ./mod/pipeline/mod.ts");
+  return m[1];
 }
-`;
 
 Deno.test("cli: the README's ten-line pipeline drops the sims' UDP to port 9, and only that", async () => {
   const lib = new URL("../mod/pipeline/mod.ts", import.meta.url).href;
-  const p = module("discard.ts", README_PIPELINE.replace("./mod/pipeline/mod.ts", lib));
+  const p = module("discard.ts", readmePipeline().replace("./mod/pipeline/mod.ts", lib));
   const r = await vpmd([
     "fwd",
     "sim:a",

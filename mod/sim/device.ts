@@ -98,7 +98,7 @@ export const PACKED_ONLY_EVIL: readonly EvilMode[] = [
 ];
 export const SPLIT_ONLY_EVIL: readonly EvilMode[] = ["idx-jump"];
 /** Evil modes that bend transmit completions; the others bend received frames. */
-const TX_EVIL: readonly EvilMode[] = ["packed-bad-id", "packed-used-twice"];
+export const TX_EVIL: readonly EvilMode[] = ["packed-bad-id", "packed-used-twice"];
 export const EVIL_EVERY = 7;
 
 /**
@@ -253,10 +253,15 @@ export class SimDevice {
 
   /** Reset (2.1): forget queues, features and filters; memory stays known (re-added anyway). */
   reset(): void {
+    // idx-jump: the true used index comes back before the queues are forgotten, as it would on the
+    // next poll. The frames behind it were delivered (the wire counted them); a driver that stops
+    // the port reads them there and counts them as dropped.
+    const jumped = this.#jumpedQueue;
+    if (jumped !== null && !jumped.region.closed) jumped.publish();
+    this.#jumpedQueue = null;
     this.#rx.fill(null);
     this.#tx.fill(null);
     this.#ctrl = null;
-    this.#jumpedQueue = null;
     this.needsReset = false;
     this.configChanged = false;
     this.activePairs = 1;

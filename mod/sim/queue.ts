@@ -16,6 +16,7 @@
  * chain it hands out to check that, and answers an id out of range for one that breaks it, which
  * the device treats as a bad descriptor.
  */
+import type { DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory } from "../virtio/transport.ts";
 import { Avail, Desc, needEvent, Used } from "../virtio/constants.ts";
 
@@ -24,6 +25,8 @@ export class DeviceQueue {
   readonly size: number;
   readonly u16: Uint16Array;
   readonly u32: Uint32Array;
+  /** The driver's memory the ring lies in. */
+  readonly region: DmaRegion;
   /** 32-bit word index of the descriptor table. */
   readonly #desc32: number;
   /** 16-bit word indexes of avail.flags, avail.idx, avail.ring[0], used_event. */
@@ -67,6 +70,7 @@ export class DeviceQueue {
     }
     this.index = q.index;
     this.size = q.size;
+    this.region = q.region;
     this.u16 = q.region.u16;
     this.u32 = q.region.u32;
     if (q.descOffset % 16 !== 0 || q.availOffset % 2 !== 0 || q.usedOffset % 4 !== 0) {

@@ -16,6 +16,7 @@
  * tracked (in order, gaps = frames skipped, late = a skipped one arriving after all, duplicates
  * within the last 1024 numbers). Counters are plain numbers; nothing is allocated per frame.
  */
+import { widenCounters } from "../counters.ts";
 import { checkTestFrame, FrameCheck, setTestFrameFlow, writeTestFrame } from "../testframe.ts";
 
 export interface GeneratorOptions {
@@ -81,7 +82,7 @@ interface StreamState {
 }
 
 export class SimWire {
-  readonly counters: WireCounters = {
+  readonly counters: WireCounters = widenCounters({
     generated: 0,
     delivered: 0,
     missed: 0,
@@ -99,7 +100,7 @@ export class SimWire {
     seqGaps: 0,
     reordered: 0,
     duplicates: 0,
-  };
+  });
   /** Called with every frame the driver transmits (a view valid only during the call). */
   onTransmit: ((frame: Uint8Array) => void) | null = null;
 

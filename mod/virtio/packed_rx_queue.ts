@@ -560,6 +560,27 @@ export class PackedRxQueue {
     }
   }
 
+  /**
+   * After the device was reset: the frames it delivered that no burst took are received and
+   * dropped, counted in rxDropped (as RxQueue.discardDelivered), at most a ring of them.
+   */
+  discardDelivered(): void {
+    const pkts = new Uint32Array(32);
+    for (let k = 0; k <= this.ring.size; k++) {
+      const from = this.#usedSlot;
+      const bytes = this.stats.rxBytes;
+      const n = this.burst(pkts, pkts.length);
+      if (n === 0 && this.#usedSlot === from) return;
+      this.pool.freeBulk(pkts, n);
+      const got = this.stats.rxBytes - bytes;
+      for (const st of [this.stats, this.#totals]) {
+        st.rxPackets -= n;
+        st.rxBytes -= got;
+        st.rxDropped += n;
+      }
+    }
+  }
+
   /** Give every posted buffer back to the pool (after the device was reset). */
   release(): void {
     const buf = this.#buf;

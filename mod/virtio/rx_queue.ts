@@ -9,13 +9,12 @@
  * on the same descriptor, publishes avail.idx once (one ordered store) and notifies at most once.
  *
  * With MRG_RXBUF (5.1.6.4.2) a frame may span `num_buffers` used entries; the buffers become a
- * segment chain. Later buffers carry no header, so their data starts at the descriptor address.
+ * segment chain (`#assemble`, a cold path: the bursts keep the one-buffer frame inline). Later
+ * buffers carry no header, so their data starts at the descriptor address.
  *
  * On the paths that hand out frames, an avail.ring entry is written only when it changes: a
  * device that uses buffers in order gets the same descriptor in the same slot ring after ring,
- * and a line left unwritten stays in the device's cache instead of moving to ours and back. The
- * check is written out at each place: as a function it would be a call per packet (the burst
- * functions are past V8's inlining budget).
+ * and a line left unwritten stays in the device's cache instead of moving to ours and back.
  *
  * A burst that finds more used entries than it takes (the driver is behind the device) writes the
  * refilled descriptors' addresses after its loop, all together: the descriptor lines the device
@@ -31,8 +30,8 @@
  * is no frame: it is counted in `rxIdxErrors`, once per bad value, and the queue waits for a sane
  * one. Which descriptors the device holds is kept as the avail position each was last offered at
  * (`#postedAt`): a descriptor is the device's when that position was published and it has not
- * come back since. Taking one back and offering it again is then one write, with no second pass
- * over the burst's avail entries to mark them once they are published.
+ * come back since (`held`). Taking one back and offering it again is then one write, with no
+ * second pass over the burst's avail entries to mark them once they are published.
  *
  * What a frame is when the device's framing breaks (mergeable, 5.1.6.4): a frame is a first used
  * entry and the num_buffers - 1 after it (one error when any of them is bad). When the first entry
@@ -71,6 +70,14 @@ const POS_MASK = 0x7fffffff;
  * marked with the burst's first unpublished position) lies ahead of it instead, 2^31 away.
  */
 const HELD_SPAN = 0x40000000;
+
+/**
+ * Descriptor `id` is held by the device: in range, and offered at a position up to `lastPublished`
+ * and not taken back since (`postedAt`, see the module comment).
+ */
+function held(postedAt: Int32Array, id: number, lastPublished: number): boolean {
+  return id < postedAt.length && ((lastPublished - postedAt[id]) & POS_MASK) < HELD_SPAN;
+}
 
 export interface RxQueueOptions {
   ring: SplitRing;
@@ -137,8 +144,11 @@ export class RxQueue {
    * next burst goes on dropping (`#dropBroken`) before it looks for a frame.
    */
   #dropping = false;
-  /** The avail position after `#dropBroken`'s reposts. */
-  #dropAvailIdx = 0;
+  /** The avail position after the offers of a cold path (`#dropBroken`, `#assemble`). */
+  #coldAvailIdx = 0;
+  /** Frames the current burst dropped, as errors and for want of an mbuf (counted by `#finish`). */
+  #burstErrors = 0;
+  #burstNoMbuf = 0;
   /** Descriptors whose new buffer's address the burst writes after its loop (`#writeDeferred`). */
   readonly #deferred: Uint16Array;
 
@@ -306,15 +316,16 @@ export class RxQueue {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
+    const u16 = ring.u16;
     const mask = ring.mask;
-    const size = ring.size;
+    const availRing = ring.availRing16;
+    const desc32 = ring.desc32;
     const inOrder = this.#inOrder;
     const buf = this.#buf;
     const postedAt = this.#postedAt;
-    const availRing = ring.availRing16;
-    const u16 = ring.u16;
     const hdr = this.#hdr;
     const postLen = this.#postLen;
+    const postOff = this.#postOff;
     const headroom = pool.headroom;
     const dataLen = pool.dataLen;
     const pktLen = pool.pktLen;
@@ -323,59 +334,43 @@ export class RxQueue {
     const flags = pool.flags;
     const portArr = pool.port;
     const portId = this.#portId;
-    const desc32 = ring.desc32;
     const iovaLo = pool.iovaLo;
     const iovaHi = pool.iovaHi;
-    const postOff = this.#postOff;
     const oldAvail = this.#availIdx;
     const lastPublished = oldAvail - 1;
     let availIdx = oldAvail;
     let used = this.#lastUsed;
     let n = 0;
     let bytes = 0;
-    let errors = 0;
-    let noMbuf = 0;
     // Behind the device (more entries than this burst takes): descriptor addresses after the loop.
-    const defer = ((usedIdx - this.#lastUsed) & 0xffff) > max;
+    const defer = ((usedIdx - used) & 0xffff) > max;
     const deferred = this.#deferred;
     let nDeferred = 0;
     while (n < max && used !== usedIdx) {
       const e = usedRing + 2 * (used & mask);
       const id = entries[e];
       const len = entries[e + 1];
-      if (
-        inOrder
-          ? id !== (used & mask)
-          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
-      ) {
+      if (inOrder ? id !== (used & mask) : !held(postedAt, id, lastPublished)) {
         if (inOrder && fromRing) {
           this.#mustExpand = true; // a batch, or a stray entry: spell them out first
           break;
         }
-        // Not a descriptor the device holds. Devices use RX buffers in avail order, so this
-        // entry stood for the descriptor posted at the same position: post it again rather
-        // than let the ring shrink.
+        this.#burstErrors++;
+        const lost = this.#lostAt(used);
+        if (lost >= 0) availIdx = this.#repost(lost, availIdx);
         used = (used + 1) & 0xffff;
-        errors++;
-        const lost = u16[availRing + ((used - 1) & mask)];
-        if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
-          u16[availRing + (availIdx & mask)] = lost;
-          postedAt[lost] = availIdx++;
-        }
         continue;
       }
       used = (used + 1) & 0xffff;
       if (len < hdr || len > postLen) {
-        errors++;
-        u16[availRing + (availIdx & mask)] = id; // same buffer goes back
-        postedAt[id] = availIdx++;
+        this.#burstErrors++;
+        availIdx = this.#repost(id, availIdx); // the same buffer goes back
         continue;
       }
       const fresh = pool.allocRaw();
       if (fresh === NONE) {
-        noMbuf++;
-        u16[availRing + (availIdx & mask)] = id;
-        postedAt[id] = availIdx++;
+        this.#burstNoMbuf++;
+        availIdx = this.#repost(id, availIdx);
         continue;
       }
       const m = buf[id];
@@ -402,8 +397,27 @@ export class RxQueue {
     }
     this.#lastUsed = used;
     if (nDeferred !== 0) this.#writeDeferred(nDeferred);
-    this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
+    this.#finish(pkts, n, bytes, oldAvail, availIdx);
     return n;
+  }
+
+  /**
+   * The descriptor offered at the avail position of used position `pos` when the device holds it,
+   * else -1. A used entry that names no buffer the device holds stood for that one (devices use RX
+   * buffers in avail order): it goes back rather than let the ring shrink.
+   */
+  #lostAt(pos: number): number {
+    const ring = this.ring;
+    const id = ring.u16[ring.availRing16 + (pos & ring.mask)];
+    return held(this.#postedAt, id, this.#availIdx - 1) ? id : -1;
+  }
+
+  /** Offer descriptor `id` again, with its buffer, at avail position `at`; returns `at + 1`. */
+  #repost(id: number, at: number): number {
+    const ring = this.ring;
+    ring.u16[ring.availRing16 + (at & ring.mask)] = id;
+    this.#postedAt[id] = at;
+    return at + 1;
   }
 
   /** Mergeable buffers: a frame is `num_buffers` used entries (5.1.6.4.2). */
@@ -418,31 +432,27 @@ export class RxQueue {
     const ring = this.ring;
     const pool = this.pool;
     const u32 = ring.u32;
+    const u16 = ring.u16;
+    const mask = ring.mask;
+    const availRing = ring.availRing16;
+    const desc32 = ring.desc32;
     const inOrder = this.#inOrder;
     const words16 = pool.region.u16;
+    const bytesArr = pool.bytes;
     const bufOff = pool.bufOff;
     const numBuffersOff = this.#postOff + NetHdr.NUM_BUFFERS;
     const evenNb = (numBuffersOff & 1) === 0;
-    const bytesArr = pool.bytes;
-    const mask = ring.mask;
-    const size = ring.size;
     const buf = this.#buf;
     const postedAt = this.#postedAt;
-    const availRing = ring.availRing16;
-    const u16 = ring.u16;
-    const segId = this.#segId;
-    const segLen = this.#segLen;
     const hdr = this.#hdr;
     const postLen = this.#postLen;
     const postOff = this.#postOff;
     const headroom = pool.headroom;
-    const desc32 = ring.desc32;
     const iovaLo = pool.iovaLo;
     const iovaHi = pool.iovaHi;
     const dataOff = pool.dataOff;
     const dataLen = pool.dataLen;
     const pktLen = pool.pktLen;
-    const next = pool.next;
     const nbSegs = pool.nbSegs;
     const flags = pool.flags;
     const portArr = pool.port;
@@ -454,199 +464,209 @@ export class RxQueue {
     let used = this.#lastUsed;
     let n = 0;
     let bytes = 0;
-    let errors = 0;
-    let noMbuf = 0;
     // Behind the device (more entries than this burst takes): descriptor addresses after the loop.
-    const defer = ((usedIdx - this.#lastUsed) & 0xffff) > max;
+    const defer = ((usedIdx - used) & 0xffff) > max;
     const deferred = this.#deferred;
     let nDeferred = 0;
     if (this.#dropping) {
       // The rest of a broken frame, spelled out since (counted when it was seen).
-      used = this.#dropBroken(used, usedIdx, entries, usedRing, fromRing, availIdx, lastPublished);
-      availIdx = this.#dropAvailIdx;
+      used = this.#dropBroken(used, usedIdx, entries, usedRing, fromRing, availIdx);
+      availIdx = this.#coldAvailIdx;
     }
     while (n < max && used !== usedIdx) {
-      // First buffer of a frame: its header says how many used entries the frame has.
-      let e = usedRing + 2 * (used & mask);
-      let id = entries[e];
-      let len = entries[e + 1];
-      if (
-        inOrder
-          ? id !== (used & mask)
-          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
-      ) {
-        if (inOrder && fromRing) {
-          this.#mustExpand = true;
-          break;
-        }
-        // Names no buffer of ours: how many entries the frame has is unknown.
-        errors++;
-        used = this.#dropBroken(
-          used,
-          usedIdx,
-          entries,
-          usedRing,
-          fromRing,
-          availIdx,
-          lastPublished,
-        );
-        availIdx = this.#dropAvailIdx;
-        if (this.#mustExpand) break;
-        continue;
-      }
-      used = (used + 1) & 0xffff;
-      // num_buffers (le16), read only from a full buffer: a frame spread over buffers fills all
+      // First buffer of a frame: num_buffers (le16) in its header says how many used entries the
+      // frame has. It is read only from a full buffer: a frame spread over buffers fills all
       // but its last (5.1.6.4.1), so a first buffer with room left is the whole frame. The
       // header's line is then left in the device's cache; the TX queue does not read it either
       // (DEVICE_HEADER). One u16 load when it sits at an even offset (buffers are 64-byte
       // aligned, so whenever the headroom is even).
+      const e = usedRing + 2 * (used & mask);
+      const id = entries[e];
+      const len = entries[e + 1];
+      if (inOrder ? id !== (used & mask) : !held(postedAt, id, lastPublished)) {
+        if (inOrder && fromRing) {
+          this.#mustExpand = true; // a batch, or a stray entry: spell them out first
+          break;
+        }
+        // Names no buffer of ours: how many entries the frame has is unknown.
+        this.#burstErrors++;
+        used = this.#dropBroken(used, usedIdx, entries, usedRing, fromRing, availIdx);
+        availIdx = this.#coldAvailIdx;
+        if (this.#mustExpand) break;
+        continue;
+      }
+      used = (used + 1) & 0xffff;
       let nb = 1;
       if (len < hdr) nb = 0;
       else if (len >= postLen) {
         const nbAt = bufOff[buf[id]] + numBuffersOff;
         nb = evenNb ? words16[nbAt >>> 1] : bytesArr[nbAt] | (bytesArr[nbAt + 1] << 8);
       }
-      const left = (usedIdx - used) & 0xffff;
-      if (nb === 0 || nb - 1 > left) {
+      if (nb === 0 || nb - 1 > ((usedIdx - used) & 0xffff)) {
         // Too short for a header, no count, or more buffers than the device has returned.
-        errors++;
-        used = this.#dropBroken(
-          (used - 1) & 0xffff,
-          usedIdx,
-          entries,
-          usedRing,
-          fromRing,
-          availIdx,
-          lastPublished,
-        );
-        availIdx = this.#dropAvailIdx;
+        const first = (used - 1) & 0xffff;
+        this.#burstErrors++;
+        used = this.#dropBroken(first, usedIdx, entries, usedRing, fromRing, availIdx);
+        availIdx = this.#coldAvailIdx;
         if (this.#mustExpand) break;
         continue;
       }
-      if (nb === 1 && len <= postLen) {
-        // The common case: the frame fits one buffer.
-        const fresh = pool.allocRaw();
-        if (fresh === NONE) {
-          noMbuf++;
-          u16[availRing + (availIdx & mask)] = id;
-          postedAt[id] = availIdx++;
-          continue;
-        }
-        const m = buf[id];
-        buf[id] = fresh;
-        if (defer) deferred[nDeferred++] = id;
-        else {
-          const d = desc32 + 4 * id;
-          u32[d] = iovaLo[fresh] + postOff;
-          u32[d + 1] = iovaHi[fresh];
-        }
-        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
-        postedAt[id] = availIdx++;
-        // next is NONE already (allocRaw).
-        const l = len - hdr;
-        dataOff[m] = headroom;
-        dataLen[m] = l;
-        pktLen[m] = l;
-        nbSegs[m] = 1;
-        flags[m] = DEVICE_HEADER;
-        portArr[m] = portId;
-        pkts[n++] = m;
-        bytes += l;
-        continue;
-      }
-      if (inOrder && fromRing) {
-        // The frame's other entries must be in place too before any is taken.
-        let k = 1;
-        while (
-          k < nb && entries[usedRing + 2 * ((used + k - 1) & mask)] === ((used + k - 1) & mask)
-        ) {
-          k++;
-        }
-        if (k < nb) {
-          used = (used - 1) & 0xffff;
-          this.#mustExpand = true;
+      if (nb !== 1 || len > postLen) {
+        // More than one buffer (or more than the buffer holds): the frame is a segment chain.
+        const first = (used - 1) & 0xffff;
+        const head = this.#assemble(first, nb, entries, usedRing, fromRing, availIdx);
+        if (this.#mustExpand) {
+          used = first;
           break;
         }
-      }
-      postedAt[id] = oldAvail; // taken back: not held until offered again below
-      segId[0] = id;
-      segLen[0] = len;
-      let bad = len > postLen;
-      let taken = 1;
-      for (let k = 1; k < nb; k++) {
-        e = usedRing + 2 * (used & mask);
-        id = entries[e];
-        len = entries[e + 1];
-        const inPlace = id === (used & mask);
-        used = (used + 1) & 0xffff;
-        if (
-          inOrder
-            ? !inPlace
-            : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
-        ) {
-          bad = true; // names no buffer of ours: drop the frame, repost what stood here
-          const lost = u16[availRing + ((used - 1) & mask)];
-          if (lost < size && ((lastPublished - postedAt[lost]) & POS_MASK) < HELD_SPAN) {
-            postedAt[lost] = oldAvail;
-            segId[taken++] = lost;
-          }
-          continue;
-        }
-        postedAt[id] = oldAvail;
-        segId[taken] = id;
-        segLen[taken] = len;
-        taken++;
-        if (len > postLen || len === 0) bad = true;
-      }
-      if (bad || pool.available < taken) {
-        // num_buffers came from a header we can trust, so the next entry starts a frame.
-        if (bad) errors++;
-        else noMbuf++;
-        for (let k = 0; k < taken; k++) {
-          u16[availRing + (availIdx & mask)] = segId[k];
-          postedAt[segId[k]] = availIdx++;
+        used = (first + nb) & 0xffff;
+        availIdx = this.#coldAvailIdx;
+        if (head !== NONE) {
+          pkts[n++] = head;
+          bytes += pktLen[head];
         }
         continue;
       }
-      // Take the filled buffers, post fresh ones, link the segments.
-      const head = buf[segId[0]];
-      let prev = NONE;
-      let total = 0;
-      for (let k = 0; k < taken; k++) {
-        const id = segId[k];
-        const m = buf[id];
-        this.#post(id, pool.alloc());
-        if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
-        postedAt[id] = availIdx++;
-        const l = k === 0 ? segLen[0] - hdr : segLen[k];
-        dataOff[m] = k === 0 ? headroom : postOff;
-        dataLen[m] = l;
-        next[m] = NONE;
-        if (prev !== NONE) next[prev] = m;
-        prev = m;
-        total += l;
+      // The common case: the frame fits one buffer.
+      const fresh = pool.allocRaw();
+      if (fresh === NONE) {
+        this.#burstNoMbuf++;
+        availIdx = this.#repost(id, availIdx);
+        continue;
       }
-      pktLen[head] = total;
-      nbSegs[head] = taken;
-      flags[head] = DEVICE_HEADER;
-      portArr[head] = portId;
-      pkts[n++] = head;
-      bytes += total;
+      const m = buf[id];
+      buf[id] = fresh;
+      if (defer) deferred[nDeferred++] = id;
+      else {
+        const d = desc32 + 4 * id;
+        u32[d] = iovaLo[fresh] + postOff;
+        u32[d + 1] = iovaHi[fresh];
+      }
+      if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
+      postedAt[id] = availIdx++;
+      // next is NONE already (allocRaw).
+      const l = len - hdr;
+      dataOff[m] = headroom;
+      dataLen[m] = l;
+      pktLen[m] = l;
+      nbSegs[m] = 1;
+      flags[m] = DEVICE_HEADER;
+      portArr[m] = portId;
+      pkts[n++] = m;
+      bytes += l;
     }
     this.#lastUsed = used;
     if (nDeferred !== 0) this.#writeDeferred(nDeferred);
-    this.#finish(pkts, n, bytes, errors, noMbuf, oldAvail, availIdx);
+    this.#finish(pkts, n, bytes, oldAvail, availIdx);
     return n;
+  }
+
+  /**
+   * Mergeable: the frame of `nb` used entries from position `first`, its count read from a header
+   * we can trust, becomes one segment chain, and fresh buffers are posted on its descriptors.
+   * Returns the chain's first mbuf, or NONE: the frame is dropped (a bad entry, or too few free
+   * mbufs: counted, every buffer of its entries offered again, and the entry after it starts a
+   * frame), or, reading the ring in order, an entry is not in its place (`#mustExpand`: nothing is
+   * taken). The avail position after its offers is left in `#coldAvailIdx`.
+   */
+  #assemble(
+    first: number,
+    nb: number,
+    entries: Uint32Array,
+    usedRing: number,
+    fromRing: boolean,
+    availIdx: number,
+  ): number {
+    const ring = this.ring;
+    const mask = ring.mask;
+    const u16 = ring.u16;
+    const availRing = ring.availRing16;
+    const pool = this.pool;
+    const inOrder = this.#inOrder;
+    const postedAt = this.#postedAt;
+    const segId = this.#segId;
+    const segLen = this.#segLen;
+    const postLen = this.#postLen;
+    const lastPublished = this.#availIdx - 1; // #finish publishes
+    if (inOrder && fromRing) {
+      // The frame's other entries must be in place too before any is taken.
+      for (let k = 1; k < nb; k++) {
+        const u = (first + k) & mask;
+        if (entries[usedRing + 2 * u] !== u) {
+          this.#mustExpand = true;
+          return NONE;
+        }
+      }
+    }
+    // Taken back: not held until offered again (the burst's first unpublished position).
+    const takenAt = this.#availIdx;
+    let bad = false;
+    let taken = 0;
+    for (let k = 0, used = first; k < nb; k++, used = (used + 1) & 0xffff) {
+      const e = usedRing + 2 * (used & mask);
+      const id = entries[e];
+      const len = entries[e + 1];
+      if (inOrder ? id !== (used & mask) : !held(postedAt, id, lastPublished)) {
+        bad = true; // names no buffer of ours: drop the frame, repost what stood here
+        const lost = this.#lostAt(used);
+        if (lost >= 0) {
+          postedAt[lost] = takenAt;
+          segId[taken++] = lost;
+        }
+        continue;
+      }
+      postedAt[id] = takenAt;
+      segId[taken] = id;
+      segLen[taken] = len;
+      taken++;
+      if (len > postLen || len === 0) bad = true;
+    }
+    if (bad || pool.available < taken) {
+      for (let k = 0; k < taken; k++) availIdx = this.#repost(segId[k], availIdx);
+      if (bad) this.#burstErrors++;
+      else this.#burstNoMbuf++;
+      this.#coldAvailIdx = availIdx;
+      return NONE;
+    }
+    // Take the filled buffers, post fresh ones, link the segments.
+    const buf = this.#buf;
+    const hdr = this.#hdr;
+    const dataOff = pool.dataOff;
+    const dataLen = pool.dataLen;
+    const next = pool.next;
+    const head = buf[segId[0]];
+    let prev = NONE;
+    let total = 0;
+    for (let k = 0; k < taken; k++) {
+      const id = segId[k];
+      const m = buf[id];
+      this.#post(id, pool.alloc());
+      if (u16[availRing + (availIdx & mask)] !== id) u16[availRing + (availIdx & mask)] = id;
+      postedAt[id] = availIdx++;
+      const l = k === 0 ? segLen[0] - hdr : segLen[k];
+      dataOff[m] = k === 0 ? pool.headroom : this.#postOff;
+      dataLen[m] = l;
+      next[m] = NONE;
+      if (prev !== NONE) next[prev] = m;
+      prev = m;
+      total += l;
+    }
+    pool.pktLen[head] = total;
+    pool.nbSegs[head] = taken;
+    pool.flags[head] = MbufFlag.DEVICE_HEADER;
+    pool.port[head] = this.#portId;
+    this.#coldAvailIdx = availIdx;
+    return head;
   }
 
   /**
    * Drop a broken frame from used position `from` (see the module comment): give back every
    * buffer of its entries, the one an entry names when the device holds it, else the one offered
-   * at the entry's position (devices use RX buffers in avail order), up to and including the first
-   * entry shorter than a whole buffer, or to `usedIdx`. Returns the position after it; the avail
-   * position after the reposts is left in `#dropAvailIdx`. In order, reading the ring, it stops at
-   * an entry not in its place (`#mustExpand`, `#dropping`: the next burst goes on from the copy).
-   * At most `usedIdx - from` entries, which `burst` keeps within the ring size.
+   * at the entry's position (`#lostAt`), up to and including the first entry shorter than a whole
+   * buffer, or to `usedIdx`. Returns the position after it; the avail position after the reposts
+   * is left in `#coldAvailIdx`. In order, reading the ring, it stops at an entry not in its place
+   * (`#mustExpand`, `#dropping`: the next burst goes on from the copy). At most `usedIdx - from`
+   * entries, which `burst` keeps within the ring size.
    */
   #dropBroken(
     from: number,
@@ -655,16 +675,12 @@ export class RxQueue {
     usedRing: number,
     fromRing: boolean,
     availIdx: number,
-    lastPublished: number,
   ): number {
-    const ring = this.ring;
-    const mask = ring.mask;
-    const size = ring.size;
-    const u16 = ring.u16;
-    const availRing = ring.availRing16;
+    const mask = this.ring.mask;
     const postedAt = this.#postedAt;
     const inOrder = this.#inOrder;
     const postLen = this.#postLen;
+    const lastPublished = this.#availIdx - 1; // #finish publishes
     let used = from;
     this.#dropping = false;
     while (used !== usedIdx) {
@@ -672,27 +688,19 @@ export class RxQueue {
       const id = entries[e];
       const len = entries[e + 1];
       let back = id;
-      if (
-        inOrder
-          ? id !== (used & mask)
-          : id >= size || ((lastPublished - postedAt[id]) & POS_MASK) >= HELD_SPAN
-      ) {
+      if (inOrder ? id !== (used & mask) : !held(postedAt, id, lastPublished)) {
         if (inOrder && fromRing) {
           this.#mustExpand = true;
           this.#dropping = true;
           break;
         }
-        back = u16[availRing + (used & mask)];
-        if (back >= size || ((lastPublished - postedAt[back]) & POS_MASK) >= HELD_SPAN) back = -1;
+        back = this.#lostAt(used);
       }
       used = (used + 1) & 0xffff;
-      if (back >= 0) {
-        u16[availRing + (availIdx & mask)] = back;
-        postedAt[back] = availIdx++;
-      }
+      if (back >= 0) availIdx = this.#repost(back, availIdx);
       if (len < postLen) break;
     }
-    this.#dropAvailIdx = availIdx;
+    this.#coldAvailIdx = availIdx;
     return used;
   }
 
@@ -719,8 +727,6 @@ export class RxQueue {
     pkts: Uint32Array,
     n: number,
     bytes: number,
-    errors: number,
-    noMbuf: number,
     oldAvail: number,
     availIdx: number,
   ): void {
@@ -742,13 +748,17 @@ export class RxQueue {
     t.rxPackets += n;
     s.rxBytes += bytes;
     t.rxBytes += bytes;
+    const errors = this.#burstErrors;
+    const noMbuf = this.#burstNoMbuf;
     if (errors !== 0) {
+      this.#burstErrors = 0;
       s.rxErrors += errors;
       t.rxErrors += errors;
       s.rxDropped += errors;
       t.rxDropped += errors;
     }
     if (noMbuf !== 0) {
+      this.#burstNoMbuf = 0;
       s.rxNoMbuf += noMbuf;
       t.rxNoMbuf += noMbuf;
       s.rxDropped += noMbuf;
@@ -759,6 +769,29 @@ export class RxQueue {
   /** The fenced notification check an earlier publish left out (split_ring.ts). */
   #settle(): void {
     if (this.ring.settle()) this.#transport.notify(this.ring.index);
+  }
+
+  /**
+   * After the device was reset (2.1: it touches the rings no more): the frames it delivered that
+   * no burst took are received and dropped, counted in rxDropped like any frame the driver
+   * discards on receive, so that stopping a port under traffic takes no frame out of the counts.
+   * The bursts read what the device wrote before the reset, at most a ring of entries.
+   */
+  discardDelivered(): void {
+    const pkts = new Uint32Array(32);
+    for (let k = 0; k <= this.ring.size; k++) {
+      const from = this.#lastUsed;
+      const bytes = this.stats.rxBytes;
+      const n = this.burst(pkts, pkts.length);
+      if (n === 0 && this.#lastUsed === from && this.#expandedEnd < 0) return;
+      this.pool.freeBulk(pkts, n);
+      const got = this.stats.rxBytes - bytes;
+      for (const st of [this.stats, this.#totals]) {
+        st.rxPackets -= n;
+        st.rxBytes -= got;
+        st.rxDropped += n;
+      }
+    }
   }
 
   /** Give every posted buffer back to the pool (after the device was reset). */

@@ -423,6 +423,9 @@ export class Port {
         : this.#ctrlSize(ctrlIndex);
     }
     const packed = has(features, Feature.RING_PACKED);
+    if (packed && cfg.detachedQueues) {
+      this.#fail("queues served by worker threads (--cores) use split rings; run with packed=0");
+    }
     const indirect = has(features, Feature.INDIRECT_DESC);
     return {
       cfg,
@@ -652,9 +655,6 @@ export class Port {
       plan.indirect ? new IndirectTables(region, tablesOf(q), plan.txd, plan.txd) : undefined;
     const memory: QueueMemory[] = [];
     const detached = cfg.detachedQueues ?? false;
-    if (detached && plan.packed) {
-      this.#fail("queues served by worker threads (--cores) use split rings; run with packed=0");
-    }
     const where: QueueLayout = {
       region,
       layout,

@@ -10,10 +10,12 @@
  * for these queues runs here too, in a copy of the device (mod/sim/share.ts), between bursts.
  *
  * The loop runs without yielding and reads the control word at every clock check (about every
- * half millisecond); see worker_protocol.ts for the phases.
+ * half millisecond, on a clock that allocates nothing: ffi/clock.ts); see worker_protocol.ts for
+ * the phases.
  */
 /// <reference lib="deno.worker" />
 import { DmaRegion } from "../../ffi/dma.ts";
+import { monotonicMs } from "../../ffi/clock.ts";
 import { threadCpuMs } from "../../ffi/thread.ts";
 import { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
@@ -232,7 +234,7 @@ class ForwardingWorker {
   forward(): void {
     if (this.#cpuStart < 0) {
       this.#cpuStart = threadCpuMs();
-      this.#wallStart = performance.now();
+      this.#wallStart = monotonicMs();
     }
     this.#loop(false, Infinity, Infinity);
   }
@@ -283,7 +285,7 @@ class ForwardingWorker {
     const nStreams = streams.length;
     const nDevices = devices.length;
     const control = this.#control;
-    let last = performance.now();
+    let last = monotonicMs();
     const end = last + maxMs;
     let lastMove = last;
     for (;;) {
@@ -302,7 +304,7 @@ class ForwardingWorker {
       }
       this.#iterations += k;
       this.#idle += idle;
-      const now = performance.now();
+      const now = monotonicMs();
       const took = now - last;
       last = now;
       if (took < CHECK_MS / 2 && k < MAX_CHECK) this.#checkEvery = k * 2;

@@ -24,13 +24,16 @@ Usage:
   vpmd help
 
 Ports:
-  sim:NAME[,gen=on|off][,rate=PPS][,size=N[+N...]][,mrg=0|1][,qsize=N][,mtu=N][,ctrl=0|1]
-          [,ctrl_vlan=0|1][,legacy=0|1][,link=up|down][,evil=MODE][,mac=XX:XX:XX:XX:XX:XX]
-          [,queues=N][,rss=0|1][,flows=N]
+  sim:NAME[,gen=on|off][,rate=PPS][,size=N[+N...]][,stream=N][,mrg=0|1][,qsize=N][,qfixed=0|1]
+          [,mtu=N][,ctrl=0|1][,ctrl_rx=0|1][,ctrl_vlan=0|1][,legacy=0|1][,event_idx=0|1]
+          [,in_order=0|1][,packed=0|1][,indirect=0|1][,notify=0|1][,link=up|down][,evil=MODE]
+          [,mac=XX:XX:XX:XX:XX:XX][,queues=N][,rss=0|1][,flows=N]
                                        simulated device with a frame generator and checker
-  vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,qsize=N][,mac=..][,timeout=S]
+  vhost-user:PATH[,server][,queues=N][,mrg=0|1][,in_order=0|1][,packed=0|1][,indirect=0|1]
+          [,qsize=N][,mac=..][,timeout=S]
                                        vhost-user front-end (DPDK vhost, OVS-DPDK, VPP)
-  DDDD:BB:DD.F[,mode=legacy|modern][,portio=ioperm|sysfs][,irq=uio|poll]
+  DDDD:BB:DD.F[,mode=legacy|modern][,portio=ioperm|sysfs][,irq=uio|poll][,packed=0|1]
+          [,indirect=0|1]
                                        virtio-net PCI function bound with 'vpmd bind'
 
 fwd flags:

@@ -94,9 +94,11 @@ peerTest(
         assert.equal(s.poolAvailable, s.poolSize);
         // What vpmd sent reached the host, intact and in order within each flow, but for frames
         // of the first moments: until multiqueue is on, the device puts every frame on receiveq1
-        // (5.1.6.5.6), so flows steered to queue 2 have older frames there, at most a ring.
+        // (5.1.6.5.6), so flows steered to queue 2 have older frames there, at most a ring; those
+        // go out on transmitq1 while the newer ones leave on transmitq2, and QEMU serves the two
+        // TX rings independently, so the older frames can trail by up to a TX ring as well.
         assert.equal(got.bad, 0);
-        assert.ok(got.outOfOrder <= 256, JSON.stringify(got));
+        assert.ok(got.outOfOrder <= 2 * 256, JSON.stringify(got));
         // The host side may lose a few when it is busy (tests/lib/guest.ts): none invented.
         const sent = bPort.txPackets;
         assert.ok(got.ok <= sent && got.ok >= 0.99 * sent, JSON.stringify({ got, sent }));

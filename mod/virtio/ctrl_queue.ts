@@ -28,6 +28,13 @@ export class CtrlCommandError extends Error {}
  */
 export const CTRL_MIN_ENTRIES = 4;
 
+/** Refuses a control ring too small for the longest command chain (split and packed alike). */
+export function checkCtrlRingSize(size: number, label: string): void {
+  if (size < CTRL_MIN_ENTRIES) {
+    throw new Error(`${label}: control queue has ${size} entries, ${CTRL_MIN_ENTRIES} are needed`);
+  }
+}
+
 /** Bytes of DMA memory a control queue needs for its command buffer. */
 export const CTRL_BUFFER_BYTES = 4096;
 /** Offsets inside the command buffer: header, ack, then the data parts one after another. */
@@ -64,11 +71,7 @@ export class CtrlQueue {
     eventIdx: boolean,
     timeoutMs = 2000,
   ) {
-    if (ring.size < CTRL_MIN_ENTRIES) {
-      throw new Error(
-        `${label}: control queue has ${ring.size} entries, ${CTRL_MIN_ENTRIES} are needed`,
-      );
-    }
+    checkCtrlRingSize(ring.size, label);
     this.ring = ring;
     this.#transport = transport;
     this.#region = region;

@@ -16,8 +16,8 @@ import { Ctrl, PackedDesc } from "./constants.ts";
 import {
   ACK_OFF,
   ACK_UNSET,
+  checkCtrlRingSize,
   CTRL_BUFFER_BYTES,
-  CTRL_MIN_ENTRIES,
   CtrlCommandError,
   DATA_OFF,
   HDR_OFF,
@@ -56,11 +56,7 @@ export class PackedCtrlQueue {
     eventIdx: boolean,
     timeoutMs = 2000,
   ) {
-    if (ring.size < CTRL_MIN_ENTRIES) {
-      throw new Error(
-        `${label}: control queue has ${ring.size} entries, ${CTRL_MIN_ENTRIES} are needed`,
-      );
-    }
+    checkCtrlRingSize(ring.size, label);
     this.ring = ring;
     this.#transport = transport;
     this.#region = region;

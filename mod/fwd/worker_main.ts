@@ -9,6 +9,10 @@
  * into shared memory once per burst (mod/fwd/shared_stats.ts). A simulated port's device work
  * for these queues runs here too, in a copy of the device (mod/sim/share.ts), between bursts.
  *
+ * With `--pipeline` the worker loads the module itself (its own copy: its state is this worker's),
+ * calls its `init` before it says `ready`, runs the pipeline engine on its streams instead of the
+ * mode's, and calls its `close` at release.
+ *
  * The loop runs without yielding and reads the control word at every clock check (about every
  * half millisecond, on a clock that allocates nothing: ffi/clock.ts); see worker_protocol.ts for
  * the phases.
@@ -27,7 +31,10 @@ import type { PortStats } from "../virtio/stats.ts";
 import { TxQueue } from "../virtio/tx_queue.ts";
 import { createEngine, type Engine, type Stream, type StreamPort } from "./engines.ts";
 import { idlePause } from "./loop.ts";
-import { BUSY_KEYS, CounterLayout, SharedStats } from "./shared_stats.ts";
+import { BUSY_KEYS, CounterLayout, PIPELINE_KEYS, SharedStats } from "./shared_stats.ts";
+import type { PipelineContext } from "../pipeline/api.ts";
+import { createPipelineEngine, type PipelineStats } from "../pipeline/engine.ts";
+import { importPipeline, PipelineLoadError } from "../pipeline/load.ts";
 import {
   Command,
   Control,
@@ -46,6 +53,9 @@ const WALL_MS = BUSY_KEYS.indexOf("wallMs");
 const ITERATIONS = BUSY_KEYS.indexOf("iterations");
 const IDLE_ITERATIONS = BUSY_KEYS.indexOf("idleIterations");
 const POOL_AVAILABLE = BUSY_KEYS.indexOf("poolAvailable");
+
+/** A pipeline's `init` threw: the user's to fix (the forwarder exits 2, as on one core). */
+class PipelineInitError extends Error {}
 
 /** The queues of one port this worker serves, shaped as the engines want a port. */
 class WorkerPort implements StreamPort {
@@ -91,7 +101,12 @@ class ForwardingWorker {
   /** Simulated devices' work to run between bursts, with the port index each belongs to. */
   readonly devices: { port: number; device: DeviceWork }[] = [];
   readonly streams: Stream[];
-  readonly engine: Engine;
+  /** The mode's engine, or the pipeline's once `startPipeline` made it. */
+  engine: Engine;
+  /** The pipeline's counters (copied to shared memory at each clock check), or null. */
+  #pipelineStats: PipelineStats | null = null;
+  /** The pipeline's `close`, to call once: set when its `init` returned. */
+  #pipelineClose: (() => void | Promise<void>) | null = null;
   readonly #counters: Float64Array;
   readonly #control: Int32Array;
   readonly #layout: CounterLayout;
@@ -142,6 +157,61 @@ class ForwardingWorker {
       queue: s.queue,
       pkts: new Uint32Array(init.engine.burst),
     }));
+  }
+
+  /**
+   * Load the pipeline module (this worker's copy), call its `init` with this worker's number, and
+   * forward with the pipeline engine. Every port is this worker's at the queue pairs it serves
+   * (planWorkers checks it), so a frame may leave by any port.
+   */
+  async startPipeline(): Promise<void> {
+    const p = this.init.pipeline;
+    if (p === null) return;
+    const loaded = await importPipeline(p.url, p.path);
+    const { worker, workers } = this.init;
+    const log = (msg: string) => console.error(msg);
+    const ctx: PipelineContext = {
+      ports: p.ports,
+      args: { ...p.args },
+      url: p.url,
+      burstSize: this.init.engine.burst,
+      worker,
+      workers,
+      log: (msg) => log(`pipeline: ${msg}`),
+    };
+    try {
+      await loaded.init?.(ctx);
+    } catch (e) {
+      throw new PipelineInitError(
+        `pipeline init: ${(e as Error).message ?? e} (worker ${worker} of ${workers})`,
+      );
+    }
+    this.#pipelineClose = loaded.close ?? (() => {});
+    const ports = p.ports.map((pp) => {
+      const port = this.#byIndex[pp.index];
+      if (port === undefined) throw new Error(`port ${pp.index} has no queue in this worker`);
+      return port;
+    });
+    const pe = createPipelineEngine({
+      pool: this.pool,
+      burst: this.init.engine.burst,
+      ports,
+      fn: loaded.fn,
+      log,
+    });
+    this.engine = pe.engine;
+    this.#pipelineStats = pe.stats;
+  }
+
+  /** The pipeline's `close`, once, if its `init` ran (an error in it is printed). */
+  async closePipeline(): Promise<void> {
+    const close = this.#pipelineClose;
+    this.#pipelineClose = null;
+    try {
+      await close?.();
+    } catch (e) {
+      console.error(`pipeline close: ${(e as Error).stack ?? e}`);
+    }
   }
 
   /**
@@ -343,6 +413,11 @@ class ForwardingWorker {
         Atomics.store(this.#control, Control.broken(L.ports, w, port), 1);
       }
     }
+    const ps = this.#pipelineStats;
+    if (ps !== null) {
+      const at = L.pipeline(w);
+      for (let i = 0; i < PIPELINE_KEYS.length; i++) c[at + i] = ps[PIPELINE_KEYS[i]];
+    }
     const b = L.busy(w);
     if (now >= 0) {
       c[b + CPU_MS] = threadCpuMs() - this.#cpuStart;
@@ -368,12 +443,16 @@ function go(w: ForwardingWorker): void {
   tell({ type: "drained" });
 }
 
-self.onmessage = (ev: MessageEvent<ToWorker>) => {
+self.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   try {
     if (msg.type === "init") {
       worker = new ForwardingWorker(msg.init);
+      await worker.startPipeline();
       tell({ type: "ready" }); // forwarding starts with `resume`, once every worker is ready
+    } else if (msg.type === "close") {
+      await worker?.closePipeline();
+      tell({ type: "closed" });
     } else if (worker === null) {
       return;
     } else if (msg.type === "detach") {
@@ -386,10 +465,12 @@ self.onmessage = (ev: MessageEvent<ToWorker>) => {
       go(worker);
     } else if (msg.type === "release") {
       worker.release();
+      await worker.closePipeline();
       tell({ type: "released" });
       self.close();
     }
   } catch (e) {
-    tell({ type: "error", message: (e as Error).message ?? String(e) });
+    const usage = e instanceof PipelineLoadError || e instanceof PipelineInitError;
+    tell({ type: "error", message: (e as Error).message ?? String(e), usage });
   }
 };

@@ -3,7 +3,7 @@
  * the pipeline, calls its `init` with its worker number and its `close` at the end; the pipeline's
  * counters are the sum of the workers'; every frame is accounted for across workers on simulated
  * ports; a pipeline a worker cannot start is exit 2; a plan that would cut a queue pair between
- * workers is refused; against DPDK's vhost with two queue pairs, frames sent back (BACK) from
+ * workers is refused; --max-packets stops on the workers' sum; against DPDK's vhost with two queue pairs, frames sent back (BACK) from
  * both workers reach testpmd.
  */
 import assert from "assert";
@@ -230,31 +230,6 @@ Deno.test("cores: --max-packets N stops once the workers together received N (a 
   assert.equal(t.stoppedBy, "max-packets");
   assert.ok(t.totals.txPackets + t.totals.txDropped >= 100000, JSON.stringify(t.totals));
   assert.equal(t.accounting.ok, true, t.accounting.message);
-});
-
-Deno.test("cores: --pcap and --tx-pcap stay on one core (exit 2, saying why)", async () => {
-  const pcap = await runVpmd([
-    "fwd",
-    ...QUEUES2,
-    "--pcap",
-    `0:${dir}/x.pcap`,
-    "--duration",
-    "1",
-  ]);
-  assert.equal(pcap.code, 2, pcap.stderr);
-  assert.match(pcap.stderr, /--pcap runs on one core \(a capture file is written by one thread/);
-  const replay = await runVpmd([
-    "fwd",
-    ...QUEUES2,
-    "--tx-pcap",
-    `${dir}/x.pcap`,
-    "--mode",
-    "txonly",
-    "--duration",
-    "1",
-  ]);
-  assert.equal(replay.code, 2, replay.stderr);
-  assert.match(replay.stderr, /--tx-pcap runs on one core \(a replay is one sequence of frames/);
 });
 
 // Against DPDK's vhost PMD with two queue pairs (skipped with a hint when testpmd is missing).

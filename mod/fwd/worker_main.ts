@@ -25,6 +25,9 @@ import { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import { type DeviceWork, type QueueServer, serveDevice } from "../queue_share.ts";
 import { IndirectTables } from "../virtio/indirect.ts";
+import { PackedRing } from "../virtio/packed_ring.ts";
+import { PackedRxQueue } from "../virtio/packed_rx_queue.ts";
+import { PackedTxQueue } from "../virtio/packed_tx_queue.ts";
 import { RxQueue } from "../virtio/rx_queue.ts";
 import { SplitRing } from "../virtio/split_ring.ts";
 import type { PortStats } from "../virtio/stats.ts";
@@ -40,6 +43,7 @@ import {
   Control,
   type FromWorker,
   type PortPlan,
+  type RingPlace,
   type ToWorker,
   type WorkerInit,
 } from "./worker_protocol.ts";
@@ -63,8 +67,8 @@ class WorkerPort implements StreamPort {
   readonly mac: Uint8Array;
   readonly stats: PortStats;
   readonly limits: Port["limits"];
-  readonly rx: (RxQueue | undefined)[] = [];
-  readonly tx: (TxQueue | undefined)[] = [];
+  readonly rx: (RxQueue | PackedRxQueue | undefined)[] = [];
+  readonly tx: (TxQueue | PackedTxQueue | undefined)[] = [];
 
   constructor(plan: PortPlan, stats: PortStats) {
     this.id = plan.id;
@@ -225,8 +229,10 @@ class ForwardingWorker {
     const regions = this.#regions;
     const totals = port.stats;
     const region = regions[plan.region];
-    const ring = (r: { index: number; size: number; offset: number }) =>
+    // The rings were set up (zeroed) by the main thread: taken over as they are.
+    const split = (r: RingPlace) =>
       new SplitRing(r.index, r.size, region, r.offset, plan.layout, false);
+    const packed = (r: RingPlace) => new PackedRing(r.index, r.size, region, r.offset, false);
     const server = serveDevice(plan.device, regions, plan.rx.map((r) => r.queue));
     this.#servers.push(server);
     if (server.work !== null) {
@@ -235,10 +241,7 @@ class ForwardingWorker {
     }
     const transport = { notify: (index: number) => server.notify(index) };
     for (const { queue, ring: place } of plan.rx) {
-      const r = ring(place);
-      server.setup(r.memory);
-      port.rx[queue] = new RxQueue({
-        ring: r,
+      const o = {
         pool: this.pool,
         transport,
         hdrSize: plan.hdrSize,
@@ -249,14 +252,16 @@ class ForwardingWorker {
         vlanStrip: plan.vlanStrip,
         stats: new SharedStats(c, L.rxQueue(w, plan.port, queue)),
         totals,
-      });
+      };
+      const rx = plan.packed
+        ? new PackedRxQueue({ ...o, ring: packed(place) })
+        : new RxQueue({ ...o, ring: split(place) });
+      server.setup(rx.ring.memory);
+      port.rx[queue] = rx;
     }
     for (const { queue, ring: place } of plan.tx) {
-      const r = ring(place);
-      server.setup(r.memory);
       const size = place.size;
-      const tx = new TxQueue({
-        ring: r,
+      const o = {
         pool: this.pool,
         transport,
         hdrSize: plan.hdrSize,
@@ -269,7 +274,11 @@ class ForwardingWorker {
         inOrder: plan.inOrder,
         stats: new SharedStats(c, L.txQueue(w, plan.port, queue)),
         totals,
-      });
+      };
+      const tx = plan.packed
+        ? new PackedTxQueue({ ...o, ring: packed(place) })
+        : new TxQueue({ ...o, ring: split(place) });
+      server.setup(tx.ring.memory);
       port.tx[queue] = tx;
       this.pool.addHolder(tx);
     }

@@ -42,6 +42,8 @@ export interface PortPlan {
   /** Index of the ring region in `WorkerInit.regions`. */
   region: number;
   layout: RingLayout;
+  /** Packed rings (2.8) rather than split ones; a new set-up starts them afresh (wrap counters 1). */
+  packed: boolean;
   hdrSize: number;
   mrgRxbuf: boolean;
   eventIdx: boolean;

@@ -252,6 +252,7 @@ function portPlan(
     limits: port.limits,
     region,
     layout: l.layout,
+    packed: l.packed,
     hdrSize: l.hdrSize,
     mrgRxbuf: l.mrgRxbuf,
     eventIdx: l.eventIdx,

@@ -45,9 +45,11 @@ fwd flags:
   --rss T[,T...]      receive-side scaling over the queues by hash of ip, udp or tcp
                       headers (VIRTIO_NET_F_RSS)
   --cores C           forward on C worker threads, streams spread as testpmd's
-                      --nb-cores (default 1: the main thread forwards)
+                      --nb-cores (default 1: the main thread forwards); --pcap and
+                      --tx-pcap run on one core
   --duration S        stop after S seconds (default: run until Ctrl-C)
-  --max-packets N     stop after N frames received by all ports together (txonly: sent)
+  --max-packets N     stop after N frames received by all ports together (txonly: sent;
+                      with --cores, checked every millisecond: a few more get through)
   --stats-period S    statistics every S seconds (default 1, at least 0.01; 0 = none)
   --json              JSON lines: one object per period, a summary object as the last line
   --eth-peer N,MAC    destination MAC for port N (mac and txonly; default 02:00:00:00:00:NN)
@@ -65,7 +67,8 @@ fwd flags:
   --vlan-filter VID,...  receive tagged frames of these VLANs only (device filter)
   --mtu N             port MTU (default 1500)
   --pipeline FILE.ts  run this TypeScript module on every received burst instead of --mode:
-                      frames go where its verdicts say (pair, another port, back, drop)
+                      frames go where its verdicts say (pair, another port, back, drop);
+                      with --cores every worker loads it and calls its init
   --pipeline-arg K=V  an argument for the pipeline's init (repeatable)
   --pcap P:FILE[:rx|tx|both]  capture port P's frames into FILE (pcap, ns timestamps;
                       repeatable; default both directions)

@@ -3,13 +3,16 @@
  * `prepare` loads what the flags name before any device starts (the pipeline module, the capture
  * to replay, the capture files to write), `start` makes the engine once the ports run (calling
  * the pipeline's `init`) and attaches the captures, `summary` and `account` add to the summary,
- * `close` calls the pipeline's `close` and closes the capture files.
+ * `close` calls the pipeline's `close` and closes the capture files. With `--cores` the workers
+ * run the pipeline (`workerPipeline` says what they load) and its counters come from them
+ * (`countedInWorkers`).
  */
 import type { MbufPool } from "../mod/mbuf.ts";
 import type { Port } from "../mod/port.ts";
 import type { PipelineContext, PipelinePort } from "../mod/pipeline/api.ts";
 import { createPipelineEngine, type PipelineStats } from "../mod/pipeline/engine.ts";
 import { type LoadedPipeline, loadPipeline } from "../mod/pipeline/load.ts";
+import type { WorkerPipeline } from "../mod/fwd/worker_protocol.ts";
 import { PortCapture } from "../mod/pcap/capture.ts";
 import { type PcapFrames, readPcap } from "../mod/pcap/reader.ts";
 import { createReplayEngine, segmentsFor } from "../mod/pcap/replay.ts";
@@ -40,6 +43,8 @@ export class DataPlane {
   #captures: PortCapture[] = [];
   #pipelineStats: PipelineStats | null = null;
   #initDone = false;
+  /** The workers run the pipeline: `start` makes no engine. */
+  #inWorkers = false;
   #loopsDone: (() => number) | null = null;
   #replayDone = false;
 
@@ -95,26 +100,43 @@ export class DataPlane {
       new PortCapture(s.ports[c.port], s.pool, this.#writers[i], c.dir, clock)
     );
     let engine: Engine | null = null;
-    if (this.#pipeline !== null) engine = await this.#startPipeline(this.#pipeline, s);
+    if (this.#pipeline !== null && !this.#inWorkers) {
+      engine = await this.#startPipeline(this.#pipeline, s);
+    }
     if (this.#replay !== null) engine = this.#startReplay(this.#replay, s);
     for (const c of this.#captures) c.attach();
     return engine;
   }
 
+  /**
+   * `--cores`: what every worker loads and gives its `init` (null without a pipeline). The main
+   * thread then runs no pipeline: `start` makes no engine and `close` calls no `close`.
+   */
+  workerPipeline(ports: Port[], names: string[]): WorkerPipeline | null {
+    const p = this.#pipeline;
+    if (p === null) return null;
+    this.#inWorkers = true;
+    return {
+      url: p.url,
+      path: this.#o.pipeline!,
+      ports: pipelinePorts(ports, names),
+      args: { ...this.#o.pipelineArgs },
+    };
+  }
+
+  /** `--cores`: the pipeline's counters, summed over the workers once they are released. */
+  countedInWorkers(stats: PipelineStats): void {
+    if (this.#inWorkers) this.#pipelineStats = stats;
+  }
+
   async #startPipeline(p: LoadedPipeline, s: DataPlaneStart): Promise<Engine> {
-    const n = s.ports.length;
-    const ports: PipelinePort[] = s.ports.map((port, i) => ({
-      index: i,
-      name: s.names[i],
-      mac: new Uint8Array(port.mac),
-      maxFrame: port.limits.maxFrame,
-      pair: (i ^ 1) < n ? i ^ 1 : i,
-    }));
     const ctx: PipelineContext = {
-      ports,
+      ports: pipelinePorts(s.ports, s.names),
       args: { ...this.#o.pipelineArgs },
       url: p.url,
       burstSize: s.burst,
+      worker: 0,
+      workers: 1,
       log: (msg) => s.log(`pipeline: ${msg}`),
     };
     try {
@@ -238,4 +260,16 @@ export class DataPlane {
       }
     }
   }
+}
+
+/** The ports as a pipeline's `init` sees them. */
+function pipelinePorts(ports: Port[], names: string[]): PipelinePort[] {
+  const n = ports.length;
+  return ports.map((port, i) => ({
+    index: i,
+    name: names[i],
+    mac: new Uint8Array(port.mac),
+    maxFrame: port.limits.maxFrame,
+    pair: (i ^ 1) < n ? i ^ 1 : i,
+  }));
 }

@@ -26,7 +26,8 @@ import { applyFilters, FILTER_FLAGS, type FilterOptions, parseFilterFlags } from
 import { has, NetFeature } from "../mod/virtio/constants.ts";
 import { Eth } from "../mod/eth.ts";
 import { parseRssFlag } from "./rss_flag.ts";
-import { planWorkers, WorkerGroup } from "../mod/fwd/workers.ts";
+import { planWorkers, WorkerGroup, WorkerUsageError } from "../mod/fwd/workers.ts";
+import type { WorkerPipeline } from "../mod/fwd/worker_protocol.ts";
 import { threadCpuMs } from "../ffi/thread.ts";
 import { StopSignals } from "./signals.ts";
 import { NoticePrinter } from "./notices.ts";
@@ -220,17 +221,17 @@ export function parseFwdArgs(args: string[]): FwdOptions {
     cores: int("cores", v.cores, 1, 64, 1),
   };
   const dp = o.dataPlane;
-  const oneCore = dp.pipeline !== undefined
-    ? "--pipeline"
-    : dp.pcaps.length > 0
-    ? "--pcap"
-    : dp.txPcap !== undefined
-    ? "--tx-pcap"
-    : o.maxPackets !== undefined
-    ? "--max-packets"
-    : null;
-  if (o.cores > 1 && oneCore !== null) {
-    throw new UsageError(`${oneCore} runs on one core; leave out --cores ${o.cores}`);
+  if (o.cores > 1 && dp.pcaps.length > 0) {
+    throw new UsageError(
+      `--pcap runs on one core (a capture file is written by one thread, its frames in the ` +
+        `order they passed); leave out --cores ${o.cores}`,
+    );
+  }
+  if (o.cores > 1 && dp.txPcap !== undefined) {
+    throw new UsageError(
+      `--tx-pcap runs on one core (a replay is one sequence of frames, sent in order); leave ` +
+        `out --cores ${o.cores}`,
+    );
   }
   return o;
 }
@@ -449,7 +450,9 @@ async function forward(
   // drain only gives what is already in flight a short moment.
   const allSim = wires.every((w) => w !== null);
   const drainMaxMs = allSim ? DRAIN_MAX_MS : DRAIN_QUIET_MS * 5;
-  const group = o.cores > 1 ? await startWorkers(o, ports, pool, drainMaxMs) : null;
+  const group = o.cores > 1
+    ? await startWorkers(o, ports, pool, drainMaxMs, dp.workerPipeline(ports, names))
+    : null;
   const stop = () => group !== null ? group.stop() : loop.stop();
   const engine = await dp.start({ ports, names, pool, burst: o.burst, log, stop }).catch(asUsage) ??
     createEngine(o.mode, {
@@ -481,6 +484,7 @@ async function forward(
     let byMax = false;
     if (group !== null) {
       await group.run(run);
+      byMax = group.reachedMax;
       await group.drain();
     } else {
       const cpu0 = threadCpuMs();
@@ -498,7 +502,10 @@ async function forward(
     const linkAtEnd = ports.map((p) => p.linkUp);
     reclaimSent(ports, o.queues);
     for (const p of ports) p.stop();
-    await group?.release();
+    if (group !== null) {
+      await group.release();
+      dp.countedInWorkers(group.pipelineStats());
+    }
     const rows = reporter.rows(linkAtEnd);
     if (o.queues > 1) {
       for (const [i, p] of ports.entries()) {
@@ -550,6 +557,7 @@ async function startWorkers(
   ports: Port[],
   pool: MbufPool,
   drainMaxMs: number,
+  pipeline: WorkerPipeline | null,
 ): Promise<WorkerGroup> {
   const plan = usage(() =>
     planWorkers({
@@ -563,9 +571,16 @@ async function startWorkers(
       txpkts: o.txpkts,
       txStreamBase: TX_STREAM_BASE,
       drain: { quietMs: DRAIN_QUIET_MS, maxMs: drainMaxMs },
+      pipeline,
     })
   );
-  return await WorkerGroup.start(plan, ports, (msg) => console.error(msg));
+  try {
+    return await WorkerGroup.start(plan, ports, (msg) => console.error(msg));
+  } catch (e) {
+    // A pipeline that a worker cannot load, or whose init throws: exit 2, as on one core.
+    if (e instanceof WorkerUsageError) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /** An error's message without the transport's own name in front (the caller names the port). */

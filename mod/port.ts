@@ -97,8 +97,10 @@ export interface PortConfig {
 export interface QueueLayout {
   /** The region of the rings (the pool's, or the port's own). */
   region: DmaRegion;
-  /** The transport's ring layout. */
+  /** The transport's ring layout (split rings). */
   layout: RingLayout;
+  /** VIRTIO_F_RING_PACKED: every ring is a packed ring (2.8) of `packedParts(size)`. */
+  packed: boolean;
   /** Per queue pair: virtqueue index, entries, byte offset in `region` of the RX ring. */
   rx: { index: number; size: number; offset: number }[];
   /**
@@ -423,9 +425,6 @@ export class Port {
         : this.#ctrlSize(ctrlIndex);
     }
     const packed = has(features, Feature.RING_PACKED);
-    if (packed && cfg.detachedQueues) {
-      this.#fail("queues served by worker threads (--cores) use split rings; run with packed=0");
-    }
     const indirect = has(features, Feature.INDIRECT_DESC);
     return {
       cfg,
@@ -658,6 +657,7 @@ export class Port {
     const where: QueueLayout = {
       region,
       layout,
+      packed: plan.packed,
       rx: [],
       tx: [],
       hdrSize: plan.hdrSize,
@@ -674,10 +674,18 @@ export class Port {
       this.queueStats.rx.push(rxStats);
       this.queueStats.tx.push(txStats);
       if (detached) {
-        const rxRing = place(NetQueue.rx(q), plan.rxd);
-        const txRing = place(NetQueue.tx(q), plan.txd);
+        const rxRing = plan.packed
+          ? placePacked(NetQueue.rx(q), plan.rxd)
+          : place(NetQueue.rx(q), plan.rxd);
+        const txRing = plan.packed
+          ? placePacked(NetQueue.tx(q), plan.txd)
+          : place(NetQueue.tx(q), plan.txd);
         memory.push(rxRing.memory, txRing.memory);
-        const ring = (r: SplitRing) => ({ index: r.index, size: r.size, offset: at(r.index) });
+        const ring = (r: SplitRing | PackedRing) => ({
+          index: r.index,
+          size: r.size,
+          offset: at(r.index),
+        });
         where.rx.push(ring(rxRing));
         where.tx.push({ ...ring(txRing), indirect: plan.indirect ? tablesOf(q) : -1 });
         continue;

@@ -141,6 +141,8 @@ function simBench(rules: string): void {
       args: { rules },
       url: "bench",
       burstSize: BURST,
+      worker: 0,
+      workers: 1,
       log: () => {},
     };
     firewall.init(ctx);

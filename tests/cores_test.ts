@@ -310,98 +310,258 @@ peerTest(
   },
 );
 
-peerTest(
-  testpmdPeer,
-  "cores: vhost-user backend killed and restarted: the workers serve both queues of the new connection",
-  async () => {
-    const sock = socketPath("cores-re");
-    const vdev = `net_vhost0,iface=${sock},queues=2`;
-    const app = ["--rxq=2", "--txq=2"];
-    let pmd = await Testpmd.start({ vdev, fwd: "txonly", app, autoStart: true });
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL("../main.ts", import.meta.url).pathname,
-        "fwd",
-        `vhost-user:${sock},queues=2`,
-        "--queues",
-        "2",
-        "--cores",
-        "2",
-        "--mode",
-        "rxonly",
-        "--duration",
-        "14",
-        "--stats-period",
-        "0.5",
-        "--json",
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const killer = setTimeout(() => child.kill("SIGKILL"), 90_000);
-    try {
-      const reader = child.stdout.getReader();
-      let out = "";
-      // Forwarding from the first backend.
-      while (!/"rxPackets":[1-9]\d{3}/.test(out)) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        out += new TextDecoder().decode(value);
+for (const packed of [false, true]) {
+  peerTest(
+    testpmdPeer,
+    `cores: vhost-user${
+      packed ? " packed" : ""
+    } backend killed and restarted: the workers serve both queues of the new connection`,
+    async () => {
+      const sock = socketPath("cores-re");
+      const vdev = `net_vhost0,iface=${sock},queues=2`;
+      const app = ["--rxq=2", "--txq=2"];
+      let pmd = await Testpmd.start({ vdev, fwd: "txonly", app, autoStart: true });
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("../main.ts", import.meta.url).pathname,
+          "fwd",
+          `vhost-user:${sock},queues=2${packed ? ",packed=1" : ""}`,
+          "--queues",
+          "2",
+          "--cores",
+          "2",
+          "--mode",
+          "rxonly",
+          "--duration",
+          "14",
+          "--stats-period",
+          "0.5",
+          "--json",
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const killer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+      try {
+        const reader = child.stdout.getReader();
+        let out = "";
+        // Forwarding from the first backend.
+        while (!/"rxPackets":[1-9]\d{3}/.test(out)) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          out += new TextDecoder().decode(value);
+        }
+        await pmd.kill();
+        await pmd.stop();
+        Deno.removeSync(sock); // the killed server left its socket file behind
+        pmd = await Testpmd.start({ vdev, fwd: "txonly", app, autoStart: true });
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          out += new TextDecoder().decode(value);
+        }
+        const status = await child.status;
+        const err = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+        assert.equal(status.code, 0, err);
+        assert.match(err, /link state change event \(down\)[\s\S]*link state change event \(up\)/);
+        const st = pmd.telemetry("/ethdev/stats,0") as Record<string, { q_opackets: number[] }>;
+        const q = st["/ethdev/stats"].q_opackets;
+        // A queue nobody served again would take one ring of frames and no more.
+        assert.ok(q[0] > 1000 && q[1] > 1000, `the second backend sent ${q[0]} and ${q[1]}`);
+        const s = JSON.parse(out.trim().split("\n").pop()!);
+        assert.equal(s.poolAvailable, s.poolSize, "every buffer back, old rings' included");
+        assert.equal(s.ports[0].rxErrors, 0);
+      } finally {
+        clearTimeout(killer);
+        await pmd.stop();
       }
-      await pmd.kill();
-      await pmd.stop();
-      Deno.removeSync(sock); // the killed server left its socket file behind
-      pmd = await Testpmd.start({ vdev, fwd: "txonly", app, autoStart: true });
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        out += new TextDecoder().decode(value);
-      }
-      const status = await child.status;
-      const err = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
-      assert.equal(status.code, 0, err);
-      assert.match(err, /link state change event \(down\)[\s\S]*link state change event \(up\)/);
-      const st = pmd.telemetry("/ethdev/stats,0") as Record<string, { q_opackets: number[] }>;
-      const q = st["/ethdev/stats"].q_opackets;
-      // A queue nobody served again would take one ring of frames and no more.
-      assert.ok(q[0] > 1000 && q[1] > 1000, `the second backend sent ${q[0]} and ${q[1]}`);
-      const s = JSON.parse(out.trim().split("\n").pop()!);
-      assert.equal(s.poolAvailable, s.poolSize, "every buffer back, old rings' included");
-      assert.equal(s.ports[0].rxErrors, 0);
-    } finally {
-      clearTimeout(killer);
-      await pmd.stop();
-    }
-  },
-);
+    },
+  );
+}
 
-Deno.test("cores: what runs on one core only is bad usage with --cores (exit 2)", async () => {
-  const pipe = await runVpmd([
+Deno.test("cores: --pcap and --tx-pcap run on one core only: bad usage with --cores (exit 2, saying why)", async () => {
+  const pcap = await runVpmd([
     "fwd",
     "sim:a,queues=2",
     "--queues",
     "2",
     "--cores",
     "2",
-    "--pipeline",
-    "examples/echo.ts",
+    "--pcap",
+    "0:/tmp/vpmd-cores-never.pcap",
     "--duration",
     "1",
   ]);
-  assert.equal(pipe.code, 2, pipe.stderr);
-  assert.match(pipe.stderr, /--pipeline runs on one core; leave out --cores 2/);
-  const packed = await runVpmd([
+  assert.equal(pcap.code, 2, pcap.stderr);
+  assert.match(pcap.stderr, /--pcap runs on one core \(a capture file is written by one thread/);
+  const replay = await runVpmd([
     "fwd",
-    "sim:a,queues=2,packed=1",
+    "sim:a,queues=2",
     "--queues",
     "2",
     "--cores",
     "2",
+    "--tx-pcap",
+    "/tmp/vpmd-cores-never.pcap",
+    "--mode",
+    "txonly",
     "--duration",
     "1",
   ]);
-  assert.equal(packed.code, 2, packed.stderr);
-  assert.match(packed.stderr, /worker threads \(--cores\) use split rings; run with packed=0/);
+  assert.equal(replay.code, 2, replay.stderr);
+  assert.match(replay.stderr, /--tx-pcap runs on one core \(a replay is one sequence of frames/);
 });
+
+Deno.test("cores: packed rings (packed=1) on two workers: every frame accounted for (io, macswap)", async () => {
+  for (const mode of ["io", "macswap"]) {
+    const s = await fwd([
+      "sim:a,queues=2,packed=1",
+      "sim:b,queues=2,packed=1",
+      "--queues",
+      "2",
+      "--cores",
+      "2",
+      "--mode",
+      mode,
+    ]);
+    assert.equal(s.accounting.ok, true, `${mode}: ${s.accounting.message}`);
+    assert.ok(s.accounting.frames > 1000, s.accounting.message);
+    assert.equal(s.poolAvailable, s.poolSize);
+    for (const w of s.workers) assert.ok(w.rxPackets > 1000, JSON.stringify(s.workers));
+    for (const p of s.ports) {
+      assert.ok(p.queues.every((q: { rxPackets: number }) => q.rxPackets > 0), JSON.stringify(p));
+    }
+  }
+});
+
+/** `vpmd fwd ARGS` as a child whose stdout lines (JSON with --json) can be waited for. */
+function spawnFwd(args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname, "fwd", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const killer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+  const reader = child.stdout.getReader();
+  let out = "";
+  return {
+    child,
+    /** Read on until `re` matches what was printed (null: until the output ends). */
+    async waitOut(re: RegExp | null): Promise<void> {
+      while (re === null || !re.test(out)) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        out += new TextDecoder().decode(value);
+      }
+    },
+    /** Wait for the end: exit code, the summary (last line), stderr. */
+    async end() {
+      try {
+        await this.waitOut(null);
+        const code = (await child.status).code;
+        const err = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
+        const last = out.trim().split("\n").pop()!;
+        return { code, err, s: code === 0 ? JSON.parse(last) : null };
+      } finally {
+        clearTimeout(killer);
+      }
+    },
+  };
+}
+
+peerTest(
+  testpmdPeer,
+  "cores: packed vhost-user queues=2, --cores 2: testpmd -> vpmd rxonly, every frame and byte counted",
+  async () => {
+    const sock = socketPath("cores-pk-rx");
+    const pmd = await Testpmd.start({
+      vdev: `net_vhost0,iface=${sock},queues=2`,
+      fwd: "txonly",
+      app: ["--rxq=2", "--txq=2"],
+    });
+    try {
+      const v = spawnFwd([
+        `vhost-user:${sock},queues=2,packed=1`,
+        "--queues",
+        "2",
+        "--cores",
+        "2",
+        "--mode",
+        "rxonly",
+        "--stats-period",
+        "0.2",
+        "--json",
+      ]);
+      // The workers forward (a first statistics line): testpmd sends, then stops, then vpmd.
+      await v.waitOut(/\n/);
+      await pmd.cmd("start");
+      await v.waitOut(/"rxPackets":[1-9]\d{5}/);
+      await pmd.cmd("stop");
+      await new Promise((r) => setTimeout(r, 500));
+      v.child.kill("SIGINT");
+      const { code, err, s } = await v.end();
+      assert.equal(code, 0, err);
+      const m = pmd.log().match(/negotiated Virtio features: 0x([0-9a-f]+)/);
+      assert.ok(m && (BigInt(`0x${m[1]}`) & (1n << 34n)) !== 0n, "backend negotiated packed");
+      const p = s.ports[0];
+      const st = pmd.stats(0);
+      assert.deepEqual(s.workers.map((w: { streams: string[] }) => w.streams), [
+        ["0:0->0:0"],
+        ["0:1->0:1"],
+      ]);
+      for (const q of p.queues) assert.ok(q.rxPackets > 1000, JSON.stringify(p));
+      assert.equal(p.rxPackets, st.opackets, `testpmd sent ${st.opackets}`);
+      assert.equal(p.rxBytes, st.obytes, `testpmd sent ${st.obytes} bytes`);
+      assert.equal(p.rxErrors + p.rxNoMbuf + p.rxDropped, 0, JSON.stringify(p));
+      assert.equal(s.poolAvailable, s.poolSize);
+    } finally {
+      await pmd.stop();
+    }
+  },
+);
+
+peerTest(
+  testpmdPeer,
+  "cores: packed vhost-user queues=2, --cores 2: vpmd txonly -> testpmd, every frame and byte counted",
+  async () => {
+    const sock = socketPath("cores-pk-tx");
+    const pmd = await Testpmd.start({
+      vdev: `net_vhost0,iface=${sock},queues=2`,
+      fwd: "rxonly",
+      app: ["--rxq=2", "--txq=2"],
+    });
+    try {
+      await pmd.cmd("start");
+      const r = await runVpmd([
+        "fwd",
+        `vhost-user:${sock},queues=2,packed=1`,
+        "--queues",
+        "2",
+        "--cores",
+        "2",
+        "--mode",
+        "txonly",
+        "--duration",
+        "2",
+        "--stats-period",
+        "0",
+        "--json",
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      const s = summaryOf(r);
+      const p = s.ports[0];
+      await pmd.cmd("stop");
+      const st = pmd.stats(0);
+      for (const q of p.queues) assert.ok(q.txPackets > 1000, JSON.stringify(p));
+      // Sent = finished by the backend; what was in a ring at the stop is dropped instead.
+      assert.equal(st.ipackets, p.txPackets, `testpmd got ${st.ipackets}, ${p.txDropped} dropped`);
+      assert.equal(st.ibytes, p.txBytes);
+      assert.equal(p.txErrors, 0);
+      assert.equal(s.poolAvailable, s.poolSize);
+    } finally {
+      await pmd.stop();
+    }
+  },
+);

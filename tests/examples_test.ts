@@ -36,6 +36,8 @@ async function exampleRig(
     args,
     url: "test",
     burstSize: 32,
+    worker: 0,
+    workers: 1,
     log: (m) => said.push(m),
   };
   try {

@@ -8,6 +8,7 @@
  */
 import { emptyStats } from "../port.ts";
 import type { PortStats } from "../virtio/stats.ts";
+import { emptyPipelineStats, type PipelineStats } from "../pipeline/engine.ts";
 
 /** The counters of a PortStats, in one order for every thread. */
 const STAT_KEYS = Object.keys(emptyStats()) as (keyof PortStats)[];
@@ -33,6 +34,9 @@ export const BUSY_KEYS = [
   "idleIterations",
   "poolAvailable",
 ] as const;
+
+/** A pipeline's counters (PipelineStats), in one order for every thread. */
+export const PIPELINE_KEYS = Object.keys(emptyPipelineStats()) as (keyof PipelineStats)[];
 
 /** A PortStats kept in 10 slots of shared memory (STAT_KEYS order) from `base`. */
 export class SharedStats implements PortStats {
@@ -126,7 +130,8 @@ const LINE_SLOTS = 8;
 
 /**
  * Where each counter lives, for `workers` threads over `ports` ports of `queues` queue pairs and
- * simulated wires of `wireSlots` counters: per worker its BUSY_KEYS, then per port a block of the
+ * simulated wires of `wireSlots` counters: per worker its BUSY_KEYS, its pipeline's PIPELINE_KEYS
+ * (copied in at each clock check), then per port a block of the
  * port's totals, each RX queue's and each TX queue's counters and the wire's (zeros where the
  * worker does not serve that part). A cache line of space separates workers' areas, so that no
  * two threads write one line.
@@ -144,7 +149,7 @@ export class CounterLayout {
     this.queues = queues;
     this.#block = (1 + 2 * queues) * NSTAT + wireSlots;
     // A line of space after each worker's area, whatever the buffer's alignment.
-    const slots = BUSY_KEYS.length + ports * this.#block;
+    const slots = BUSY_KEYS.length + PIPELINE_KEYS.length + ports * this.#block;
     this.#worker = Math.ceil(slots / LINE_SLOTS) * LINE_SLOTS + LINE_SLOTS;
   }
 
@@ -155,7 +160,7 @@ export class CounterLayout {
 
   /** The port totals worker `w` keeps for port `p`. */
   totals(w: number, p: number): number {
-    return w * this.#worker + BUSY_KEYS.length + p * this.#block;
+    return this.pipeline(w) + PIPELINE_KEYS.length + p * this.#block;
   }
 
   rxQueue(w: number, p: number, q: number): number {
@@ -174,5 +179,10 @@ export class CounterLayout {
   /** Worker `w`'s BUSY_KEYS. */
   busy(w: number): number {
     return w * this.#worker;
+  }
+
+  /** Worker `w`'s pipeline counters (PIPELINE_KEYS). */
+  pipeline(w: number): number {
+    return w * this.#worker + BUSY_KEYS.length;
   }
 }

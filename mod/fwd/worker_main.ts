@@ -9,6 +9,10 @@
  * into shared memory once per burst (mod/fwd/shared_stats.ts). A simulated port's device work
  * for these queues runs here too, in a copy of the device (mod/sim/share.ts), between bursts.
  *
+ * With `--pipeline` the worker loads the module itself (its own copy: its state is this worker's),
+ * calls its `init` before it says `ready`, runs the pipeline engine on its streams instead of the
+ * mode's, and calls its `close` at release.
+ *
  * The loop runs without yielding and reads the control word at every clock check (about every
  * half millisecond, on a clock that allocates nothing: ffi/clock.ts); see worker_protocol.ts for
  * the phases.
@@ -21,18 +25,25 @@ import { MbufPool } from "../mbuf.ts";
 import type { Port } from "../port.ts";
 import { type DeviceWork, type QueueServer, serveDevice } from "../queue_share.ts";
 import { IndirectTables } from "../virtio/indirect.ts";
+import { PackedRing } from "../virtio/packed_ring.ts";
+import { PackedRxQueue } from "../virtio/packed_rx_queue.ts";
+import { PackedTxQueue } from "../virtio/packed_tx_queue.ts";
 import { RxQueue } from "../virtio/rx_queue.ts";
 import { SplitRing } from "../virtio/split_ring.ts";
 import type { PortStats } from "../virtio/stats.ts";
 import { TxQueue } from "../virtio/tx_queue.ts";
 import { createEngine, type Engine, type Stream, type StreamPort } from "./engines.ts";
 import { idlePause } from "./loop.ts";
-import { BUSY_KEYS, CounterLayout, SharedStats } from "./shared_stats.ts";
+import { BUSY_KEYS, CounterLayout, PIPELINE_KEYS, SharedStats } from "./shared_stats.ts";
+import type { PipelineContext } from "../pipeline/api.ts";
+import { createPipelineEngine, type PipelineStats } from "../pipeline/engine.ts";
+import { importPipeline, PipelineLoadError } from "../pipeline/load.ts";
 import {
   Command,
   Control,
   type FromWorker,
   type PortPlan,
+  type RingPlace,
   type ToWorker,
   type WorkerInit,
 } from "./worker_protocol.ts";
@@ -47,14 +58,17 @@ const ITERATIONS = BUSY_KEYS.indexOf("iterations");
 const IDLE_ITERATIONS = BUSY_KEYS.indexOf("idleIterations");
 const POOL_AVAILABLE = BUSY_KEYS.indexOf("poolAvailable");
 
+/** A pipeline's `init` threw: the user's to fix (the forwarder exits 2, as on one core). */
+class PipelineInitError extends Error {}
+
 /** The queues of one port this worker serves, shaped as the engines want a port. */
 class WorkerPort implements StreamPort {
   readonly id: number;
   readonly mac: Uint8Array;
   readonly stats: PortStats;
   readonly limits: Port["limits"];
-  readonly rx: (RxQueue | undefined)[] = [];
-  readonly tx: (TxQueue | undefined)[] = [];
+  readonly rx: (RxQueue | PackedRxQueue | undefined)[] = [];
+  readonly tx: (TxQueue | PackedTxQueue | undefined)[] = [];
 
   constructor(plan: PortPlan, stats: PortStats) {
     this.id = plan.id;
@@ -91,7 +105,12 @@ class ForwardingWorker {
   /** Simulated devices' work to run between bursts, with the port index each belongs to. */
   readonly devices: { port: number; device: DeviceWork }[] = [];
   readonly streams: Stream[];
-  readonly engine: Engine;
+  /** The mode's engine, or the pipeline's once `startPipeline` made it. */
+  engine: Engine;
+  /** The pipeline's counters (copied to shared memory at each clock check), or null. */
+  #pipelineStats: PipelineStats | null = null;
+  /** The pipeline's `close`, to call once: set when its `init` returned. */
+  #pipelineClose: (() => void | Promise<void>) | null = null;
   readonly #counters: Float64Array;
   readonly #control: Int32Array;
   readonly #layout: CounterLayout;
@@ -145,6 +164,61 @@ class ForwardingWorker {
   }
 
   /**
+   * Load the pipeline module (this worker's copy), call its `init` with this worker's number, and
+   * forward with the pipeline engine. Every port is this worker's at the queue pairs it serves
+   * (planWorkers checks it), so a frame may leave by any port.
+   */
+  async startPipeline(): Promise<void> {
+    const p = this.init.pipeline;
+    if (p === null) return;
+    const loaded = await importPipeline(p.url, p.path);
+    const { worker, workers } = this.init;
+    const log = (msg: string) => console.error(msg);
+    const ctx: PipelineContext = {
+      ports: p.ports,
+      args: { ...p.args },
+      url: p.url,
+      burstSize: this.init.engine.burst,
+      worker,
+      workers,
+      log: (msg) => log(`pipeline: ${msg}`),
+    };
+    try {
+      await loaded.init?.(ctx);
+    } catch (e) {
+      throw new PipelineInitError(
+        `pipeline init: ${(e as Error).message ?? e} (worker ${worker} of ${workers})`,
+      );
+    }
+    this.#pipelineClose = loaded.close ?? (() => {});
+    const ports = p.ports.map((pp) => {
+      const port = this.#byIndex[pp.index];
+      if (port === undefined) throw new Error(`port ${pp.index} has no queue in this worker`);
+      return port;
+    });
+    const pe = createPipelineEngine({
+      pool: this.pool,
+      burst: this.init.engine.burst,
+      ports,
+      fn: loaded.fn,
+      log,
+    });
+    this.engine = pe.engine;
+    this.#pipelineStats = pe.stats;
+  }
+
+  /** The pipeline's `close`, once, if its `init` ran (an error in it is printed). */
+  async closePipeline(): Promise<void> {
+    const close = this.#pipelineClose;
+    this.#pipelineClose = null;
+    try {
+      await close?.();
+    } catch (e) {
+      console.error(`pipeline close: ${(e as Error).stack ?? e}`);
+    }
+  }
+
+  /**
    * Build `port`'s queues of `plan` over the shared rings (and the device copy of a simulated
    * port) and fill its RX rings.
    */
@@ -155,8 +229,10 @@ class ForwardingWorker {
     const regions = this.#regions;
     const totals = port.stats;
     const region = regions[plan.region];
-    const ring = (r: { index: number; size: number; offset: number }) =>
+    // The rings were set up (zeroed) by the main thread: taken over as they are.
+    const split = (r: RingPlace) =>
       new SplitRing(r.index, r.size, region, r.offset, plan.layout, false);
+    const packed = (r: RingPlace) => new PackedRing(r.index, r.size, region, r.offset, false);
     const server = serveDevice(plan.device, regions, plan.rx.map((r) => r.queue));
     this.#servers.push(server);
     if (server.work !== null) {
@@ -165,10 +241,7 @@ class ForwardingWorker {
     }
     const transport = { notify: (index: number) => server.notify(index) };
     for (const { queue, ring: place } of plan.rx) {
-      const r = ring(place);
-      server.setup(r.memory);
-      port.rx[queue] = new RxQueue({
-        ring: r,
+      const o = {
         pool: this.pool,
         transport,
         hdrSize: plan.hdrSize,
@@ -179,14 +252,16 @@ class ForwardingWorker {
         vlanStrip: plan.vlanStrip,
         stats: new SharedStats(c, L.rxQueue(w, plan.port, queue)),
         totals,
-      });
+      };
+      const rx = plan.packed
+        ? new PackedRxQueue({ ...o, ring: packed(place) })
+        : new RxQueue({ ...o, ring: split(place) });
+      server.setup(rx.ring.memory);
+      port.rx[queue] = rx;
     }
     for (const { queue, ring: place } of plan.tx) {
-      const r = ring(place);
-      server.setup(r.memory);
       const size = place.size;
-      const tx = new TxQueue({
-        ring: r,
+      const o = {
         pool: this.pool,
         transport,
         hdrSize: plan.hdrSize,
@@ -199,7 +274,11 @@ class ForwardingWorker {
         inOrder: plan.inOrder,
         stats: new SharedStats(c, L.txQueue(w, plan.port, queue)),
         totals,
-      });
+      };
+      const tx = plan.packed
+        ? new PackedTxQueue({ ...o, ring: packed(place) })
+        : new TxQueue({ ...o, ring: split(place) });
+      server.setup(tx.ring.memory);
       port.tx[queue] = tx;
       this.pool.addHolder(tx);
     }
@@ -343,6 +422,11 @@ class ForwardingWorker {
         Atomics.store(this.#control, Control.broken(L.ports, w, port), 1);
       }
     }
+    const ps = this.#pipelineStats;
+    if (ps !== null) {
+      const at = L.pipeline(w);
+      for (let i = 0; i < PIPELINE_KEYS.length; i++) c[at + i] = ps[PIPELINE_KEYS[i]];
+    }
     const b = L.busy(w);
     if (now >= 0) {
       c[b + CPU_MS] = threadCpuMs() - this.#cpuStart;
@@ -368,12 +452,16 @@ function go(w: ForwardingWorker): void {
   tell({ type: "drained" });
 }
 
-self.onmessage = (ev: MessageEvent<ToWorker>) => {
+self.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   try {
     if (msg.type === "init") {
       worker = new ForwardingWorker(msg.init);
+      await worker.startPipeline();
       tell({ type: "ready" }); // forwarding starts with `resume`, once every worker is ready
+    } else if (msg.type === "close") {
+      await worker?.closePipeline();
+      tell({ type: "closed" });
     } else if (worker === null) {
       return;
     } else if (msg.type === "detach") {
@@ -386,10 +474,12 @@ self.onmessage = (ev: MessageEvent<ToWorker>) => {
       go(worker);
     } else if (msg.type === "release") {
       worker.release();
+      await worker.closePipeline();
       tell({ type: "released" });
       self.close();
     }
   } catch (e) {
-    tell({ type: "error", message: (e as Error).message ?? String(e) });
+    const usage = e instanceof PipelineLoadError || e instanceof PipelineInitError;
+    tell({ type: "error", message: (e as Error).message ?? String(e), usage });
   }
 };

@@ -4,9 +4,12 @@
  * control words in shared memory that the workers' loops read at their clock checks.
  *
  * Phases: `init` (the worker builds its queues over the shared rings, fills its RX rings, says
- * `ready`), `resume` once every worker is ready (it forwards); STOP in the control word (it drains what is in flight, takes back what
- * its TX queues sent, says `drained`); `release` once the main thread has reset the devices (it
- * frees what its rings held, counts what was still in flight, says `released` and ends).
+ * `ready`; with a pipeline, once it loaded the module and its `init` returned), `resume` once every
+ * worker is ready (it forwards); STOP in the control word (it drains what is in flight, takes back
+ * what its TX queues sent, says `drained`); `release` once the main thread has reset the devices
+ * (it frees what its rings held, counts what was still in flight, calls the pipeline's `close`,
+ * says `released` and ends). A forwarder that ends early sends `close` to a worker not released
+ * (the pipeline's `close` if its `init` ran, then `closed`).
  *
  * A device that comes back after it was lost (a vhost-user backend reconnecting) gets new rings:
  * PAUSE in the control word (every worker leaves its loop, says `paused`), `detach` (each lets go
@@ -16,6 +19,7 @@
 import type { RegionShare } from "../../ffi/dma.ts";
 import type { DeviceShare } from "../queue_share.ts";
 import type { Port } from "../port.ts";
+import type { PipelinePort } from "../pipeline/api.ts";
 import type { RingLayout } from "../virtio/transport.ts";
 import type { Mode } from "./engines.ts";
 
@@ -38,6 +42,8 @@ export interface PortPlan {
   /** Index of the ring region in `WorkerInit.regions`. */
   region: number;
   layout: RingLayout;
+  /** Packed rings (2.8) rather than split ones; a new set-up starts them afresh (wrap counters 1). */
+  packed: boolean;
   hdrSize: number;
   mrgRxbuf: boolean;
   eventIdx: boolean;
@@ -75,8 +81,19 @@ export interface WorkerInit {
   };
   /** Draining: stop once nothing moved for quietMs, at the latest after maxMs. */
   drain: { quietMs: number; maxMs: number };
+  /** A pipeline to run instead of the mode's engine (`--pipeline`), or null. */
+  pipeline: WorkerPipeline | null;
   counters: SharedArrayBuffer;
   control: SharedArrayBuffer;
+}
+
+/** The pipeline module a worker loads and the context its `init` gets (PipelineContext). */
+export interface WorkerPipeline {
+  /** Where the main thread loaded it (mod/pipeline/load.ts), and the path as given. */
+  url: string;
+  path: string;
+  ports: PipelinePort[];
+  args: Record<string, string>;
 }
 
 /** Messages to a worker. */
@@ -85,7 +102,8 @@ export type ToWorker =
   | { type: "detach"; port: number }
   | { type: "attach"; plans: PortPlan[] }
   | { type: "resume" }
-  | { type: "release" };
+  | { type: "release" }
+  | { type: "close" };
 
 /** Messages from a worker. */
 export type FromWorker =
@@ -95,7 +113,9 @@ export type FromWorker =
   | { type: "attached" }
   | { type: "drained" }
   | { type: "released" }
-  | { type: "error"; message: string };
+  | { type: "closed" }
+  /** `usage`: the user must change something (a pipeline that cannot load, an `init` that threw). */
+  | { type: "error"; message: string; usage?: boolean };
 
 /** Values of the control word. */
 export const Command = { RUN: 0, STOP: 1, PAUSE: 2 } as const;

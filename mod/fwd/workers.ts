@@ -14,13 +14,25 @@
  * The pool's buffers are lent out, each worker's share in proportion to the ring entries and
  * bursts it needs, and each worker runs a pool of its own over them: no buffer crosses threads.
  * Counters are in shared memory (mod/fwd/shared_stats.ts), summed here into the ports' stats.
+ *
+ * With a pipeline (`--pipeline`) every worker loads the module and runs it on its streams. A
+ * pipeline may send a frame out of any port (sendTo, back), on the queue pair it came in on: each
+ * worker must then serve whole queue pairs (every port's queue q), which the plan checks.
  */
 import type { RegionShare } from "../../ffi/dma.ts";
 import type { MbufPool } from "../mbuf.ts";
 import type { Port, QueueLayout } from "../port.ts";
 import { deviceBroken, type DeviceShare, shareDevice } from "../queue_share.ts";
 import type { Mode } from "./engines.ts";
-import { addStats, BUSY_KEYS, clearStats, CounterLayout, statSlot } from "./shared_stats.ts";
+import { emptyPipelineStats, type PipelineStats } from "../pipeline/engine.ts";
+import {
+  addStats,
+  BUSY_KEYS,
+  clearStats,
+  CounterLayout,
+  PIPELINE_KEYS,
+  statSlot,
+} from "./shared_stats.ts";
 import {
   Command,
   Control,
@@ -28,7 +40,11 @@ import {
   type PortPlan,
   type ToWorker,
   type WorkerInit,
+  type WorkerPipeline,
 } from "./worker_protocol.ts";
+
+/** A worker cannot start for a reason the user must fix (its pipeline): exit 2, not 1. */
+export class WorkerUsageError extends Error {}
 
 /** A stream as port indexes and its queue pair. */
 export interface StreamRef {
@@ -98,6 +114,8 @@ export interface PlanOptions {
   txpkts: number[];
   txStreamBase: number;
   drain: { quietMs: number; maxMs: number };
+  /** The pipeline every worker runs instead of the mode's engine, or null. */
+  pipeline: WorkerPipeline | null;
 }
 
 /**
@@ -107,6 +125,7 @@ export interface PlanOptions {
  */
 export function planWorkers(o: PlanOptions): WorkerPlan {
   const streams = streamsOfCores(o.ports.length, o.mode, o.queues, o.cores);
+  if (o.pipeline !== null) checkWholeQueues(streams, o.ports.length, o.queues, o.cores);
   const regions: RegionShare[] = [o.pool.region.share()];
   const regionIndex = new Map([[o.pool.region, 0]]);
   const layouts = o.ports.map((p) => {
@@ -184,11 +203,34 @@ export function planWorkers(o: PlanOptions): WorkerPlan {
         txStreamBase: o.txStreamBase,
       },
       drain: o.drain,
+      pipeline: o.pipeline,
       counters,
       control,
     };
   });
   return { inits, layout, counters, control, streams, wireKeys };
+}
+
+/**
+ * A pipeline sends a frame out of any port on the queue pair it came in on: every queue pair must
+ * be one worker's on every port, i.e. all streams of a queue pair in one worker (stream (p, q)
+ * sends on (peer of p, q), and the peers of all ports are all ports).
+ */
+function checkWholeQueues(streams: StreamRef[][], ports: number, queues: number, cores: number) {
+  const owner = new Map<number, number>();
+  streams.forEach((ss, w) => {
+    for (const s of ss) {
+      if ((owner.get(s.queue) ?? w) !== w) {
+        throw new Error(
+          `--pipeline with --cores ${cores}: a pipeline may send a frame out of any port on the ` +
+            `queue pair it came in on, so each worker must serve whole queue pairs, but ${ports} ` +
+            `ports x ${queues} queue pairs over ${cores} workers cut queue pair ${s.queue} in ` +
+            `two; use --queues ${Math.ceil(queues / cores) * cores}`,
+        );
+      }
+      owner.set(s.queue, w);
+    }
+  });
 }
 
 /**
@@ -210,6 +252,7 @@ function portPlan(
     limits: port.limits,
     region,
     layout: l.layout,
+    packed: l.packed,
     hdrSize: l.hdrSize,
     mrgRxbuf: l.mrgRxbuf,
     eventIdx: l.eventIdx,
@@ -260,9 +303,15 @@ export class WorkerGroup {
   readonly #inbox: FromWorker[][];
   readonly #waiting: (() => void)[] = [];
   #failure: string | null = null;
+  /** The failure is the user's to fix (WorkerUsageError). */
+  #failureUsage = false;
   #stopRequested = false;
+  /** `run` ended because the frames reached `maxPackets`. */
+  #reachedMax = false;
   /** Per worker: out of its forwarding loop for good (drained, released or failed). */
   readonly #quiet: boolean[];
+  /** Per worker: released (it called the pipeline's `close` and ended). */
+  readonly #released: boolean[];
   readonly #log: (msg: string) => void;
 
   private constructor(plan: WorkerPlan, ports: Port[], log: (msg: string) => void) {
@@ -273,6 +322,7 @@ export class WorkerGroup {
     this.#control = new Int32Array(plan.control);
     this.#inbox = plan.inits.map(() => []);
     this.#quiet = plan.inits.map(() => false);
+    this.#released = plan.inits.map(() => false);
     this.#workers = plan.inits.map((init, w) => {
       const worker = new Worker(new URL("./worker_main.ts", import.meta.url).href, {
         type: "module",
@@ -304,7 +354,11 @@ export class WorkerGroup {
   #got(w: number, msg: FromWorker): void {
     if (msg.type === "error") {
       this.#quiet[w] = true; // out of its loop: it touches no ring any more
-      if (this.#failure === null) this.#failure = `worker ${w}: ${msg.message}`;
+      if (this.#failure === null) {
+        // A usage problem is the same message in every worker: said as on one core.
+        this.#failure = msg.usage === true ? msg.message : `worker ${w}: ${msg.message}`;
+        this.#failureUsage = msg.usage === true;
+      }
     }
     // A worker out of its loop touches no ring until told to resume.
     if (
@@ -313,6 +367,7 @@ export class WorkerGroup {
     ) {
       this.#quiet[w] = true;
     }
+    if (msg.type === "released") this.#released[w] = true;
     this.#inbox[w].push(msg);
     for (const wake of this.#waiting.splice(0)) wake();
   }
@@ -321,7 +376,7 @@ export class WorkerGroup {
   async #until(done: () => boolean, what: string, timeoutMs: number, failFast = true) {
     const deadline = performance.now() + timeoutMs;
     for (;;) {
-      if (failFast && this.#failure !== null) throw new Error(this.#failure);
+      if (failFast && this.#failure !== null) this.#throwFailure();
       if (done()) return;
       const left = deadline - performance.now();
       if (left <= 0) throw new Error(`the forwarding workers did not answer (${what}) in time`);
@@ -335,6 +390,10 @@ export class WorkerGroup {
     }
   }
 
+  #throwFailure(): never {
+    throw this.#failureUsage ? new WorkerUsageError(this.#failure!) : new Error(this.#failure!);
+  }
+
   /** Wait until every worker said `type` (or one failed: thrown). */
   async #all(type: FromWorker["type"], timeoutMs = ANSWER_MS): Promise<void> {
     await this.#until(
@@ -345,6 +404,11 @@ export class WorkerGroup {
     for (const box of this.#inbox) box.splice(box.findIndex((m) => m.type === type), 1);
   }
 
+  /** `run` returned because the frames reached its `maxPackets`. */
+  get reachedMax(): boolean {
+    return this.#reachedMax;
+  }
+
   /** Ask `run()` to return at its next tick (a stop signal). */
   stop(): void {
     this.#stopRequested = true;
@@ -352,10 +416,16 @@ export class WorkerGroup {
 
   /**
    * The main thread's loop while the workers forward: poll every port (its control work), pass
-   * link states on, sum the counters for `onClock` (statistics), until `stop()` or `untilMs`.
+   * link states on, sum the counters for `onClock` (statistics), until `stop()`, `untilMs`, or
+   * the frames received by all workers (txonly: sent) reach `maxPackets`. The workers are told
+   * to stop at the next tick after that: they forward a little beyond it meanwhile.
    */
-  async run(opts: { untilMs?: number; onClock?: (nowMs: number) => void } = {}): Promise<void> {
+  async run(
+    opts: { untilMs?: number; maxPackets?: number; onClock?: (nowMs: number) => void } = {},
+  ): Promise<void> {
     const untilMs = opts.untilMs ?? Infinity;
+    const maxPackets = opts.maxPackets ?? Infinity;
+    const sent = this.#plan.inits[0].engine.mode === "txonly";
     const L = this.#plan.layout;
     while (!this.#stopRequested) {
       for (let k = 0; k < POLLS_PER_TICK; k++) for (const p of this.#ports) p.poll();
@@ -369,11 +439,19 @@ export class WorkerGroup {
         }
         if (this.#ports[i].awaitingBringBack) await this.#bringBack(i);
       }
-      if (this.#failure !== null) throw new Error(this.#failure);
+      if (this.#failure !== null) this.#throwFailure();
       const now = performance.now();
       this.collect();
       opts.onClock?.(now);
       if (now >= untilMs) break;
+      if (maxPackets !== Infinity) {
+        let n = 0;
+        for (const p of this.#ports) n += sent ? p.stats.txPackets : p.stats.rxPackets;
+        if (n >= maxPackets) {
+          this.#reachedMax = true;
+          break;
+        }
+      }
       await new Promise((resolve) => setTimeout(resolve, TICK_MS));
     }
   }
@@ -471,6 +549,17 @@ export class WorkerGroup {
     return out;
   }
 
+  /** The pipeline's counters summed over the workers (each worker's as of its last clock check). */
+  pipelineStats(): PipelineStats {
+    const L = this.#plan.layout;
+    const out = emptyPipelineStats();
+    for (let w = 0; w < L.workers; w++) {
+      const at = L.pipeline(w);
+      PIPELINE_KEYS.forEach((k, i) => out[k] += this.#counters[at + i]);
+    }
+    return out;
+  }
+
   /** Buffers back in the workers' pools (all of them once released). */
   get poolAvailable(): number {
     const L = this.#plan.layout;
@@ -507,12 +596,23 @@ export class WorkerGroup {
 
   /**
    * End every worker. One still forwarding is stopped first and given a moment to leave its loop:
-   * the memory it views is unmapped once the forwarder closes its ports and pool.
+   * the memory it views is unmapped once the forwarder closes its ports and pool. With a
+   * pipeline, a worker not released (the forwarder ends early) calls the pipeline's `close` first.
    */
   async close(): Promise<void> {
     Atomics.store(this.#control, Control.COMMAND, Command.STOP);
     try {
       await this.#until(() => this.#quiet.every((q) => q), "stop", CLOSE_MS, false);
+      if (this.#plan.inits[0].pipeline !== null) {
+        const open = this.#released.map((r) => !r);
+        this.#workers.forEach((w, k) => open[k] && w.postMessage({ type: "close" }));
+        await this.#until(
+          () => this.#inbox.every((box, k) => !open[k] || box.some((m) => m.type === "closed")),
+          "close",
+          CLOSE_MS,
+          false,
+        );
+      }
     } catch (e) {
       this.#log(`vpmd fwd: ${(e as Error).message}`);
     }

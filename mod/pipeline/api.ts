@@ -54,6 +54,15 @@ export interface PipelineContext {
   readonly url: string;
   /** Most frames in one burst. */
   readonly burstSize: number;
+  /**
+   * Which forwarding worker this copy runs in (0 .. workers - 1; 0 on one core). With `--cores C`
+   * every worker loads the module on its own and calls `init` and `close`: what a pipeline keeps
+   * (module variables, tables, counters) is per worker, each worker sees only the frames of its
+   * queue pairs, and its timers run only while it does not forward (docs/pipeline.md).
+   */
+  readonly worker: number;
+  /** How many workers run the pipeline (`--cores`; 1 on one core). */
+  readonly workers: number;
   /** Print a line on stderr (stdout carries the statistics and the JSON summary). */
   log(msg: string): void;
 }

@@ -13,7 +13,6 @@
  * error is logged with its stack, and forwarding goes on.
  */
 import type { MbufPool } from "../mbuf.ts";
-import type { Port } from "../port.ts";
 import type { Engine, Stream, StreamPort } from "../fwd/engines.ts";
 import { Eth } from "../eth.ts";
 import {
@@ -50,8 +49,8 @@ export interface PipelineEngineOptions {
   pool: MbufPool;
   /** Most frames per burst. */
   burst: number;
-  /** The ports, in index order: `sendTo(i, k)` sends out of `ports[k]`. */
-  ports: Port[];
+  /** The ports, in index order: `sendTo(i, k)` sends out of `ports[k]` (a worker's: its queues). */
+  ports: StreamPort[];
   /** The pipeline. */
   fn: BurstFunction;
   /** Where the first error goes (default: stderr). */

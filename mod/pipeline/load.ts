@@ -84,6 +84,26 @@ export async function loadPipeline(path: string): Promise<LoadedPipeline> {
     }
     throw new PipelineLoadError(`${where}: cannot load the module: ${oneLine(err)}`);
   }
+  return checked(mod, where, url);
+}
+
+/**
+ * Import again, in a forwarding worker, the pipeline module `loadPipeline` loaded from `path` (at
+ * `url`): the worker's own copy, with state of its own. Same checks, same errors.
+ */
+export async function importPipeline(url: string, path: string): Promise<LoadedPipeline> {
+  const where = `--pipeline ${path}`;
+  let mod: PipelineModule;
+  try {
+    mod = await import(url);
+  } catch (e) {
+    throw new PipelineLoadError(`${where}: cannot load the module: ${oneLine(e)}`);
+  }
+  return checked(mod, where, url);
+}
+
+/** The module's burst function, `init` and `close`, checked. */
+function checked(mod: PipelineModule, where: string, url: string): LoadedPipeline {
   const fn = mod.default ?? mod.burst;
   if (typeof fn !== "function") {
     throw new PipelineLoadError(

@@ -61,9 +61,12 @@ export class PackedRing {
   /**
    * A ring of `size` entries for queue `index` at byte `offset` of `region` (`packedParts(size)
    * .bytes` bytes, aligned to PACKED_START_ALIGN). The memory is zeroed (2.8.13: "The descriptor
-   * ring is zero-initialized"): no descriptor is available or used for a wrap counter of 1.
+   * ring is zero-initialized"): no descriptor is available or used for a wrap counter of 1. With
+   * `clear` false it is left as it is: a ring set up (zeroed) already, taken over by the thread
+   * that serves it (mod/fwd/workers.ts), whose device may have written its event suppression
+   * area since (2.8.10).
    */
-  constructor(index: number, size: number, region: DmaRegion, offset: number) {
+  constructor(index: number, size: number, region: DmaRegion, offset: number, clear = true) {
     if (!Number.isInteger(size) || size < 1 || size > MAX_PACKED_QUEUE_SIZE) {
       throw new RangeError(`queue ${index}: packed ring size ${size} is not in 1..32768`);
     }
@@ -76,7 +79,7 @@ export class PackedRing {
     this.region = region;
     this.u16 = region.u16;
     this.u32 = region.u32;
-    region.u8.fill(0, offset, offset + parts.bytes);
+    if (clear) region.u8.fill(0, offset, offset + parts.bytes);
     const desc = offset + parts.desc;
     const driver = offset + parts.driver;
     const device = offset + parts.device;

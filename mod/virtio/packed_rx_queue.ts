@@ -53,7 +53,7 @@ const GEN_MASK = 0x3fffffff;
 export interface PackedRxQueueOptions {
   ring: PackedRing;
   pool: MbufPool;
-  transport: VirtioTransport;
+  transport: Pick<VirtioTransport, "notify">;
   hdrSize: number;
   mrgRxbuf: boolean;
   eventIdx: boolean;
@@ -69,7 +69,7 @@ export class PackedRxQueue {
   readonly pool: MbufPool;
   readonly stats: PortStats;
   readonly #totals: PortStats;
-  readonly #transport: VirtioTransport;
+  readonly #transport: Pick<VirtioTransport, "notify">;
   readonly #hdr: number;
   readonly #mrg: boolean;
   readonly #eventIdx: boolean;

@@ -53,7 +53,7 @@ const DEVICE_HEADER = MbufFlag.DEVICE_HEADER;
 export interface PackedTxQueueOptions {
   ring: PackedRing;
   pool: MbufPool;
-  transport: VirtioTransport;
+  transport: Pick<VirtioTransport, "notify">;
   hdrSize: number;
   eventIdx: boolean;
   /** TCI inserted on every frame, or -1 for none. */
@@ -72,7 +72,7 @@ export class PackedTxQueue {
   readonly pool: MbufPool;
   readonly stats: PortStats;
   readonly #totals: PortStats;
-  readonly #transport: VirtioTransport;
+  readonly #transport: Pick<VirtioTransport, "notify">;
   readonly #hdr: number;
   readonly #eventIdx: boolean;
   readonly #insertTci: number;

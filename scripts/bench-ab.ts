@@ -3,7 +3,7 @@
  * engine changes.
  *
  *   deno run -A scripts/bench-ab.ts [--front fwd|child] [--mode M] [--reps 4] [--busy] [--mrg 0|1]
- *                                   TREE...
+ *                                   [--packed 0|1] [--txpkts LIST (fwd)] TREE...
  *
  * TREE is a checkout (e.g. a `git worktree` of the change and one of main), or `dpdk` for DPDK's
  * own `net_virtio_user` testpmd as the front-end (split ring, mrg_rxbuf as `--mrg`, in_order=1:
@@ -13,7 +13,9 @@
  * and EAL --force-max-simd-bitwidth=512, dpdk_front.ts). The vpmd trees run with their defaults
  * but for mergeable buffers and the ring kind: `--mrg` (default 0, vpmd's default for 64-byte
  * frames) and `--packed` (default 0: split rings; 1: `packed=1` on the vhost-user port, and
- * packed_vq=1 for `dpdk`) for every front-end, `TREE,mrg=0|1,packed=0|1` for one. Each repetition runs every tree's
+ * packed_vq=1 for `dpdk`) for every front-end, `TREE,mrg=0|1,packed=0|1` for one; with the
+ * forwarder, `TREE,indirect=1` sends multi-segment frames through indirect descriptors and
+ * `--txpkts` (the forwarder's flag, e.g. `64,64`) makes txonly's frames multi-segment. Each repetition runs every tree's
  * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
@@ -51,6 +53,7 @@ const { values, positionals: trees } = parseArgs({
     busy: { type: "boolean", default: false },
     mrg: { type: "string", default: "0" },
     packed: { type: "string", default: "0" },
+    txpkts: { type: "string" },
   },
 });
 const mode = values.mode!;
@@ -65,7 +68,8 @@ function usage(why?: string): never {
   console.error(
     "usage: bench-ab.ts [--front fwd|child] [--mode txonly|io|mac|macswap (fwd), " +
       "txonly|loop|rxonly (child)] [--reps N] [--busy (child)] [--mrg 0|1] [--packed 0|1] " +
-      "(dpdk[-DEVARGS] | dpdk-fast | PATH[,mrg=0|1][,packed=0|1])...",
+      "[--txpkts LIST (fwd)] " +
+      "(dpdk[-DEVARGS] | dpdk-fast | PATH[,mrg=0|1][,packed=0|1][,indirect=0|1])...",
   );
   Deno.exit(2);
 }
@@ -79,7 +83,7 @@ const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : 
 /** A TREE argument: DPDK's front-end with its devargs, or a vpmd checkout. */
 type Front =
   | { dpdk: true; devargs: string; eal: string[] }
-  | { dpdk: false; path: string; mrg: string; packed: string };
+  | { dpdk: false; path: string; mrg: string; packed: string; indirect: string };
 function front(tree: string): Front {
   if (tree === "dpdk-fast") return { dpdk: true, devargs: fastDevargs(256), eal: FAST_EAL };
   if (tree === "dpdk" || tree.startsWith("dpdk-")) {
@@ -99,16 +103,23 @@ function front(tree: string): Front {
   const [path, ...opts] = tree.split(",");
   let m = mrg;
   let p = packed;
+  let ind = "0";
   for (const o of opts) {
     if (/^mrg=[01]$/.test(o)) m = o.slice(4);
     else if (/^packed=[01]$/.test(o)) p = o.slice(7);
-    else usage(`${tree}: a vpmd tree takes only ,mrg=0|1 and ,packed=0|1`);
+    else if (/^indirect=[01]$/.test(o) && !child) ind = o.slice(9);
+    else usage(`${tree}: a vpmd tree takes only ,mrg=0|1, ,packed=0|1 and (fwd) ,indirect=0|1`);
   }
-  return { dpdk: false, path, mrg: m, packed: p };
+  return { dpdk: false, path, mrg: m, packed: p, indirect: ind };
 }
 const fronts = new Map<string, Front>(trees.map((t: string) => [t, front(t)]));
 /** The vpmd front-end command for a checkout. */
-const frontArgs = (path: string, treeMrg: string, treePacked: string): string[] =>
+const frontArgs = (
+  path: string,
+  treeMrg: string,
+  treePacked: string,
+  treeIndirect: string,
+): string[] =>
   child
     ? childArgs(`${path}/scripts/bench-vhost.ts`, mode, sock, 4.5, [
       "--mrg",
@@ -120,9 +131,12 @@ const frontArgs = (path: string, treeMrg: string, treePacked: string): string[] 
     : [
       `${path}/main.ts`,
       "fwd",
-      `vhost-user:${sock},mrg=${treeMrg}${treePacked === "1" ? ",packed=1" : ""}`,
+      `vhost-user:${sock},mrg=${treeMrg}${treePacked === "1" ? ",packed=1" : ""}${
+        treeIndirect === "1" ? ",indirect=1" : ""
+      }`,
       "--mode",
       mode,
+      ...(values.txpkts === undefined ? [] : ["--txpkts", values.txpkts]),
       "--duration",
       "4.5",
       "--stats-period",
@@ -174,7 +188,7 @@ try {
       const dpdk = f.dpdk ? await startDpdk(f.devargs, f.eal) : null;
       const fwd = !f.dpdk
         ? new Deno.Command("taskset", {
-          args: pinnedDeno(frontArgs(f.path, f.mrg, f.packed)),
+          args: pinnedDeno(frontArgs(f.path, f.mrg, f.packed, f.indirect)),
           stdout: "piped",
           stderr: "piped",
         }).spawn()

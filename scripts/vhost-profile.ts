@@ -11,8 +11,9 @@
  *   deno run -A scripts/vhost-profile.ts [--mode txonly|rxonly|loop] [--seconds 4] [--top 12]
  *                                        FRONT...
  *
- * FRONT is `dpdk` (split ring, mrg_rxbuf=1, in_order=1) or a vpmd checkout (bench-vhost.ts's
- * defaults: no mergeable buffers, in order). The mode is the front-end's: txonly (the vhost
+ * FRONT is `dpdk` (split ring, mrg_rxbuf=1, in_order=1), `dpdk-fast` (DPDK's fastest path:
+ * packed ring, in order, AVX512, dpdk_front.ts) or a vpmd checkout (bench-vhost.ts's defaults: no
+ * mergeable buffers, in order), `TREE,packed=1` for its packed ring. The mode is the front-end's: txonly (the vhost
  * receives), rxonly (the vhost sends) or loop (both forward, the vhost starting with
  * `start tx_first 32`). 64-byte frames, burst 32, ring 256. The machine's phase changes the
  * figures; run the front-ends of one comparison in one invocation, and more than once
@@ -21,7 +22,7 @@
 import { parseArgs } from "cli-args";
 import { childArgs, pinnedDeno, run } from "./command.ts";
 import { Testpmd } from "../tests/lib/testpmd.ts";
-import { sameFeatures, startDpdkFront } from "./dpdk_front.ts";
+import { FAST_EAL, fastDevargs, sameFeatures, startDpdkFront } from "./dpdk_front.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -148,11 +149,13 @@ const profiles: Profile[] = [];
 try {
   for (const [i, front] of fronts.entries()) {
     await vhost.cmd(mode === "loop" ? "stop" : "start");
-    if (front === "dpdk") {
+    if (front === "dpdk" || front === "dpdk-fast") {
+      const fast = front === "dpdk-fast";
       const d = await startDpdkFront({
         sock,
         fwd: mode === "loop" ? "io" : mode,
-        devargs: sameFeatures("1", 256, "1"),
+        devargs: fast ? fastDevargs(256) : sameFeatures("1", 256, "1"),
+        eal: fast ? FAST_EAL : [],
         burst: 32,
         ring: 256,
       });
@@ -165,8 +168,15 @@ try {
         await d.stop();
       }
     } else {
+      const [tree, ...opts] = front.split(",");
+      const packed = opts.includes("packed=1") ? "1" : "0";
       const child = new Deno.Command("taskset", {
-        args: pinnedDeno(childArgs(`${front}/scripts/bench-vhost.ts`, mode, sock, seconds + 4)),
+        args: pinnedDeno(
+          childArgs(`${tree}/scripts/bench-vhost.ts`, mode, sock, seconds + 4, [
+            "--packed",
+            packed,
+          ]),
+        ),
         stdout: "null",
         stderr: "inherit",
       }).spawn();
@@ -196,7 +206,9 @@ const names = await Promise.all(hot.map(({ k }) => {
     : nameOf(k.slice(0, cut), +k.slice(cut + 1));
 }));
 const width = Math.max(40, ...names.map((n) => n.length));
-const cols = profiles.map((p, i) => `${i + 1}.${p.front.split("/").pop()}`.padStart(12));
+const cols = profiles.map((p, i) =>
+  `${i + 1}.${p.front.split("/").pop()!.replace(",packed=1", ",p")}`.padStart(12)
+);
 console.log(
   `vhost core (CPU 1) behind each front-end, ${mode}, ${seconds} s each: samples per million packets`,
 );

@@ -20,6 +20,7 @@ import { SimTransport } from "../mod/sim/transport.ts";
 import { EventSuppress, Feature, PackedDesc } from "../mod/virtio/constants.ts";
 import { PackedRing } from "../mod/virtio/packed_ring.ts";
 import { PackedRxQueue } from "../mod/virtio/packed_rx_queue.ts";
+import { PackedTxQueue } from "../mod/virtio/packed_tx_queue.ts";
 import type { VirtioTransport } from "../mod/virtio/transport.ts";
 
 const PACKED = 1n << BigInt(Feature.RING_PACKED);
@@ -162,6 +163,96 @@ Deno.test("packed ring: descriptor-specific event suppression (EVENT_IDX) across
     assert.equal(ring.needsKick(0, 1, true), true);
   } finally {
     region.close();
+  }
+});
+
+Deno.test("packed ring: a publish that finds notifications off is settled by a fenced look", () => {
+  const region = DmaRegion.create({ size: 4096, kind: "anon" });
+  try {
+    const ring = new PackedRing(0, 8, region, 0);
+    const dev = ring.deviceEvent16;
+    const word = (slot: number) => region.u32[ring.desc32 + 4 * slot + 3];
+    const own = region.u16[ring.driverEvent16 + 1];
+    // The device wants notifications: the publish stores the head word and says so.
+    region.u16[dev + 1] = EventSuppress.ENABLE;
+    assert.equal(ring.publish(ring.desc32 + 3, 0x0080_0005, 0, 2, false), true);
+    assert.equal(word(0), 0x0080_0005);
+    assert.equal(ring.unsettled, false);
+    // Notifications off: no kick now, and on x86-64 the look was not fenced.
+    region.u16[dev + 1] = EventSuppress.DISABLE;
+    assert.equal(ring.publish(ring.desc32 + 4 * 2 + 3, 0x0080_0006, 2, 3, false), false);
+    assert.equal(word(2), 0x0080_0006);
+    assert.equal(ring.unsettled, Deno.build.arch === "x86_64");
+    // The device turned them on meanwhile: the fenced look finds it; the driver's flags stay.
+    region.u16[dev + 1] = EventSuppress.ENABLE;
+    assert.equal(ring.settle(), true);
+    assert.equal(ring.unsettled, false);
+    assert.equal(region.u16[ring.driverEvent16 + 1], own);
+    // Still off at the fenced look: nothing to do.
+    region.u16[dev + 1] = EventSuppress.DISABLE;
+    ring.publish(ring.desc32 + 4 * 3 + 3, 0x0080_0007, 3, 4, false);
+    assert.equal(ring.settle(), false);
+    // EVENT_IDX: the ordered publish decides alone (descriptor 5 of this round).
+    region.u16[dev] = 5 | (1 << EventSuppress.WRAP_SHIFT);
+    region.u16[dev + 1] = EventSuppress.DESC;
+    assert.equal(ring.publish(ring.desc32 + 4 * 4 + 3, 0x0080_0008, 4, 6, true), true);
+    assert.equal(ring.publish(ring.desc32 + 4 * 6 + 3, 0x0080_0009, 6, 7, true), false);
+    assert.equal(ring.unsettled, false);
+  } finally {
+    region.close();
+  }
+});
+
+Deno.test("packed TX queue: idle() kicks a device that turned notifications on after a publish", () => {
+  const pool = new MbufPool({ count: 64, kind: "anon" });
+  const region = DmaRegion.create({ size: 4096, kind: "anon" });
+  try {
+    const ring = new PackedRing(0, 8, region, 0);
+    let kicks = 0;
+    const transport = {
+      notify() {
+        kicks++;
+      },
+    } as unknown as VirtioTransport;
+    const stats = emptyStats();
+    const tx = new PackedTxQueue({
+      ring,
+      pool,
+      transport,
+      hdrSize: 12,
+      eventIdx: false,
+      vlanInsert: -1,
+      inOrder: true,
+      stats,
+      totals: emptyStats(),
+    });
+    const dev = ring.deviceEvent16;
+    const pkts = new Uint32Array(2);
+    const frames = (n: number) => {
+      for (let i = 0; i < n; i++) {
+        const m = pool.alloc();
+        pool.dataLen[m] = 60;
+        pool.pktLen[m] = 60;
+        pkts[i] = m;
+      }
+      return n;
+    };
+    region.u16[dev + 1] = EventSuppress.DISABLE;
+    assert.equal(tx.burst(pkts, frames(2)), 2);
+    assert.equal(kicks, 0, "notifications off at the publish");
+    tx.idle();
+    assert.equal(kicks, 0, "still off at the fenced look");
+    tx.burst(pkts, frames(1));
+    // The device turns notifications on and waits: the next idle() kicks it (once).
+    region.u16[dev + 1] = EventSuppress.ENABLE;
+    tx.idle();
+    assert.equal(kicks, Deno.build.arch === "x86_64" ? 1 : 0);
+    tx.idle();
+    assert.equal(kicks, Deno.build.arch === "x86_64" ? 1 : 0, "settled: no second kick");
+    assert.equal(stats.txPackets, 3);
+  } finally {
+    region.close();
+    pool.close();
   }
 });
 

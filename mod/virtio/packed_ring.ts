@@ -15,10 +15,24 @@
  *
  * Each part sits on its own 64-byte line (more than 2.8.10.1's 16 and 4), so the device's writes
  * of its event structure and the driver's of its own never share a line with descriptors.
+ *
+ * A burst makes its descriptors available with `publish`: the first one's flags written last. On
+ * x86-64 that is a plain store, since stores become visible in program order there (the order
+ * 2.8.21.1 asks for) and V8 keeps typed-array stores in program order. What it leaves out is the
+ * full barrier between that store and the load of the device's event flags that decides whether
+ * to notify: a device that enables notifications at that moment and then looks at the ring could
+ * miss the new descriptors while the driver reads the old flags. So a publish that found
+ * notifications off leaves the ring `unsettled`, and the next burst on the queue that publishes
+ * nothing takes the fenced look (`settle`), as the split ring does (split_ring.ts). With
+ * EVENT_IDX, whose check depends on the descriptors published, and off x86-64, the store is
+ * ordered (Atomics, a full barrier).
  */
 import type { DmaRegion } from "../../ffi/dma.ts";
 import type { QueueMemory } from "./transport.ts";
 import { EventSuppress, MAX_PACKED_QUEUE_SIZE, PackedDesc } from "./constants.ts";
+
+/** x86-64 (TSO) makes stores visible in program order: a plain store is a release store there. */
+const STORES_IN_ORDER = Deno.build.arch === "x86_64";
 
 /** AVAIL and USED both: XOR with it toggles the bits a wrap counter stands for. */
 export const WRAP_TOGGLE = PackedDesc.F_AVAIL | PackedDesc.F_USED;
@@ -99,14 +113,56 @@ export class PackedRing {
     };
   }
 
+  /** A publish checked the device's event flags without a barrier; `settle` finishes it. */
+  unsettled = false;
+
   /** We poll: ask the device for no used buffer notifications at all (2.8.10, DISABLE). */
   disableInterrupts(): void {
     this.u16[this.driverEvent16 + 1] = EventSuppress.DISABLE;
   }
 
   /**
+   * Make the descriptors from phase `oldPhase` up to `newPhase` available by storing the first
+   * one's id | flags `word` at u32 index `at` (the others are written), and tell whether the device
+   * wants a notification (see the module comment for the plain store and `settle`).
+   */
+  publish(
+    at: number,
+    word: number,
+    oldPhase: number,
+    newPhase: number,
+    eventIdx: boolean,
+  ): boolean {
+    if (eventIdx || !STORES_IN_ORDER) {
+      Atomics.store(this.u32, at, word);
+      return this.needsKick(oldPhase, newPhase, eventIdx);
+    }
+    this.u32[at] = word;
+    const flags = this.u16[this.deviceEvent16 + 1] & EventSuppress.FLAGS_MASK;
+    if (flags !== EventSuppress.DISABLE) {
+      this.unsettled = false;
+      return true; // ENABLE, or DESC without EVENT_IDX: a kick is harmless
+    }
+    this.unsettled = true;
+    return false;
+  }
+
+  /**
+   * The fenced look at the device's event flags that `publish` left out: true when the device
+   * wants a notification now. For a burst that publishes nothing while the ring is `unsettled`.
+   */
+  settle(): boolean {
+    this.unsettled = false;
+    const u16 = this.u16;
+    const own = this.driverEvent16 + 1;
+    Atomics.store(u16, own, u16[own]); // the barrier; the driver's flags stay as they are
+    return (Atomics.load(u16, this.deviceEvent16 + 1) & EventSuppress.FLAGS_MASK) !==
+      EventSuppress.DISABLE;
+  }
+
+  /**
    * After making descriptors available from phase `oldPhase` up to `newPhase` (and a full barrier
-   * since: the Atomics store of the first one's flags): does the device want a notification?
+   * since: an Atomics store of the first one's flags): does the device want a notification?
    * DISABLE: no; ENABLE: yes; DESC (only with EVENT_IDX): when the descriptor it names (offset
    * and wrap counter, 2.8.10) is among those just made available. Anything else, or DESC without
    * EVENT_IDX, is answered with a notification, which is harmless to a device that did not want

@@ -165,9 +165,13 @@ export class PackedRxQueue {
   burst(pkts: Uint32Array, max: number): number {
     const ring = this.ring;
     if (this.#outstanding === 0) return 0;
-    // Nothing new: one plain load of the next used slot's flags, which still show it available.
+    // Nothing new: one plain load of the next used slot's flags, which still show it available
+    // (and the fenced notification check a publish left out).
     const fl = ring.u16[2 * ring.desc32 + 8 * this.#usedSlot + 7] & WRAP_TOGGLE;
-    if (fl === (this.#usedBits ^ AVAIL_TO_USED)) return 0;
+    if (fl === (this.#usedBits ^ AVAIL_TO_USED)) {
+      if (ring.unsettled && ring.settle()) this.#transport.notify(ring.index);
+      return 0;
+    }
     return this.#mrg ? this.#burstMrg(pkts, max) : this.#burstOne(pkts, max);
   }
 
@@ -525,15 +529,15 @@ export class PackedRxQueue {
       const size = ring.size;
       const posted = (availPhase(aSlot, aBits, size) - availPhase(oldAvail, oldBits, size) +
             2 * size) % (2 * size) || 2 * size;
-      // The first descriptor last, with an ordered store: the others are visible before it
-      // (2.8.21.1), and it is the barrier before reading the device's event suppression.
-      Atomics.store(ring.u32, ring.desc32 + 4 * oldAvail + 3, headWord);
       this.#availSlot = aSlot;
       this.#availBits = aBits;
       this.#outstanding += posted;
       this.#curGen = (this.#curGen + 1) & GEN_MASK;
+      // The first descriptor last: the others are visible before it (2.8.21.1).
       if (
-        ring.needsKick(
+        ring.publish(
+          ring.desc32 + 4 * oldAvail + 3,
+          headWord,
           availPhase(oldAvail, oldBits, size),
           availPhase(aSlot, aBits, size),
           this.#eventIdx,

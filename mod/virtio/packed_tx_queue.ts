@@ -10,8 +10,10 @@
  * written nor read (as on the split ring, tx_queue.ts). A burst writes every descriptor whole, the
  * first one's flags last with an ordered store (2.8.21.1), and notifies at most once (2.8.21.3).
  *
- * Buffer IDs come from a FIFO of free ids (2.8.21.1 "the next free buffer id"): in order they come
- * back in the order they went out, so the FIFO hands them out in ring order too. Per id the queue
+ * Buffer IDs come from a FIFO of free ids (2.8.21.1 "the next free buffer id"). With
+ * VIRTIO_F_IN_ORDER a buffer's id is the slot it starts at: unique while it is in flight (a slot
+ * is written again only after its buffer came back), and it lets a used descriptor that stands
+ * for a batch be resolved without walking from buffer to buffer. Per id the queue
  * keeps the packet and its descriptor count (`#mbuf`, `#count`), and per slot the id of the buffer
  * that starts there (`#slotId`): the ring is written, never read back, except for used
  * descriptors.
@@ -143,6 +145,105 @@ export class PackedTxQueue {
   /** Take finished buffers back from the ring and free their packets. */
   reclaim(): void {
     if (this.#exposed === 0) return; // nothing in flight
+    if (this.#inOrder) this.#reclaimInOrder();
+    else this.#reclaimAny();
+  }
+
+  /**
+   * In order (2.8.9): a used descriptor at the used position stands for every buffer from there up
+   * to the one whose Buffer ID it carries, and a Buffer ID is the slot where its buffer starts. So
+   * the batch is the descriptors from the used position to that buffer's end, and the packets to
+   * free are those starting at them: a scan of slots, no walk from buffer to buffer. An id that
+   * names no buffer in flight is a bad entry (`#takeBackOne`).
+   */
+  #reclaimInOrder(): void {
+    const ring = this.ring;
+    const u32 = ring.u32;
+    const desc32 = ring.desc32;
+    const size = ring.size;
+    const mbuf = this.#mbuf;
+    const count = this.#count;
+    const done = this.#done;
+    let slot = this.#usedSlot;
+    let bits = this.#usedBits;
+    let inFlight = this.#exposed;
+    let nDone = 0;
+    while (inFlight > 0) {
+      const word = LOADS_IN_ORDER
+        ? u32[desc32 + 4 * slot + 3]
+        : Atomics.load(u32, desc32 + 4 * slot + 3);
+      const fl = (word >>> 16) & WRAP_TOGGLE;
+      if (fl === (bits ^ AVAIL_TO_USED)) break; // not used yet
+      const id = word & 0xffff;
+      let ahead = id - slot;
+      if (ahead < 0) ahead += size;
+      if (fl !== bits || id >= size || ahead >= inFlight || mbuf[id] === NONE) {
+        this.#free += this.#exposed - inFlight;
+        this.#exposed = inFlight;
+        this.#usedSlot = slot;
+        this.#usedBits = bits;
+        this.pool.freeBulk(done, nDone);
+        nDone = 0;
+        if (!this.#takeBackOne()) return;
+        slot = this.#usedSlot;
+        bits = this.#usedBits;
+        inFlight = this.#exposed;
+        continue;
+      }
+      const descs = ahead + count[id];
+      for (let k = 0; k < descs; k++) {
+        const m = mbuf[slot];
+        if (m !== NONE) {
+          done[nDone++] = m;
+          mbuf[slot] = NONE;
+        }
+        if (++slot === size) {
+          slot = 0;
+          bits ^= WRAP_TOGGLE;
+        }
+      }
+      inFlight -= descs;
+    }
+    this.pool.freeBulk(done, nDone);
+    this.#usedSlot = slot;
+    this.#usedBits = bits;
+    this.#free += this.#exposed - inFlight;
+    this.#exposed = inFlight;
+  }
+
+  /**
+   * In order, a bad used descriptor at the used position: take back the buffer made available
+   * there (devices complete transmissions in ring order), counted in txErrors. False when no
+   * buffer starts there (counted once; the queue waits).
+   */
+  #takeBackOne(): boolean {
+    const slot = this.#usedSlot;
+    const bits = this.#usedBits;
+    const m = this.#mbuf[slot];
+    if (m === NONE) {
+      if (this.#stuckAt !== (slot | (bits << 16))) this.#txError();
+      this.#stuckAt = slot | (bits << 16);
+      return false;
+    }
+    this.#txError();
+    const c = this.#count[slot];
+    this.#mbuf[slot] = NONE;
+    this.pool.free(m);
+    this.#exposed -= c;
+    this.#free += c;
+    const next = slot + c;
+    this.#usedSlot = next >= this.ring.size ? next - this.ring.size : next;
+    if (next >= this.ring.size) this.#usedBits = bits ^ WRAP_TOGGLE;
+    return true;
+  }
+
+  #txError(): void {
+    this.stats.txErrors++;
+    this.#totals.txErrors++;
+  }
+
+  /** Any order: each used descriptor names one buffer by its id (from the FIFO of free ids). */
+  #reclaimAny(): void {
     const ring = this.ring;
     const u32 = ring.u32;
     const desc32 = ring.desc32;
@@ -151,7 +252,6 @@ export class PackedTxQueue {
     const count = this.#count;
     const slotId = this.#slotId;
     const ids = this.#ids;
-    const inOrder = this.#inOrder;
     const done = this.#done;
     let slot = this.#usedSlot;
     let bits = this.#usedBits;
@@ -166,40 +266,27 @@ export class PackedTxQueue {
       const fl = (word >>> 16) & WRAP_TOGGLE;
       if (fl === (bits ^ AVAIL_TO_USED)) break; // not used yet
       let id = fl === bits ? word & 0xffff : size;
-      // The buffer that starts here; in order, the oldest in flight.
-      const here = slotId[slot];
-      let last = id;
-      if (inOrder ? id !== here : id >= size || mbuf[id] === NONE) {
-        if (inOrder && id < size && mbuf[id] !== NONE && this.#batchEnds(slot, id, inFlight)) {
-          last = id; // a batch: every buffer from `here` to `id`
-          id = here;
-        } else {
-          if (mbuf[here] === NONE) {
-            // Nothing of ours starts here (out of order, the position can be inside a buffer):
-            // how far to move on is unknown. Counted once; the queue waits here.
-            if (this.#stuckAt !== (slot | (bits << 16))) errors++;
-            this.#stuckAt = slot | (bits << 16);
-            break;
-          }
-          errors++;
-          id = here;
-          last = here;
-        }
-      }
-      // Take back buffers from `id` on until `last` (one unless a batch).
-      for (let k = 0; k < size; k++) {
-        const c = count[id];
-        done[nDone++] = mbuf[id];
-        mbuf[id] = NONE;
-        ids[(idHead + idCount++) % size] = id;
-        inFlight -= c;
-        slot += c;
-        if (slot >= size) {
-          slot -= size;
-          bits ^= WRAP_TOGGLE;
-        }
-        if (id === last) break;
+      if (id >= size || mbuf[id] === NONE) {
+        // Take back the buffer made available here (devices complete transmissions in ring order).
         id = slotId[slot];
+        if (mbuf[id] === NONE) {
+          // Nothing of ours starts here (out of order, the position can be inside a buffer):
+          // how far to move on is unknown. Counted once; the queue waits here.
+          if (this.#stuckAt !== (slot | (bits << 16))) errors++;
+          this.#stuckAt = slot | (bits << 16);
+          break;
+        }
+        errors++;
+      }
+      const c = count[id];
+      done[nDone++] = mbuf[id];
+      mbuf[id] = NONE;
+      ids[(idHead + idCount++) % size] = id;
+      inFlight -= c;
+      slot += c;
+      if (slot >= size) {
+        slot -= size;
+        bits ^= WRAP_TOGGLE;
       }
     }
     this.pool.freeBulk(done, nDone);
@@ -212,23 +299,6 @@ export class PackedTxQueue {
       this.stats.txErrors += errors;
       this.#totals.txErrors += errors;
     }
-  }
-
-  /**
-   * In order: buffer `id` (in flight) is reached from the used position `slot` by walking the
-   * buffers in flight in ring order, within `inFlight` descriptors.
-   */
-  #batchEnds(slot: number, id: number, inFlight: number): boolean {
-    const size = this.ring.size;
-    let s = slot;
-    for (let walked = 0; walked < inFlight;) {
-      const here = this.#slotId[s];
-      if (this.#mbuf[here] === NONE) return false;
-      if (here === id) return true;
-      walked += this.#count[here];
-      s = (s + this.#count[here]) % size;
-    }
-    return false;
   }
 
   /**
@@ -261,6 +331,7 @@ export class PackedTxQueue {
     const count = this.#count;
     const slotId = this.#slotId;
     const ids = this.#ids;
+    const inOrder = this.#inOrder;
     const VLAN_INSERT = MbufFlag.VLAN_INSERT;
     const F_NEXT = PackedDesc.F_NEXT << 16;
     const oldAvail = this.#availSlot;
@@ -330,9 +401,13 @@ export class PackedTxQueue {
           for (let i = 0; i < hdr; i++) bytesArr[h + i] = 0;
         }
       }
-      const id = ids[idHead];
-      idHead = idHead + 1 === size ? 0 : idHead + 1;
-      idCount--;
+      // In order a Buffer ID is the slot its buffer starts at (#reclaimInOrder); else the FIFO's.
+      let id = aSlot;
+      if (!inOrder) {
+        id = ids[idHead];
+        idHead = idHead + 1 === size ? 0 : idHead + 1;
+        idCount--;
+      }
       if (segs > 1 && segs <= this.#indirectMax) {
         // One descriptor for the whole frame, pointing at its Buffer ID's indirect table.
         const at = desc32 + 4 * aSlot;
@@ -401,17 +476,20 @@ export class PackedTxQueue {
     this.#idHead = idHead;
     this.#idCount = idCount;
     if (headWord >= 0) {
-      Atomics.store(u32, desc32 + 4 * oldAvail + 3, headWord);
       this.#exposed = size - free;
       this.#availSlot = aSlot;
       this.#availBits = aBits;
       if (
-        ring.needsKick(
+        ring.publish(
+          desc32 + 4 * oldAvail + 3,
+          headWord,
           availPhase(oldAvail, oldBits, size),
           availPhase(aSlot, aBits, size),
           this.#eventIdx,
         )
       ) this.#transport.notify(ring.index);
+    } else if (ring.unsettled) {
+      this.idle(); // nothing published (0 packets, or the ring is full)
     }
     const st = this.stats;
     const t = this.#totals;
@@ -428,8 +506,25 @@ export class PackedTxQueue {
     return taken;
   }
 
-  /** Nothing to send: a publish here is always fenced, so there is nothing left to settle. */
-  idle(): void {}
+  /**
+   * Nothing to send now: take the fenced notification check the last publish left out
+   * (packed_ring.ts, `settle`) and notify if the device asks by now, unless it has used every
+   * descriptor published (then it saw them all). A poll-mode caller calls this (or `burst` with 0
+   * packets) when it has nothing to send, or the device may wait for a notification of the last
+   * burst.
+   */
+  idle(): void {
+    const ring = this.ring;
+    if (ring.unsettled && ring.settle() && this.#anyAvailable()) {
+      this.#transport.notify(ring.index);
+    }
+  }
+
+  /** The newest descriptor made available is not used yet (the device has not seen them all). */
+  #anyAvailable(): boolean {
+    this.reclaim();
+    return this.#exposed > 0;
+  }
 
   /**
    * After the device was reset: take back what it finished, then free every packet still in

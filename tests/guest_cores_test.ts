@@ -6,7 +6,7 @@
  * itself (the legacy NIC through ports of its own thread, the modern one through the mapped
  * notify BAR). What vpmd sent reaches the host intact (in order per flow once multiqueue is on;
  * a busy host may lose 1 %), and vpmd's own counts add up: every frame received was sent or
- * counted as dropped.
+ * counted as dropped. Then the same with a pipeline (examples/flow_counter.ts) in both workers.
  */
 import assert from "assert";
 import { checkTestFrame, FrameCheck, setTestFrameFlow, writeTestFrame } from "../mod/testframe.ts";
@@ -102,6 +102,50 @@ peerTest(
         // The host side may lose a few when it is busy (tests/lib/guest.ts): none invented.
         const sent = bPort.txPackets;
         assert.ok(got.ok <= sent && got.ok >= 0.99 * sent, JSON.stringify({ got, sent }));
+
+        // The same with a pipeline in both workers (examples/flow_counter.ts forwards every frame
+        // and counts flows): each worker loads it, the counters are their sum, frames add up.
+        const hostBefore = got.ok;
+        const sender2 = setInterval(() => {
+          for (let i = 0; i < 2; i++, k++) {
+            const f = k % FLOWS;
+            writeTestFrame(
+              frame,
+              0,
+              64,
+              f,
+              seq[f]++,
+              parseMac(A.mac),
+              parseMac("02:00:00:00:00:01"),
+            );
+            setTestFrameFlow(frame, 0, f + 1);
+            tapA.send(frame);
+          }
+        }, 1);
+        let out2: string;
+        try {
+          const r = await g.exec(
+            `${VPMD} fwd ${A.pci} ${B.pci} --queues 2 --cores 2 ` +
+              `--pipeline /vpmd/examples/flow_counter.ts --duration 5 --stats-period 0 --json`,
+            120,
+          );
+          assert.equal(r.code, 0, r.output);
+          out2 = r.output;
+        } finally {
+          clearInterval(sender2);
+        }
+        await new Promise((r) => setTimeout(r, 500));
+        const p = JSON.parse(out2.trim().split("\n").pop()!);
+        const [pa, pb] = p.ports;
+        assert.ok(pa.rxPackets > 500, `received ${pa.rxPackets}`);
+        for (const w of p.workers) assert.ok(w.rxPackets > 50, JSON.stringify(p.workers));
+        assert.equal(p.pipeline.frames, p.totals.rxPackets, JSON.stringify(p.pipeline));
+        assert.equal(p.pipeline.dropped + p.pipeline.errors, 0);
+        assert.equal(pa.rxPackets, pb.txPackets + pb.txDropped + pa.rxDropped, out2);
+        assert.equal(p.poolAvailable, p.poolSize);
+        const sent2 = pb.txPackets;
+        const host2 = got.ok - hostBefore;
+        assert.ok(host2 <= sent2 && host2 >= 0.99 * sent2, JSON.stringify({ got, sent2 }));
       });
     } finally {
       tapA.close();

@@ -56,22 +56,25 @@ peerTest(
         const seq = new Uint32Array(FLOWS);
         let k = 0;
         const frame = new Uint8Array(64);
-        const sender = setInterval(() => {
-          for (let i = 0; i < 2; i++, k++) {
-            const f = k % FLOWS;
-            writeTestFrame(
-              frame,
-              0,
-              64,
-              f,
-              seq[f]++,
-              parseMac(A.mac),
-              parseMac("02:00:00:00:00:01"),
-            );
-            setTestFrameFlow(frame, 0, f + 1);
-            tapA.send(frame);
-          }
-        }, 1);
+        /** Two test frames a millisecond into A, over FLOWS flows (numbers go on across runs). */
+        const send = () =>
+          setInterval(() => {
+            for (let i = 0; i < 2; i++, k++) {
+              const f = k % FLOWS;
+              writeTestFrame(
+                frame,
+                0,
+                64,
+                f,
+                seq[f]++,
+                parseMac(A.mac),
+                parseMac("02:00:00:00:00:01"),
+              );
+              setTestFrameFlow(frame, 0, f + 1);
+              tapA.send(frame);
+            }
+          }, 1);
+        const sender = send();
         let out: string;
         try {
           const r = await g.exec(
@@ -106,22 +109,7 @@ peerTest(
         // The same with a pipeline in both workers (examples/flow_counter.ts forwards every frame
         // and counts flows): each worker loads it, the counters are their sum, frames add up.
         const hostBefore = got.ok;
-        const sender2 = setInterval(() => {
-          for (let i = 0; i < 2; i++, k++) {
-            const f = k % FLOWS;
-            writeTestFrame(
-              frame,
-              0,
-              64,
-              f,
-              seq[f]++,
-              parseMac(A.mac),
-              parseMac("02:00:00:00:00:01"),
-            );
-            setTestFrameFlow(frame, 0, f + 1);
-            tapA.send(frame);
-          }
-        }, 1);
+        const sender2 = send();
         let out2: string;
         try {
           const r = await g.exec(

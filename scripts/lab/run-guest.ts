@@ -13,7 +13,7 @@
  * runs the command in the guest (working directory /vpmd), prints its output and exits with its
  * status; `--interactive` gives a shell on the serial console instead.
  */
-import { freeUdpPort, UdpWire } from "./traffic.ts";
+import { UdpWire } from "./traffic.ts";
 
 export type NicKind = "legacy" | "modern" | "transitional";
 
@@ -208,10 +208,15 @@ export class Guest {
     const runDir = await Deno.makeTempDir({ prefix: RUN_PREFIX });
     await Deno.writeTextFile(`${runDir}/owner.pid`, String(Deno.pid));
     const nics: GuestNic[] = [];
+    // QEMU's ports stay bound here until just before QEMU starts, so a later NIC's host socket
+    // cannot be given one of them.
+    const reserved: UdpWire[] = [];
     try {
       for (let i = 0; i < kinds.length; i++) {
         const wire = await UdpWire.open();
-        const qemuPort = await freeUdpPort();
+        const hold = await UdpWire.open();
+        reserved.push(hold);
+        const qemuPort = hold.port;
         wire.peerPort = qemuPort;
         const slot = (FIRST_NIC_SLOT + i).toString(16).padStart(2, "0");
         nics.push({
@@ -296,6 +301,7 @@ export class Guest {
       // coreutils timeout also ends QEMU when this process dies without closing the guest; our own
       // timer (SIGTERM, relayed to QEMU) normally fires first.
       const limit = opts.timeoutSec ?? 180;
+      for (const r of reserved) r.close();
       const child = new Deno.Command("timeout", {
         args: [
           ...(opts.interactive ? ["--foreground"] : []),
@@ -311,6 +317,7 @@ export class Guest {
       }).spawn();
       return new Guest(child, nics, runDir, limit, keep, !opts.interactive);
     } catch (e) {
+      for (const r of reserved) r.close();
       for (const n of nics) n.wire.close();
       if (!keep) await Deno.remove(runDir, { recursive: true }).catch(() => {});
       throw e;

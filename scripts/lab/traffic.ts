@@ -123,14 +123,6 @@ export class UdpWire {
   }
 }
 
-/** A free UDP port on 127.0.0.1 right now (for QEMU's end of a NIC). */
-export async function freeUdpPort(): Promise<number> {
-  const w = await UdpWire.open();
-  const p = w.port;
-  w.close();
-  return p;
-}
-
 export interface GenerateOptions {
   /** Frames to send. */
   count: number;

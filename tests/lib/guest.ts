@@ -82,15 +82,31 @@ export async function withGuest<T>(
   opts: Omit<GuestOptions, "script" | "interactive">,
   fn: (g: Guest) => Promise<T>,
 ): Promise<T> {
-  const g = await Guest.boot({ timeoutSec: 180, ...opts });
+  const g = await bootReady(opts);
   try {
-    await g.ready();
     const result = await fn(g);
     const st = await g.halt(0);
     if (st !== 0) throw new Error(`guest did not halt cleanly: ${await g.diagnose()}`);
     return result;
   } finally {
     await g.close();
+  }
+}
+
+/**
+ * Boot and wait for the agent. QEMU's UDP ports are free when chosen but another process may bind
+ * one before QEMU does; that boot is retried on fresh ports.
+ */
+async function bootReady(opts: Omit<GuestOptions, "script" | "interactive">): Promise<Guest> {
+  for (let attempt = 1;; attempt++) {
+    const g = await Guest.boot({ timeoutSec: 180, ...opts });
+    try {
+      await g.ready();
+      return g;
+    } catch (e) {
+      await g.close();
+      if (attempt >= 3 || !g.qemuErrors.includes("Address already in use")) throw e;
+    }
   }
 }
 

@@ -15,7 +15,9 @@
  * frames) and `--packed` (default 0: split rings; 1: `packed=1` on the vhost-user port, and
  * packed_vq=1 for `dpdk`) for every front-end, `TREE,mrg=0|1,packed=0|1` for one; with the
  * forwarder, `TREE,indirect=1` sends multi-segment frames through indirect descriptors and
- * `--txpkts` (the forwarder's flag, e.g. `64,64`) makes txonly's frames multi-segment. Each repetition runs every tree's
+ * `--txpkts` (the forwarder's flag, e.g. `64,64`) makes txonly's frames multi-segment; with the
+ * child front, `TREE,reuse=1` (txonly) leaves a buffer that already holds the frame unwritten
+ * (bench-vhost.ts `--reuse-frames`: what the frame's line costs, an experiment). Each repetition runs every tree's
  * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
@@ -83,7 +85,7 @@ const vhostMode = mode === "txonly" ? "rxonly" : mode === "rxonly" ? "txonly" : 
 /** A TREE argument: DPDK's front-end with its devargs, or a vpmd checkout. */
 type Front =
   | { dpdk: true; devargs: string; eal: string[] }
-  | { dpdk: false; path: string; mrg: string; packed: string; indirect: string };
+  | { dpdk: false; path: string; mrg: string; packed: string; indirect: string; reuse: boolean };
 function front(tree: string): Front {
   if (tree === "dpdk-fast") return { dpdk: true, devargs: fastDevargs(256), eal: FAST_EAL };
   if (tree === "dpdk" || tree.startsWith("dpdk-")) {
@@ -104,13 +106,19 @@ function front(tree: string): Front {
   let m = mrg;
   let p = packed;
   let ind = "0";
+  let reuse = false;
   for (const o of opts) {
     if (/^mrg=[01]$/.test(o)) m = o.slice(4);
     else if (/^packed=[01]$/.test(o)) p = o.slice(7);
     else if (/^indirect=[01]$/.test(o) && !child) ind = o.slice(9);
-    else usage(`${tree}: a vpmd tree takes only ,mrg=0|1, ,packed=0|1 and (fwd) ,indirect=0|1`);
+    else if (o === "reuse=1" && child && mode === "txonly") reuse = true;
+    else {
+      usage(
+        `${tree}: a vpmd tree takes only ,mrg=0|1, ,packed=0|1, (fwd) ,indirect=0|1 and (child txonly) ,reuse=1`,
+      );
+    }
   }
-  return { dpdk: false, path, mrg: m, packed: p, indirect: ind };
+  return { dpdk: false, path, mrg: m, packed: p, indirect: ind, reuse };
 }
 const fronts = new Map<string, Front>(trees.map((t: string) => [t, front(t)]));
 /** The vpmd front-end command for a checkout. */
@@ -119,6 +127,7 @@ const frontArgs = (
   treeMrg: string,
   treePacked: string,
   treeIndirect: string,
+  treeReuse: boolean,
 ): string[] =>
   child
     ? childArgs(`${path}/scripts/bench-vhost.ts`, mode, sock, 4.5, [
@@ -127,6 +136,7 @@ const frontArgs = (
       // A tree without packed rings knows no --packed: asked only for packed ones.
       ...(treePacked === "1" ? ["--packed", "1"] : []),
       ...(busy ? ["--busy"] : []),
+      ...(treeReuse ? ["--reuse-frames"] : []),
     ])
     : [
       `${path}/main.ts`,
@@ -188,7 +198,7 @@ try {
       const dpdk = f.dpdk ? await startDpdk(f.devargs, f.eal) : null;
       const fwd = !f.dpdk
         ? new Deno.Command("taskset", {
-          args: pinnedDeno(frontArgs(f.path, f.mrg, f.packed, f.indirect)),
+          args: pinnedDeno(frontArgs(f.path, f.mrg, f.packed, f.indirect, f.reuse)),
           stdout: "piped",
           stderr: "piped",
         }).spawn()

@@ -79,6 +79,7 @@ async function childMain(args: string[]): Promise<void> {
       "in-order": { type: "string", default: "1" },
       packed: { type: "string", default: "0" },
       busy: { type: "boolean", default: false },
+      "reuse-frames": { type: "boolean", default: false },
     },
   });
   const test = values.test as Test;
@@ -97,7 +98,8 @@ async function childMain(args: string[]): Promise<void> {
   const warm = performance.now() + 200;
   while (performance.now() < warm) port.poll();
   console.log(JSON.stringify({ ready: true })); // the parent starts measuring now
-  const r = values.busy ? loopTimed(test, port, pool, seconds) : loop(test, port, pool, seconds);
+  const step = makeStep(test, port, pool, values["reuse-frames"]);
+  const r = values.busy ? loopTimed(step, port, seconds) : loop(step, port, seconds);
   port.stop();
   port.close();
   pool.close();
@@ -119,8 +121,12 @@ function frameTemplate(): Uint8Array {
   return b;
 }
 
-/** One burst of the test's work; returns packets moved. */
-function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
+/**
+ * One burst of the test's work; returns packets moved. `reuseFrames` (txonly; an experiment, not a
+ * workload) leaves a buffer that already holds the frame unwritten: what is left of the cost per
+ * packet when the frame's line does not change hands between the two cores (docs/performance.md).
+ */
+function makeStep(test: Test, port: Port, pool: MbufPool, reuseFrames = false): () => number {
   const pkts = new Uint32Array(BURST);
   // The frame as 8 doubles: data starts 8-byte aligned (headroom 128), so a copy is 8 stores
   // (testpmd's txonly copies its header template per packet too; the frame holds no NaN pattern,
@@ -146,6 +152,7 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
     }
     const [d0, d1, d2, d3, d4, d5, d6, d7] = tpl;
     const f64 = pool.region.f64;
+    if (reuseFrames) return reuseStep(port, pool, tpl);
     return () => {
       let n = 0;
       for (; n < BURST; n++) {
@@ -184,8 +191,46 @@ function makeStep(test: Test, port: Port, pool: MbufPool): () => number {
   };
 }
 
-function loop(test: Test, port: Port, pool: MbufPool, seconds: number): ChildResult {
-  const step = makeStep(test, port, pool);
+/** makeStep's txonly with `reuseFrames`: the frame is compared, and written only where it differs. */
+function reuseStep(port: Port, pool: MbufPool, tpl: Float64Array): () => number {
+  const pkts = new Uint32Array(BURST);
+  const { bufOff, dataOff, dataLen, pktLen, nbSegs, flags, headroom } = pool;
+  const f64 = pool.region.f64;
+  const [d0, d1, d2, d3, d4, d5, d6, d7] = tpl;
+  return () => {
+    let n = 0;
+    for (; n < BURST; n++) {
+      const m = pool.allocRaw();
+      if (m === NONE) break;
+      const q = (bufOff[m] + headroom) >>> 3;
+      // Written out, as makeStep's copy is: a loop's own cost would hide what the line costs.
+      if (
+        f64[q] !== d0 || f64[q + 1] !== d1 || f64[q + 2] !== d2 || f64[q + 3] !== d3 ||
+        f64[q + 4] !== d4 || f64[q + 5] !== d5 || f64[q + 6] !== d6 || f64[q + 7] !== d7
+      ) {
+        f64[q] = d0;
+        f64[q + 1] = d1;
+        f64[q + 2] = d2;
+        f64[q + 3] = d3;
+        f64[q + 4] = d4;
+        f64[q + 5] = d5;
+        f64[q + 6] = d6;
+        f64[q + 7] = d7;
+      }
+      dataOff[m] = headroom;
+      dataLen[m] = FRAME;
+      pktLen[m] = FRAME;
+      nbSegs[m] = 1;
+      flags[m] = 0;
+      pkts[n] = m;
+    }
+    const k = port.txBurst(0, pkts, n);
+    for (let i = k; i < n; i++) pool.free(pkts[i]);
+    return k;
+  };
+}
+
+function loop(step: () => number, port: Port, seconds: number): ChildResult {
   const t0 = performance.now();
   const end = t0 + seconds * 1000;
   let packets = 0;
@@ -217,8 +262,7 @@ const SAMPLE_EVERY = 16;
  * busy ns per packet from the sampled iterations that moved packets, and the shares of the sampled
  * time spent in iterations that moved nothing (waiting) or that were descheduled.
  */
-function loopTimed(test: Test, port: Port, pool: MbufPool, seconds: number): ChildResult {
-  const step = makeStep(test, port, pool);
+function loopTimed(step: () => number, port: Port, seconds: number): ChildResult {
   // Cost of one performance.now(), subtracted from every timed iteration: the least of many
   // short samples, so that a descheduled moment does not inflate it.
   let clockMs = Infinity;

@@ -17,8 +17,9 @@
  * forwarder, `TREE,indirect=1` sends multi-segment frames through indirect descriptors and
  * `--txpkts` (the forwarder's flag, e.g. `64,64`) makes txonly's frames multi-segment; with the
  * child front, `TREE,reuse=1` (txonly) leaves a buffer that already holds the frame unwritten
- * (bench-vhost.ts `--reuse-frames`: what the frame's line costs, an experiment). Each repetition runs every tree's
- * front-end pinned to CPU 0, in alternating order, against a vhost testpmd forwarding on CPU 1.
+ * (bench-vhost.ts `--reuse-frames`: what the frame's line costs, an experiment). Each
+ * repetition runs every tree's front-end pinned to CPU 0, in alternating order, against a vhost
+ * testpmd forwarding on CPU 1.
  * `--front fwd` (default) runs the forwarder, `vpmd fwd vhost-user:SOCK --mode M` with M txonly,
  * io, mac or macswap; `--front child` runs bench-vhost.ts's own vpmd side
  * (`--child --test M`, M txonly, loop or rxonly), the driver without the forwarder. The vhost side
